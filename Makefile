@@ -1,0 +1,67 @@
+# One entry point for humans and CI. `make test` installs everything it needs.
+SHELL := /bin/bash
+PYTHON ?= python3
+ENV_CACHE ?= $(HOME)/.cache/crs4_cassandra
+REQ_HASH := $(shell sha256sum requirements-dev.txt | cut -c1-16)
+VENV ?= $(ENV_CACHE)/venv-$(REQ_HASH)
+BIN := $(VENV)/bin
+export VIRTUAL_ENV := $(VENV)
+export PATH := $(BIN):$(PATH)
+export CARGO_TERM_COLOR := never
+
+SRC ?=
+DEMO_DIR ?= demo-data
+
+.PHONY: help env build test test-rust test-python lint format demo bench clean
+
+help:
+	@echo "make demo    build, make (or take SRC=) an image folder, ingest it locally, train one epoch"
+	@echo "make test    lint + every Rust and Python test"
+	@echo "make bench   benchmarks (bench/README.md)"
+
+# The development environment (torch, DALI, drivers...) is several GB: it lives
+# outside the clone, keyed by the hash of requirements-dev.txt, and is built
+# from nothing when missing.
+env: $(VENV)/.complete
+
+$(VENV)/.complete: requirements-dev.txt
+	rm -rf $(VENV)
+	mkdir -p $(ENV_CACHE)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -r requirements-dev.txt
+	touch $@
+
+# The extension module, built in release mode into the environment (editable).
+build: env
+	$(BIN)/maturin develop --release -q
+
+lint: env
+	cargo fmt --all --check
+	cargo clippy --workspace --all-targets -q -- -D warnings
+	$(BIN)/ruff check python tests bench examples
+	$(BIN)/ruff format --check python tests bench examples
+	$(BIN)/mypy
+
+format: env
+	cargo fmt --all
+	$(BIN)/ruff format python tests bench examples
+	$(BIN)/ruff check --fix python tests bench examples
+
+test-rust:
+	cargo test --workspace --exclude crs4-cassandra-python -q
+
+test-python: build
+	$(BIN)/python -m pytest -q
+
+test: lint test-rust test-python
+
+demo: build
+	$(BIN)/python -m crs4_cassandra.demo --workdir $(DEMO_DIR) $(if $(SRC),--src $(SRC))
+
+bench: build
+	$(BIN)/python -m bench
+
+clean:
+	cargo clean
+	rm -rf $(DEMO_DIR) bench/data

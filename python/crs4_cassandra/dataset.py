@@ -1,0 +1,341 @@
+"""ShardedDataset: an IterableDataset of whole batches, sharded over DDP ranks
+and DataLoader workers, read by the Rust fetch engine."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import uuid as uuidlib
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from . import _native
+from .errors import InvalidArgumentError, StateDictError
+from .splits import LABEL_TYPES, SplitFile, as_uuid_array
+
+STATE_VERSION = 1
+
+
+class Batch:
+    """A batch of encoded samples. Tensors share the Rust arena (zero-copy);
+    per-sample objects exist only if ``samples()`` or ``ids`` is asked for.
+
+    - ``data``: flat uint8 tensor of all samples' bytes; ``offsets``: int64 (B+1).
+    - ``labels``: int64 (B) for "int"; flat uint8 bytes with ``label_offsets``
+      for "blob"; None for "none".
+    - ``indices``: int64 positions of the samples in the dataset's uuid list.
+    - ``is_pad``: bool; True for samples repeated only to fill the last batches.
+    - ``position``: the batch's index in this rank's epoch; ``epoch``.
+    """
+
+    __slots__ = (
+        "data",
+        "offsets",
+        "labels",
+        "label_offsets",
+        "indices",
+        "is_pad",
+        "id_bytes",
+        "position",
+        "epoch",
+    )
+
+    def __init__(
+        self,
+        data: torch.Tensor,
+        offsets: torch.Tensor,
+        labels: torch.Tensor | None,
+        label_offsets: torch.Tensor | None,
+        indices: torch.Tensor,
+        is_pad: torch.Tensor,
+        id_bytes: torch.Tensor,
+        position: int,
+        epoch: int,
+    ) -> None:
+        self.data = data
+        self.offsets = offsets
+        self.labels = labels
+        self.label_offsets = label_offsets
+        self.indices = indices
+        self.is_pad = is_pad
+        self.id_bytes = id_bytes
+        self.position = position
+        self.epoch = epoch
+
+    @classmethod
+    def from_native(cls, nb: _native.NativeBatch, epoch: int) -> Batch:
+        labels = nb.labels()
+        label_offsets = nb.label_offsets()
+        return cls(
+            data=torch.from_dlpack(nb.data()),
+            offsets=torch.from_dlpack(nb.offsets()),
+            labels=None if labels is None else torch.from_dlpack(labels),
+            label_offsets=None if label_offsets is None else torch.from_dlpack(label_offsets),
+            indices=torch.from_dlpack(nb.indices()),
+            is_pad=torch.from_dlpack(nb.is_pad()),
+            id_bytes=torch.from_dlpack(nb.ids()),
+            position=nb.position,
+            epoch=epoch,
+        )
+
+    def __len__(self) -> int:
+        return int(self.offsets.shape[0]) - 1
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self.__slots__}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        for k, v in state.items():
+            setattr(self, k, v)
+
+    def samples(self) -> list[torch.Tensor]:
+        """Per-sample uint8 views of ``data`` (no copies)."""
+        o = self.offsets.tolist()
+        return [self.data[o[i] : o[i + 1]] for i in range(len(o) - 1)]
+
+    def label_samples(self) -> list[torch.Tensor]:
+        """Per-sample views of blob labels."""
+        if self.labels is None or self.label_offsets is None:
+            raise InvalidArgumentError("label_samples() needs blob labels")
+        o = self.label_offsets.tolist()
+        return [self.labels[o[i] : o[i + 1]] for i in range(len(o) - 1)]
+
+    @property
+    def ids(self) -> list[uuidlib.UUID]:
+        raw = self.id_bytes.numpy().tobytes()
+        return [uuidlib.UUID(bytes=raw[i : i + 16]) for i in range(0, len(raw), 16)]
+
+    def __repr__(self) -> str:
+        return (
+            f"Batch(size={len(self)}, bytes={self.data.numel()}, position={self.position}, "
+            f"epoch={self.epoch}, pads={int(self.is_pad.sum())})"
+        )
+
+
+def _distributed() -> tuple[int, int]:
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        return int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    return 0, 1
+
+
+def open_store(url: str, **options: Any) -> _native.Store:
+    """Opens a store: ``"local:PATH"`` for the embedded store."""
+    if options:
+        raise InvalidArgumentError(
+            f"options {sorted(options)} are not supported by the store {url!r}"
+        )
+    return _native.open_store(url)
+
+
+class ShardedDataset(IterableDataset[Batch]):
+    """Batches of samples read from ``table`` of ``store``, for the given uuids.
+
+    Use with ``DataLoader(ds, batch_size=None, num_workers=k)``. Every sample is
+    served exactly once per epoch over all ranks and workers (the last batches
+    are padded with repeated samples, flagged in ``is_pad``, unless
+    ``drop_last``); every rank yields ``len(ds)`` batches; the order is a
+    deterministic function of ``seed`` and the epoch set by ``set_epoch``.
+    """
+
+    def __init__(
+        self,
+        store: _native.Store | str,
+        table: str,
+        uuids: Any,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        label_type: str = "int",
+        ordered: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        id_col: str = "id",
+        label_col: str = "label",
+        data_col: str = "data",
+        window: int | None = None,
+    ) -> None:
+        super().__init__()
+        if not isinstance(batch_size, int) or batch_size <= 0:
+            raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
+        if label_type not in LABEL_TYPES:
+            raise InvalidArgumentError(
+                f"label_type must be one of {LABEL_TYPES}, got {label_type!r}"
+            )
+        if (rank is None) != (world_size is None):
+            raise InvalidArgumentError("give both rank and world_size, or neither")
+        if world_size is not None and rank is not None and not 0 <= rank < world_size:
+            raise InvalidArgumentError(f"rank {rank} is out of range for world_size {world_size}")
+        if window is not None and window <= 0:
+            raise InvalidArgumentError(f"window must be positive, got {window}")
+        self.store = _native.open_store(store) if isinstance(store, str) else store
+        self.table = table
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = int(seed)
+        self.drop_last = drop_last
+        self.label_type = label_type
+        self.ordered = ordered
+        self.columns = (id_col, label_col, data_col)
+        self.window = window
+        self._rank = rank
+        self._world_size = world_size
+        arr = as_uuid_array(uuids)
+        self._uuid_bytes = arr.tobytes()
+        self.num_samples = int(arr.shape[0])
+        self._fingerprint = hashlib.blake2b(self._uuid_bytes, digest_size=8).hexdigest()
+        # Fail here, not in a worker: missing table, columns or label type mismatch.
+        self.store.check_table(table, label_type, id_col, label_col, data_col)
+        self._epoch = 0
+        self._start = 0
+        self._yielded = 0
+
+    @classmethod
+    def from_split(
+        cls,
+        store: _native.Store | str,
+        split_file: SplitFile | str | os.PathLike[str],
+        name: str,
+        batch_size: int,
+        **kw: Any,
+    ) -> ShardedDataset:
+        sf = split_file if isinstance(split_file, SplitFile) else SplitFile.load(split_file)
+        kw.setdefault("label_type", sf.label_type)
+        kw.setdefault("id_col", sf.id_col)
+        kw.setdefault("label_col", sf.label_col)
+        kw.setdefault("data_col", sf.data_col)
+        return cls(store, sf.table, sf.uuids(name), batch_size, **kw)
+
+    @property
+    def rank(self) -> int:
+        return self._rank if self._rank is not None else _distributed()[0]
+
+    @property
+    def world_size(self) -> int:
+        return self._world_size if self._world_size is not None else _distributed()[1]
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Selects the epoch (and so the shuffle); a resume point set by
+        ``load_state_dict`` applies only to its own epoch."""
+        if epoch != self._epoch:
+            self._start = 0
+        self._epoch = int(epoch)
+
+    def __len__(self) -> int:
+        return _native.batches_per_rank(
+            self.num_samples, self.batch_size, self.world_size, self.drop_last, self._start
+        )
+
+    def _reader(self) -> _native.Reader:
+        info = get_worker_info()
+        num_workers, worker_id = (info.num_workers, info.id) if info is not None else (1, 0)
+        id_col, label_col, data_col = self.columns
+        return _native.Reader(
+            self.store,
+            self.table,
+            self._uuid_bytes,
+            self.batch_size,
+            label_type=self.label_type,
+            id_col=id_col,
+            label_col=label_col,
+            data_col=data_col,
+            world_size=self.world_size,
+            rank=self.rank,
+            num_workers=num_workers,
+            worker_id=worker_id,
+            shuffle=self.shuffle,
+            seed=self.seed,
+            epoch=self._epoch,
+            drop_last=self.drop_last,
+            start=self._start,
+            ordered=self.ordered,
+            window=self.window,
+        )
+
+    def __iter__(self) -> Iterator[Batch]:
+        reader = self._reader()
+        self._yielded = 0
+        epoch = self._epoch
+        try:
+            for nb in reader:
+                batch = Batch.from_native(nb, epoch)
+                self._yielded += 1
+                yield batch
+        finally:
+            reader.close()
+
+    def state_dict(self, batches_consumed: int | None = None) -> dict[str, Any]:
+        """A plain, JSON-able state from which ``load_state_dict`` resumes the
+        epoch exactly where this rank stopped.
+
+        ``batches_consumed`` is how many batches this rank has taken in the
+        current epoch. It defaults to the count of batches this object yielded
+        in this process, which is exact when iterating without DataLoader
+        workers; with workers the main process never sees the iteration, so
+        pass the count of batches your loop received.
+        """
+        consumed = self._yielded if batches_consumed is None else int(batches_consumed)
+        if not 0 <= consumed <= len(self):
+            raise InvalidArgumentError(
+                f"batches_consumed={consumed} is outside 0..{len(self)} for this epoch"
+            )
+        return {
+            "version": STATE_VERSION,
+            "epoch": self._epoch,
+            "seed": self.seed,
+            "shuffle": self.shuffle,
+            "drop_last": self.drop_last,
+            "batch_size": self.batch_size,
+            "num_samples": self.num_samples,
+            "uuids_fingerprint": self._fingerprint,
+            "table": self.table,
+            "world_size": self.world_size,
+            "consumed_samples": _native.consumed_after(
+                self.num_samples,
+                self.batch_size,
+                self.world_size,
+                self.drop_last,
+                self._start,
+                consumed,
+            ),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resumes from ``state_dict()``: the next iteration yields exactly the
+        batches that had not been consumed (on any world size: the remaining
+        samples are re-dealt over the current ranks)."""
+        if state.get("version") != STATE_VERSION:
+            raise StateDictError(
+                f"unsupported state version {state.get('version')!r} (expected {STATE_VERSION})"
+            )
+        mine = self.state_dict(0)
+        for key in (
+            "seed",
+            "shuffle",
+            "drop_last",
+            "batch_size",
+            "num_samples",
+            "uuids_fingerprint",
+            "table",
+        ):
+            if state.get(key) != mine[key]:
+                raise StateDictError(
+                    f"state was saved with {key}={state.get(key)!r} but this dataset has "
+                    f"{key}={mine[key]!r}: it belongs to another run"
+                )
+        consumed = int(state["consumed_samples"])
+        if not 0 <= consumed <= self.num_samples:
+            raise StateDictError(f"consumed_samples={consumed} is out of range")
+        self._epoch = int(state["epoch"])
+        self._start = consumed
+        self._yielded = 0

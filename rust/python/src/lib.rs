@@ -1,0 +1,444 @@
+//! `crs4_cassandra._native`: conversion only. Logic lives in the core and store crates.
+
+mod errors;
+mod tensor;
+
+use crs4_cassandra_core::{EpochPlan, LabelType, PlanSpec, SplitFile};
+use crs4_cassandra_store::engine::Next;
+use crs4_cassandra_store::local::LocalStore;
+use crs4_cassandra_store::runtime::runtime;
+use crs4_cassandra_store::{
+    Batch, BatchStream, EngineOptions, FetchEngine, LabelValue, Labels, MetadataRow, SampleRow, SampleStore,
+    TableSpec,
+};
+use dlpark::ffi::DLDataType;
+use errors::{invalid, plan_err, split_err, store_err};
+use pyo3::prelude::*;
+use pyo3::pybacked::PyBackedBytes;
+use pyo3::types::PyBytes;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tensor::ArenaTensor;
+use uuid::Uuid;
+
+/// How often a blocked call wakes to check for Ctrl-C.
+const SIGNAL_POLL: Duration = Duration::from_millis(100);
+
+fn label_type(s: &str) -> PyResult<LabelType> {
+    LabelType::parse(s).ok_or_else(|| invalid(format!("label_type must be \"int\", \"blob\" or \"none\", got {s:?}")))
+}
+
+fn uuids_from_bytes(bytes: &[u8]) -> PyResult<Vec<Uuid>> {
+    if bytes.len() % 16 != 0 {
+        return Err(invalid(format!("uuid bytes length {} is not a multiple of 16", bytes.len())));
+    }
+    Ok(bytes
+        .chunks_exact(16)
+        .map(|c| Uuid::from_bytes(c.try_into().expect("16 bytes")))
+        .collect())
+}
+
+/// Runs a store future on the runtime with the GIL released.
+fn block<T: Send>(
+    py: Python<'_>,
+    fut: impl std::future::Future<Output = crs4_cassandra_store::Result<T>> + Send,
+) -> PyResult<T> {
+    py.detach(|| runtime().block_on(fut)).map_err(store_err)
+}
+
+#[pyclass(module = "crs4_cassandra._native", frozen)]
+struct Store {
+    inner: Arc<dyn SampleStore>,
+}
+
+#[pymethods]
+impl Store {
+    #[getter]
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+
+    fn __repr__(&self) -> String {
+        format!("Store({:?})", self.inner.url())
+    }
+
+    #[pyo3(signature = (table, label_type, id_col="id", label_col="label", data_col="data"))]
+    fn check_table(
+        &self,
+        py: Python<'_>,
+        table: &str,
+        label_type: &str,
+        id_col: &str,
+        label_col: &str,
+        data_col: &str,
+    ) -> PyResult<()> {
+        let spec = table_spec(table, label_type, id_col, label_col, data_col)?;
+        block(py, self.inner.open_table(&spec)).map(drop)
+    }
+
+    #[pyo3(signature = (table, metadata_table, label_type, overwrite=false))]
+    fn create_tables(&self, py: Python<'_>, table: &str, metadata_table: &str, label_type: &str, overwrite: bool) -> PyResult<()> {
+        let spec = TableSpec::new(table, self::label_type(label_type)?);
+        block(py, self.inner.create_tables(&spec, metadata_table, overwrite))
+    }
+
+    /// Writes samples: `ids` is n*16 uuid bytes, `labels` a list of int, bytes or None.
+    fn put_samples(
+        &self,
+        py: Python<'_>,
+        table: &str,
+        ids: PyBackedBytes,
+        labels: Vec<Option<Bound<'_, PyAny>>>,
+        data: Vec<PyBackedBytes>,
+    ) -> PyResult<()> {
+        let ids = uuids_from_bytes(&ids)?;
+        if ids.len() != labels.len() || ids.len() != data.len() {
+            return Err(invalid(format!(
+                "put_samples: {} ids, {} labels and {} data values must match",
+                ids.len(),
+                labels.len(),
+                data.len()
+            )));
+        }
+        let mut rows = Vec::with_capacity(ids.len());
+        for ((id, label), bytes) in ids.into_iter().zip(labels).zip(data) {
+            let label = match label {
+                None => LabelValue::None,
+                Some(l) => {
+                    if let Ok(b) = l.cast::<PyBytes>() {
+                        LabelValue::Blob(b.as_bytes().to_vec())
+                    } else {
+                        LabelValue::Int(l.extract::<i32>().map_err(|_| {
+                            invalid(format!("sample {id}: label must be an int (32-bit), bytes or None, got {l}"))
+                        })?)
+                    }
+                }
+            };
+            rows.push(SampleRow {
+                id,
+                label,
+                data: bytes.to_vec(),
+            });
+        }
+        block(py, self.inner.put_samples(table, rows))
+    }
+
+    /// Writes metadata rows: (uuid bytes, label, label_name, path, split).
+    #[allow(clippy::type_complexity)]
+    fn put_metadata(
+        &self,
+        py: Python<'_>,
+        table: &str,
+        rows: Vec<(PyBackedBytes, Option<i32>, Option<String>, Option<String>, Option<String>)>,
+    ) -> PyResult<()> {
+        let rows = rows
+            .into_iter()
+            .map(|(id, label, label_name, path, split)| {
+                Ok(MetadataRow {
+                    id: uuids_from_bytes(&id)?.first().copied().ok_or_else(|| invalid("empty uuid"))?,
+                    label,
+                    label_name,
+                    path,
+                    split,
+                })
+            })
+            .collect::<PyResult<Vec<_>>>()?;
+        block(py, self.inner.put_metadata(table, rows))
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn scan_metadata<'py>(
+        &self,
+        py: Python<'py>,
+        table: &str,
+    ) -> PyResult<Vec<(Bound<'py, PyBytes>, Option<i32>, Option<String>, Option<String>, Option<String>)>> {
+        let rows = block(py, self.inner.scan_metadata(table))?;
+        Ok(rows
+            .into_iter()
+            .map(|r| (PyBytes::new(py, r.id.as_bytes()), r.label, r.label_name, r.path, r.split))
+            .collect())
+    }
+
+    fn __reduce__(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, (String,))> {
+        // Stores travel to DataLoader workers (spawn) by URL and are reopened there.
+        let open = py.import("crs4_cassandra._native")?.getattr("open_store")?;
+        Ok((open.unbind(), (self.inner.url(),)))
+    }
+}
+
+fn table_spec(table: &str, label_type: &str, id_col: &str, label_col: &str, data_col: &str) -> PyResult<TableSpec> {
+    Ok(TableSpec {
+        table: table.into(),
+        id_col: id_col.into(),
+        label_col: label_col.into(),
+        data_col: data_col.into(),
+        label_type: self::label_type(label_type)?,
+    })
+}
+
+/// Opens a store by URL: `local:PATH` (add `?create=1` to create it).
+#[pyfunction]
+#[pyo3(signature = (url, create=false))]
+fn open_store(py: Python<'_>, url: &str, create: bool) -> PyResult<Store> {
+    if let Some(path) = url.strip_prefix("local:") {
+        let path = PathBuf::from(path);
+        let store = py.detach(|| LocalStore::open(&path, create)).map_err(store_err)?;
+        return Ok(Store { inner: Arc::new(store) });
+    }
+    Err(invalid(format!("unsupported store URL {url:?}: expected \"local:PATH\"")))
+}
+
+/// Batches a rank serves in an epoch.
+#[pyfunction]
+#[pyo3(signature = (n, batch_size, world_size, drop_last, start=0))]
+fn batches_per_rank(n: usize, batch_size: usize, world_size: usize, drop_last: bool, start: usize) -> PyResult<usize> {
+    let plan = EpochPlan::new(PlanSpec {
+        n,
+        batch_size,
+        world_size,
+        drop_last,
+        shuffle: false,
+        seed: 0,
+        epoch: 0,
+        start,
+    })
+    .map_err(plan_err)?;
+    Ok(plan.batches_per_rank())
+}
+
+/// Samples of the global order consumed once every rank has taken `batches` batches.
+#[pyfunction]
+#[pyo3(signature = (n, batch_size, world_size, drop_last, start, batches))]
+fn consumed_after(n: usize, batch_size: usize, world_size: usize, drop_last: bool, start: usize, batches: usize) -> PyResult<usize> {
+    let plan = EpochPlan::new(PlanSpec {
+        n,
+        batch_size,
+        world_size,
+        drop_last,
+        shuffle: false,
+        seed: 0,
+        epoch: 0,
+        start,
+    })
+    .map_err(plan_err)?;
+    Ok(plan.resume_after(batches).consumed_samples)
+}
+
+/// Iterates the batches of one reader (a rank, or a DataLoader worker of a rank).
+#[pyclass(module = "crs4_cassandra._native")]
+struct Reader {
+    stream: Option<BatchStream>,
+    label_type: LabelType,
+}
+
+#[pymethods]
+impl Reader {
+    #[new]
+    #[pyo3(signature = (
+        store, table, uuids, batch_size, *, label_type="int", id_col="id", label_col="label", data_col="data",
+        world_size=1, rank=0, num_workers=1, worker_id=0, shuffle=true, seed=0, epoch=0, drop_last=false,
+        start=0, ordered=true, window=None
+    ))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        store: &Store,
+        table: &str,
+        uuids: PyBackedBytes,
+        batch_size: usize,
+        label_type: &str,
+        id_col: &str,
+        label_col: &str,
+        data_col: &str,
+        world_size: usize,
+        rank: usize,
+        num_workers: usize,
+        worker_id: usize,
+        shuffle: bool,
+        seed: u64,
+        epoch: u64,
+        drop_last: bool,
+        start: usize,
+        ordered: bool,
+        window: Option<usize>,
+    ) -> PyResult<Self> {
+        let spec = table_spec(table, label_type, id_col, label_col, data_col)?;
+        let ids: Arc<[Uuid]> = uuids_from_bytes(&uuids)?.into();
+        let plan = EpochPlan::new(PlanSpec {
+            n: ids.len(),
+            batch_size,
+            world_size,
+            drop_last,
+            shuffle,
+            seed,
+            epoch,
+            start,
+        })
+        .map_err(plan_err)?;
+        let batches = plan.reader_batches(rank, num_workers, worker_id).map_err(plan_err)?;
+        let reader = block(py, store.inner.open_table(&spec))?;
+        let mut options = EngineOptions {
+            ordered,
+            ..EngineOptions::default()
+        };
+        if let Some(w) = window {
+            options.window = w.max(1);
+        }
+        let stream = py.detach(|| {
+            let _guard = runtime().enter();
+            FetchEngine::start(reader, ids, batches, options)
+        });
+        Ok(Self {
+            stream: Some(stream),
+            label_type: spec.label_type,
+        })
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<NativeBatch>> {
+        let Some(stream) = self.stream.as_mut() else {
+            return Ok(None);
+        };
+        loop {
+            match py.detach(|| stream.next_blocking(SIGNAL_POLL)) {
+                Ok(Next::Batch(batch)) => {
+                    return Ok(Some(NativeBatch {
+                        batch: Arc::new(batch),
+                        label_type: self.label_type,
+                    }))
+                }
+                Ok(Next::End) => {
+                    self.stream = None;
+                    return Ok(None);
+                }
+                Ok(Next::Pending) => {
+                    if let Err(e) = py.check_signals() {
+                        self.stream = None; // stops the background reads
+                        return Err(e);
+                    }
+                }
+                Err(e) => {
+                    self.stream = None;
+                    return Err(store_err(e));
+                }
+            }
+        }
+    }
+
+    /// Stops background reads now (also done when the reader is garbage collected).
+    fn close(&mut self) {
+        self.stream = None;
+    }
+
+    fn __len__(&self) -> usize {
+        self.stream.as_ref().map_or(0, |s| s.remaining())
+    }
+}
+
+/// A finished batch; each accessor is a zero-copy tensor over the batch's buffers.
+#[pyclass(module = "crs4_cassandra._native", frozen)]
+struct NativeBatch {
+    batch: Arc<Batch>,
+    label_type: LabelType,
+}
+
+fn tensor_of<T>(owner: &Arc<Batch>, v: &[T], dtype: DLDataType) -> ArenaTensor {
+    ArenaTensor::new(owner.clone(), v.as_ptr() as *const u8, vec![v.len() as i64], dtype)
+}
+
+#[pymethods]
+impl NativeBatch {
+    #[getter]
+    fn position(&self) -> usize {
+        self.batch.position
+    }
+
+    #[getter]
+    fn label_type(&self) -> &'static str {
+        self.label_type.as_str()
+    }
+
+    fn __len__(&self) -> usize {
+        self.batch.len()
+    }
+
+    fn data(&self) -> ArenaTensor {
+        tensor_of(&self.batch, &self.batch.data, DLDataType::U8)
+    }
+
+    fn offsets(&self) -> ArenaTensor {
+        tensor_of(&self.batch, &self.batch.offsets, DLDataType::I64)
+    }
+
+    fn indices(&self) -> ArenaTensor {
+        tensor_of(&self.batch, &self.batch.indices, DLDataType::I64)
+    }
+
+    fn is_pad(&self) -> ArenaTensor {
+        tensor_of(&self.batch, &self.batch.is_pad, DLDataType::BOOL)
+    }
+
+    fn ids(&self) -> ArenaTensor {
+        let b = &self.batch;
+        ArenaTensor::new(b.clone(), b.ids.as_ptr(), vec![b.len() as i64, 16], DLDataType::U8)
+    }
+
+    /// Int labels as a tensor; for blob labels, the flat label bytes.
+    fn labels(&self) -> Option<ArenaTensor> {
+        match &self.batch.labels {
+            Labels::Int(v) => Some(tensor_of(&self.batch, v, DLDataType::I64)),
+            Labels::Blob { data, .. } => Some(tensor_of(&self.batch, data, DLDataType::U8)),
+            Labels::None => None,
+        }
+    }
+
+    /// Offsets into `labels()` for blob labels.
+    fn label_offsets(&self) -> Option<ArenaTensor> {
+        match &self.batch.labels {
+            Labels::Blob { offsets, .. } => Some(tensor_of(&self.batch, offsets, DLDataType::I64)),
+            _ => None,
+        }
+    }
+}
+
+/// Reads a split file: (header JSON, [(name, uuid bytes)]).
+#[pyfunction]
+fn read_split_file(py: Python<'_>, path: PathBuf) -> PyResult<(String, Vec<(String, Py<PyBytes>)>)> {
+    let file = py.detach(|| SplitFile::load(&path)).map_err(split_err)?;
+    let header = serde_json::to_string(&file.header).expect("serializable header");
+    let splits = file
+        .splits
+        .into_iter()
+        .map(|(name, bytes)| (name, PyBytes::new(py, &bytes).unbind()))
+        .collect();
+    Ok((header, splits))
+}
+
+/// Writes a split file from a header JSON and [(name, uuid bytes)].
+#[pyfunction]
+fn write_split_file(py: Python<'_>, path: PathBuf, header: &str, splits: Vec<(String, PyBackedBytes)>) -> PyResult<()> {
+    let header = serde_json::from_str(header).map_err(|e| invalid(format!("invalid split header: {e}")))?;
+    let mut file = SplitFile::new(header);
+    for (name, bytes) in splits {
+        file.add_split(&name, bytes.to_vec()).map_err(split_err)?;
+    }
+    py.detach(|| file.save(Path::new(&path))).map_err(split_err)
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(open_store, m)?)?;
+    m.add_function(wrap_pyfunction!(batches_per_rank, m)?)?;
+    m.add_function(wrap_pyfunction!(consumed_after, m)?)?;
+    m.add_function(wrap_pyfunction!(read_split_file, m)?)?;
+    m.add_function(wrap_pyfunction!(write_split_file, m)?)?;
+    m.add_class::<Store>()?;
+    m.add_class::<Reader>()?;
+    m.add_class::<NativeBatch>()?;
+    m.add_class::<ArenaTensor>()?;
+    Ok(())
+}

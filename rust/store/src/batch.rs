@@ -1,0 +1,154 @@
+//! Batches and the arena pool their bytes live in.
+
+use std::sync::{Arc, Mutex, Weak};
+use uuid::Uuid;
+
+/// A pool of byte buffers reused from batch to batch: a buffer whose batch has
+/// been released by every consumer goes back here instead of to the allocator,
+/// so steady-state iteration neither allocates nor page-faults fresh memory.
+#[derive(Debug)]
+pub struct ArenaPool {
+    free: Mutex<Vec<Vec<u8>>>,
+    max_free: usize,
+}
+
+impl ArenaPool {
+    pub fn new(max_free: usize) -> Arc<Self> {
+        Arc::new(Self {
+            free: Mutex::new(Vec::new()),
+            max_free,
+        })
+    }
+
+    /// An empty buffer with room for at least `capacity` bytes.
+    pub fn take(self: &Arc<Self>, capacity: usize) -> PooledBuf {
+        let reused = {
+            let mut free = self.free.lock().expect("arena pool poisoned");
+            // Prefer a buffer already big enough; otherwise grow any.
+            match free.iter().position(|b| b.capacity() >= capacity) {
+                Some(i) => Some(free.swap_remove(i)),
+                None => free.pop(),
+            }
+        };
+        let mut buf = reused.unwrap_or_default();
+        buf.clear();
+        buf.reserve(capacity);
+        PooledBuf {
+            buf,
+            pool: Arc::downgrade(self),
+        }
+    }
+
+    fn give_back(&self, buf: Vec<u8>) {
+        let mut free = self.free.lock().expect("arena pool poisoned");
+        if free.len() < self.max_free {
+            free.push(buf);
+        }
+    }
+}
+
+/// A byte buffer that returns to its pool when dropped.
+#[derive(Debug, Default)]
+pub struct PooledBuf {
+    buf: Vec<u8>,
+    pool: Weak<ArenaPool>,
+}
+
+impl PooledBuf {
+    pub fn unpooled(buf: Vec<u8>) -> Self {
+        Self {
+            buf,
+            pool: Weak::new(),
+        }
+    }
+}
+
+impl std::ops::Deref for PooledBuf {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.buf
+    }
+}
+
+impl std::ops::DerefMut for PooledBuf {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.buf
+    }
+}
+
+impl Drop for PooledBuf {
+    fn drop(&mut self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.give_back(std::mem::take(&mut self.buf));
+        }
+    }
+}
+
+/// Labels of a batch, by label type.
+#[derive(Debug)]
+pub enum Labels {
+    Int(Vec<i64>),
+    /// Ragged bytes, like the data: sample `i` is `data[offsets[i]..offsets[i+1]]`.
+    Blob {
+        data: PooledBuf,
+        offsets: Vec<i64>,
+    },
+    None,
+}
+
+/// What the fetch engine asks a table reader to fill.
+#[derive(Debug, Clone)]
+pub struct BatchJob {
+    /// Rank-local position of the batch in the epoch.
+    pub position: usize,
+    pub indices: Vec<u32>,
+    pub is_pad: Vec<bool>,
+    pub ids: Vec<Uuid>,
+}
+
+/// A finished batch: one flat byte buffer plus offsets, and labels.
+#[derive(Debug)]
+pub struct Batch {
+    pub position: usize,
+    pub data: PooledBuf,
+    /// B+1 offsets into `data`.
+    pub offsets: Vec<i64>,
+    pub labels: Labels,
+    pub indices: Vec<i64>,
+    pub is_pad: Vec<bool>,
+    /// B*16 uuid bytes.
+    pub ids: Vec<u8>,
+}
+
+impl Batch {
+    pub fn len(&self) -> usize {
+        self.offsets.len().saturating_sub(1)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn sample(&self, i: usize) -> &[u8] {
+        &self.data[self.offsets[i] as usize..self.offsets[i + 1] as usize]
+    }
+
+    /// Starts a batch from a job; the reader then fills data, offsets and labels.
+    pub fn from_job(job: &BatchJob, data: PooledBuf, labels: Labels) -> Self {
+        let mut ids = Vec::with_capacity(job.ids.len() * 16);
+        for id in &job.ids {
+            ids.extend_from_slice(id.as_bytes());
+        }
+        let mut offsets = Vec::with_capacity(job.ids.len() + 1);
+        offsets.push(0);
+        Batch {
+            position: job.position,
+            data,
+            offsets,
+            labels,
+            indices: job.indices.iter().map(|&i| i as i64).collect(),
+            is_pad: job.is_pad.clone(),
+            ids,
+        }
+    }
+}

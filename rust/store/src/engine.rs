@@ -1,0 +1,189 @@
+//! The fetch engine: keeps a bounded window of batch reads in flight and
+//! delivers finished batches in plan order (`ordered`) or as they complete.
+//!
+//! Completion order never changes a batch's composition: each read fills the
+//! batch the plan assigned. Memory is bounded: at most `window` batches are
+//! being read or waiting to be reordered, plus `ready` finished ones queued for
+//! the consumer; their buffers come from a recycling [`ArenaPool`].
+
+use crate::batch::{ArenaPool, Batch, BatchJob};
+use crate::error::{Result, StoreError};
+use crate::runtime::runtime;
+use crate::TableReader;
+use crs4_cassandra_core::PlannedBatch;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use uuid::Uuid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EngineOptions {
+    /// Batch reads in flight (and awaiting reorder) at most.
+    pub window: usize,
+    /// Finished batches queued for the consumer at most.
+    pub ready: usize,
+    /// Deliver in plan order (true) or completion order (false).
+    pub ordered: bool,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Self {
+            window: (2 * cores).clamp(4, 32),
+            ready: 2,
+            ordered: true,
+        }
+    }
+}
+
+/// Finished batches, in delivery order. Dropping it stops the background work.
+pub struct BatchStream {
+    rx: mpsc::Receiver<Result<Batch>>,
+    driver: tokio::task::JoinHandle<()>,
+    remaining: usize,
+}
+
+pub enum Next {
+    Batch(Batch),
+    End,
+    /// Nothing arrived within the wait; the caller may check for interrupts and wait again.
+    Pending,
+}
+
+impl BatchStream {
+    /// Waits up to `wait` for the next batch (blocking the calling thread, which
+    /// must not be a runtime thread).
+    pub fn next_blocking(&mut self, wait: Duration) -> Result<Next> {
+        if self.remaining == 0 {
+            return Ok(Next::End);
+        }
+        let rt = runtime();
+        match rt.block_on(async { tokio::time::timeout(wait, self.rx.recv()).await }) {
+            Err(_) => Ok(Next::Pending),
+            Ok(Some(Ok(batch))) => {
+                self.remaining -= 1;
+                Ok(Next::Batch(batch))
+            }
+            Ok(Some(Err(e))) => {
+                self.remaining = 0;
+                Err(e)
+            }
+            Ok(None) => {
+                self.remaining = 0;
+                Err(StoreError::Internal(
+                    "the fetch task ended before delivering every batch".into(),
+                ))
+            }
+        }
+    }
+
+    pub async fn next(&mut self) -> Option<Result<Batch>> {
+        if self.remaining == 0 {
+            return None;
+        }
+        let item = self.rx.recv().await;
+        self.remaining = match &item {
+            Some(Ok(_)) => self.remaining - 1,
+            _ => 0,
+        };
+        Some(item.unwrap_or_else(|| {
+            Err(StoreError::Internal(
+                "the fetch task ended before delivering every batch".into(),
+            ))
+        }))
+    }
+
+    /// Batches not yet delivered.
+    pub fn remaining(&self) -> usize {
+        self.remaining
+    }
+}
+
+impl Drop for BatchStream {
+    fn drop(&mut self) {
+        // Aborting the driver drops its JoinSet, which aborts every read in flight.
+        self.driver.abort();
+    }
+}
+
+pub struct FetchEngine;
+
+impl FetchEngine {
+    /// Starts reading `batches` (this reader's share of the epoch plan) of
+    /// `reader`, where batch indices refer to `ids`.
+    pub fn start(
+        reader: Arc<dyn TableReader>,
+        ids: Arc<[Uuid]>,
+        batches: Vec<PlannedBatch>,
+        options: EngineOptions,
+    ) -> BatchStream {
+        let window = options.window.max(1);
+        let (tx, rx) = mpsc::channel(options.ready.max(1));
+        let remaining = batches.len();
+        let pool = ArenaPool::new(window + options.ready + 2);
+        let driver = runtime().spawn(drive(reader, ids, batches, window, options.ordered, pool, tx));
+        BatchStream {
+            rx,
+            driver,
+            remaining,
+        }
+    }
+}
+
+async fn drive(
+    reader: Arc<dyn TableReader>,
+    ids: Arc<[Uuid]>,
+    batches: Vec<PlannedBatch>,
+    window: usize,
+    ordered: bool,
+    pool: Arc<ArenaPool>,
+    tx: mpsc::Sender<Result<Batch>>,
+) {
+    let mut pending = batches.into_iter().enumerate();
+    let mut in_flight: JoinSet<(usize, Result<Batch>)> = JoinSet::new();
+    let mut reorder: BTreeMap<usize, Result<Batch>> = BTreeMap::new();
+    let mut next_seq = 0usize;
+    let mut failed = false;
+    loop {
+        while !failed && in_flight.len() + reorder.len() < window {
+            let Some((seq, planned)) = pending.next() else {
+                break;
+            };
+            let job = BatchJob {
+                position: planned.position,
+                ids: planned.indices.iter().map(|&i| ids[i as usize]).collect(),
+                indices: planned.indices,
+                is_pad: planned.is_pad,
+            };
+            let read = reader.clone().read_batch(job, pool.clone());
+            in_flight.spawn(async move { (seq, read.await) });
+        }
+        let Some(joined) = in_flight.join_next().await else {
+            return;
+        };
+        let (seq, result) = match joined {
+            Ok(done) => done,
+            Err(e) if e.is_cancelled() => return,
+            Err(e) => (next_seq, Err(StoreError::Internal(format!("a batch read panicked: {e}")))),
+        };
+        failed |= result.is_err();
+        if !ordered || result.is_err() {
+            // An error is delivered at once: the consumer should not wait for
+            // batches that will never complete the epoch.
+            if tx.send(result).await.is_err() || failed {
+                return;
+            }
+            continue;
+        }
+        reorder.insert(seq, result);
+        while let Some(result) = reorder.remove(&next_seq) {
+            next_seq += 1;
+            if tx.send(result).await.is_err() {
+                return;
+            }
+        }
+    }
+}

@@ -1,0 +1,54 @@
+use std::path::PathBuf;
+use thiserror::Error;
+use uuid::Uuid;
+
+/// Everything that can go wrong reading samples. Each variant names the thing
+/// at fault (store, table, column, uuid, host) so the message says what to fix.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    #[error("{path} is not a crs4_cassandra local store: {reason}")]
+    NotAStore { path: PathBuf, reason: String },
+    #[error("table {table:?} not found in {store}; available tables: {available:?}")]
+    TableNotFound {
+        store: String,
+        table: String,
+        available: Vec<String>,
+    },
+    #[error("table {table:?} already exists in {store}; pass overwrite=True (--overwrite) to replace it")]
+    TableExists { store: String, table: String },
+    #[error("table {table:?} has label type {actual:?} but {requested:?} was requested")]
+    LabelTypeMismatch {
+        table: String,
+        actual: String,
+        requested: String,
+    },
+    #[error("sample {uuid} not found in table {table:?}")]
+    MissingSample { table: String, uuid: Uuid },
+    #[error("sample {uuid} in table {table:?} has a null or empty {column:?} column")]
+    EmptyValue {
+        table: String,
+        uuid: Uuid,
+        column: String,
+    },
+    #[error("sample {uuid} in table {table:?}: bad {column:?} value: {reason}")]
+    BadValue {
+        table: String,
+        uuid: Uuid,
+        column: String,
+        reason: String,
+    },
+    #[error("LMDB error in {path}: {message}")]
+    Lmdb { path: PathBuf, message: String },
+    #[error("I/O error on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the loader's background task stopped unexpectedly: {0}")]
+    Internal(String),
+}
+
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,108 @@
+//! Sample stores and the fetch engine of crs4_cassandra.
+//!
+//! A [`SampleStore`] (the embedded [`local::LocalStore`], or Cassandra/ScyllaDB)
+//! opens [`TableReader`]s; the [`engine`] keeps a bounded window of batch reads
+//! in flight on the process's tokio runtime and delivers finished [`Batch`]es.
+
+pub mod batch;
+pub mod engine;
+pub mod error;
+pub mod lmdb;
+pub mod local;
+pub mod runtime;
+
+use futures::future::BoxFuture;
+use std::sync::Arc;
+use uuid::Uuid;
+
+pub use batch::{ArenaPool, Batch, BatchJob, Labels, PooledBuf};
+pub use crs4_cassandra_core::LabelType;
+pub use engine::{BatchStream, EngineOptions, FetchEngine};
+pub use error::{Result, StoreError};
+
+/// Which table and columns to read, and how to interpret the label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TableSpec {
+    pub table: String,
+    pub id_col: String,
+    pub label_col: String,
+    pub data_col: String,
+    pub label_type: LabelType,
+}
+
+impl TableSpec {
+    pub fn new(table: &str, label_type: LabelType) -> Self {
+        Self {
+            table: table.to_string(),
+            id_col: "id".into(),
+            label_col: "label".into(),
+            data_col: "data".into(),
+            label_type,
+        }
+    }
+}
+
+/// A label as written by ingest.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LabelValue {
+    Int(i32),
+    Blob(Vec<u8>),
+    None,
+}
+
+/// One row of a data table.
+#[derive(Debug, Clone)]
+pub struct SampleRow {
+    pub id: Uuid,
+    pub label: LabelValue,
+    pub data: Vec<u8>,
+}
+
+/// One row of a metadata table: what split files are built from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct MetadataRow {
+    pub id: Uuid,
+    pub label: Option<i32>,
+    pub label_name: Option<String>,
+    pub path: Option<String>,
+    /// The split the sample came from in the original dataset (e.g. "train", "val").
+    #[serde(default)]
+    pub split: Option<String>,
+}
+
+/// Reads batches of one table.
+pub trait TableReader: Send + Sync + 'static {
+    /// Fills a batch: every sample of the job, in job order, into one pooled buffer.
+    fn read_batch(
+        self: Arc<Self>,
+        job: BatchJob,
+        pool: Arc<ArenaPool>,
+    ) -> BoxFuture<'static, Result<Batch>>;
+
+    fn spec(&self) -> &TableSpec;
+}
+
+/// A place where samples live.
+pub trait SampleStore: Send + Sync + 'static {
+    /// The store's URL, never with a password in it.
+    fn url(&self) -> String;
+
+    /// Opens a data table for reading; fails if the table or its columns are missing.
+    fn open_table(&self, spec: &TableSpec) -> BoxFuture<'static, Result<Arc<dyn TableReader>>>;
+
+    /// Creates a data table and its metadata table. Refuses existing tables unless `overwrite`.
+    fn create_tables(
+        &self,
+        spec: &TableSpec,
+        metadata_table: &str,
+        overwrite: bool,
+    ) -> BoxFuture<'static, Result<()>>;
+
+    fn put_samples(&self, table: &str, rows: Vec<SampleRow>) -> BoxFuture<'static, Result<()>>;
+
+    fn put_metadata(&self, table: &str, rows: Vec<MetadataRow>)
+        -> BoxFuture<'static, Result<()>>;
+
+    /// Every row of a metadata table.
+    fn scan_metadata(&self, table: &str) -> BoxFuture<'static, Result<Vec<MetadataRow>>>;
+}

@@ -1,0 +1,352 @@
+//! A thin, fork-aware layer over LMDB (the C library, through `lmdb-master-sys`).
+//!
+//! Why not heed's `Env`: heed keeps a process-global registry of open
+//! environments and refuses to open a path twice. A DataLoader worker forked
+//! from a parent that had the store open inherits that registry, so it could
+//! neither reuse the parent's environment (LMDB forbids using an `MDB_env`
+//! across `fork()`) nor open its own. Here the per-process cache is keyed by pid:
+//! a forked child opens its own environment, and handles it inherited are never
+//! used nor closed (closing them would release the parent's reader slots).
+
+use crate::error::{Result, StoreError};
+use lmdb_master_sys as ffi;
+use std::collections::HashMap;
+use std::ffi::{c_void, CStr, CString};
+use std::path::{Path, PathBuf};
+use std::ptr;
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+
+/// Virtual address space reserved for the map; the file only grows as data is written.
+const MAP_SIZE: usize = 1 << 40;
+const MAX_DBS: u32 = 1024;
+const MAX_READERS: u32 = 4096;
+
+pub type Dbi = ffi::MDB_dbi;
+
+pub struct Env {
+    ptr: *mut ffi::MDB_env,
+    path: PathBuf,
+    pid: u32,
+    dbis: Mutex<HashMap<String, Dbi>>,
+}
+
+// LMDB environments are thread-safe; read transactions are opened with
+// MDB_NOTLS so they are not tied to the opening thread.
+unsafe impl Send for Env {}
+unsafe impl Sync for Env {}
+
+impl Drop for Env {
+    fn drop(&mut self) {
+        if self.pid == std::process::id() {
+            unsafe { ffi::mdb_env_close(self.ptr) };
+        }
+    }
+}
+
+fn strerror(rc: i32) -> String {
+    unsafe { CStr::from_ptr(ffi::mdb_strerror(rc)) }
+        .to_string_lossy()
+        .into_owned()
+}
+
+type EnvCache = (u32, HashMap<PathBuf, Weak<Env>>);
+
+fn cache() -> &'static Mutex<EnvCache> {
+    static CACHE: OnceLock<Mutex<EnvCache>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new((std::process::id(), HashMap::new())))
+}
+
+impl Env {
+    /// Opens (or returns this process's already open) environment at `path`.
+    /// With `create`, the directory is created if missing.
+    pub fn open(path: &Path, create: bool) -> Result<Arc<Env>> {
+        if create {
+            std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        } else if !path.join("data.mdb").is_file() {
+            let reason = if path.exists() {
+                "no data.mdb file in it".to_string()
+            } else {
+                "the path does not exist".to_string()
+            };
+            return Err(StoreError::NotAStore {
+                path: path.to_path_buf(),
+                reason,
+            });
+        }
+        let key = path.canonicalize().map_err(|source| StoreError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut guard = cache().lock().expect("env cache poisoned");
+        let pid = std::process::id();
+        if guard.0 != pid {
+            // Forked child: forget the parent's handles without touching them.
+            for (_, weak) in guard.1.drain() {
+                if let Some(env) = weak.upgrade() {
+                    std::mem::forget(env);
+                }
+            }
+            guard.0 = pid;
+        }
+        if let Some(env) = guard.1.get(&key).and_then(Weak::upgrade) {
+            return Ok(env);
+        }
+        let env = Arc::new(Self::open_raw(&key)?);
+        guard.1.insert(key, Arc::downgrade(&env));
+        Ok(env)
+    }
+
+    fn open_raw(path: &Path) -> Result<Env> {
+        let err = |rc: i32| StoreError::Lmdb {
+            path: path.to_path_buf(),
+            message: strerror(rc),
+        };
+        let cpath = CString::new(path.as_os_str().as_encoded_bytes())
+            .map_err(|_| StoreError::InvalidArgument(format!("path {path:?} contains a NUL")))?;
+        let mut env: *mut ffi::MDB_env = ptr::null_mut();
+        unsafe {
+            let rc = ffi::mdb_env_create(&mut env);
+            if rc != 0 {
+                return Err(err(rc));
+            }
+            let setup = [
+                ffi::mdb_env_set_mapsize(env, MAP_SIZE),
+                ffi::mdb_env_set_maxdbs(env, MAX_DBS),
+                ffi::mdb_env_set_maxreaders(env, MAX_READERS),
+            ];
+            if let Some(&rc) = setup.iter().find(|&&rc| rc != 0) {
+                ffi::mdb_env_close(env);
+                return Err(err(rc));
+            }
+            let rc = ffi::mdb_env_open(env, cpath.as_ptr(), ffi::MDB_NOTLS, 0o644);
+            if rc != 0 {
+                ffi::mdb_env_close(env);
+                return Err(err(rc));
+            }
+        }
+        Ok(Env {
+            ptr: env,
+            path: path.to_path_buf(),
+            pid: std::process::id(),
+            dbis: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn err(&self, rc: i32) -> StoreError {
+        StoreError::Lmdb {
+            path: self.path.clone(),
+            message: strerror(rc),
+        }
+    }
+
+    fn check_pid(&self) -> Result<()> {
+        if self.pid != std::process::id() {
+            return Err(StoreError::Internal(format!(
+                "LMDB environment {} was opened before fork() and cannot be used in a child process",
+                self.path.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// Handle of a named database, or None if it does not exist (and `create` is false).
+    pub fn dbi(&self, name: &str, create: bool) -> Result<Option<Dbi>> {
+        self.check_pid()?;
+        // mdb_dbi_open must not run in concurrent transactions: serialize it here.
+        let mut dbis = self.dbis.lock().expect("dbi cache poisoned");
+        if let Some(&dbi) = dbis.get(name) {
+            return Ok(Some(dbi));
+        }
+        let cname = CString::new(name)
+            .map_err(|_| StoreError::InvalidArgument(format!("table name {name:?} contains a NUL")))?;
+        let flags = if create { 0 } else { ffi::MDB_RDONLY };
+        let mut txn: *mut ffi::MDB_txn = ptr::null_mut();
+        unsafe {
+            let rc = ffi::mdb_txn_begin(self.ptr, ptr::null_mut(), flags, &mut txn);
+            if rc != 0 {
+                return Err(self.err(rc));
+            }
+            let mut dbi: Dbi = 0;
+            let rc = ffi::mdb_dbi_open(
+                txn,
+                cname.as_ptr(),
+                if create { ffi::MDB_CREATE } else { 0 },
+                &mut dbi,
+            );
+            if rc == ffi::MDB_NOTFOUND {
+                ffi::mdb_txn_abort(txn);
+                return Ok(None);
+            }
+            if rc != 0 {
+                ffi::mdb_txn_abort(txn);
+                return Err(self.err(rc));
+            }
+            let rc = ffi::mdb_txn_commit(txn);
+            if rc != 0 {
+                return Err(self.err(rc));
+            }
+            dbis.insert(name.to_string(), dbi);
+            Ok(Some(dbi))
+        }
+    }
+
+    /// Runs `f` inside a read-only transaction.
+    pub fn read<T>(&self, f: impl FnOnce(&RoTxn<'_>) -> Result<T>) -> Result<T> {
+        self.check_pid()?;
+        let mut txn: *mut ffi::MDB_txn = ptr::null_mut();
+        let rc = unsafe { ffi::mdb_txn_begin(self.ptr, ptr::null_mut(), ffi::MDB_RDONLY, &mut txn) };
+        if rc != 0 {
+            return Err(self.err(rc));
+        }
+        let ro = RoTxn { env: self, txn };
+        f(&ro)
+        // RoTxn's Drop aborts the transaction.
+    }
+
+    /// Runs `f` inside a write transaction, committed if `f` returns Ok.
+    pub fn write<T>(&self, f: impl FnOnce(&RwTxn<'_>) -> Result<T>) -> Result<T> {
+        self.check_pid()?;
+        let mut txn: *mut ffi::MDB_txn = ptr::null_mut();
+        let rc = unsafe { ffi::mdb_txn_begin(self.ptr, ptr::null_mut(), 0, &mut txn) };
+        if rc != 0 {
+            return Err(self.err(rc));
+        }
+        let rw = RwTxn {
+            ro: RoTxn { env: self, txn },
+        };
+        let out = f(&rw)?;
+        let txn = rw.ro.txn;
+        std::mem::forget(rw);
+        let rc = unsafe { ffi::mdb_txn_commit(txn) };
+        if rc != 0 {
+            return Err(self.err(rc));
+        }
+        Ok(out)
+    }
+}
+
+pub struct RoTxn<'e> {
+    env: &'e Env,
+    txn: *mut ffi::MDB_txn,
+}
+
+impl Drop for RoTxn<'_> {
+    fn drop(&mut self) {
+        unsafe { ffi::mdb_txn_abort(self.txn) };
+    }
+}
+
+fn val(bytes: &[u8]) -> ffi::MDB_val {
+    ffi::MDB_val {
+        mv_size: bytes.len(),
+        mv_data: bytes.as_ptr() as *mut c_void,
+    }
+}
+
+impl<'e> RoTxn<'e> {
+    /// The value stored under `key`, borrowed from the memory map.
+    pub fn get(&self, dbi: Dbi, key: &[u8]) -> Result<Option<&[u8]>> {
+        let mut k = val(key);
+        let mut v = ffi::MDB_val {
+            mv_size: 0,
+            mv_data: ptr::null_mut(),
+        };
+        let rc = unsafe { ffi::mdb_get(self.txn, dbi, &mut k, &mut v) };
+        match rc {
+            0 => Ok(Some(unsafe {
+                std::slice::from_raw_parts(v.mv_data as *const u8, v.mv_size)
+            })),
+            ffi::MDB_NOTFOUND => Ok(None),
+            rc => Err(self.env.err(rc)),
+        }
+    }
+
+    /// Calls `f` on every (key, value) pair in key order; stops early if `f` returns false.
+    pub fn for_each(&self, dbi: Dbi, mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+        let mut cursor: *mut ffi::MDB_cursor = ptr::null_mut();
+        let rc = unsafe { ffi::mdb_cursor_open(self.txn, dbi, &mut cursor) };
+        if rc != 0 {
+            return Err(self.env.err(rc));
+        }
+        let mut op = ffi::MDB_FIRST;
+        let result = loop {
+            let mut k = ffi::MDB_val {
+                mv_size: 0,
+                mv_data: ptr::null_mut(),
+            };
+            let mut v = ffi::MDB_val {
+                mv_size: 0,
+                mv_data: ptr::null_mut(),
+            };
+            let rc = unsafe { ffi::mdb_cursor_get(cursor, &mut k, &mut v, op) };
+            if rc == ffi::MDB_NOTFOUND {
+                break Ok(());
+            }
+            if rc != 0 {
+                break Err(self.env.err(rc));
+            }
+            let (key, value) = unsafe {
+                (
+                    std::slice::from_raw_parts(k.mv_data as *const u8, k.mv_size),
+                    std::slice::from_raw_parts(v.mv_data as *const u8, v.mv_size),
+                )
+            };
+            match f(key, value) {
+                Ok(true) => {}
+                Ok(false) => break Ok(()),
+                Err(e) => break Err(e),
+            }
+            op = ffi::MDB_NEXT;
+        };
+        unsafe { ffi::mdb_cursor_close(cursor) };
+        result
+    }
+
+    pub fn count(&self, dbi: Dbi) -> Result<usize> {
+        let mut stat = std::mem::MaybeUninit::<ffi::MDB_stat>::zeroed();
+        let rc = unsafe { ffi::mdb_stat(self.txn, dbi, stat.as_mut_ptr()) };
+        if rc != 0 {
+            return Err(self.env.err(rc));
+        }
+        Ok(unsafe { stat.assume_init() }.ms_entries)
+    }
+}
+
+pub struct RwTxn<'e> {
+    ro: RoTxn<'e>,
+}
+
+impl<'e> std::ops::Deref for RwTxn<'e> {
+    type Target = RoTxn<'e>;
+    fn deref(&self) -> &RoTxn<'e> {
+        &self.ro
+    }
+}
+
+impl RwTxn<'_> {
+    pub fn put(&self, dbi: Dbi, key: &[u8], value: &[u8]) -> Result<()> {
+        let mut k = val(key);
+        let mut v = val(value);
+        let rc = unsafe { ffi::mdb_put(self.ro.txn, dbi, &mut k, &mut v, 0) };
+        if rc != 0 {
+            return Err(self.ro.env.err(rc));
+        }
+        Ok(())
+    }
+
+    /// Empties the database (keeps its handle).
+    pub fn clear(&self, dbi: Dbi) -> Result<()> {
+        let rc = unsafe { ffi::mdb_drop(self.ro.txn, dbi, 0) };
+        if rc != 0 {
+            return Err(self.ro.env.err(rc));
+        }
+        Ok(())
+    }
+}
