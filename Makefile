@@ -12,7 +12,7 @@ export CARGO_TERM_COLOR := never
 SRC ?=
 DEMO_DIR ?= demo-data
 
-.PHONY: help env build test test-rust test-python lint format demo bench clean
+.PHONY: help env build cqlserver test test-rust test-python lint format demo bench clean
 
 help:
 	@echo "make demo    build, make (or take SRC=) an image folder, ingest it locally, train one epoch"
@@ -51,7 +51,10 @@ format: env
 test-rust:
 	cargo test --workspace --exclude crs4-cassandra-python -q
 
-test-python: build
+cqlserver:
+	cargo build --release -q -p crs4-cqlserver
+
+test-python: build cqlserver
 	$(BIN)/python -m pytest -q
 
 test: lint test-rust test-python

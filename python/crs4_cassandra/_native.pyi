@@ -2,8 +2,21 @@
 
 from collections.abc import Iterator
 from os import PathLike
-from typing import Any
+from typing import Any, final
 
+__all__ = [
+    "ArenaTensor",
+    "NativeBatch",
+    "Reader",
+    "Store",
+    "batches_per_rank",
+    "consumed_after",
+    "open_store",
+    "read_split_file",
+    "write_split_file",
+]
+
+@final
 class Store:
     @property
     def url(self) -> str: ...
@@ -30,6 +43,7 @@ class Store:
         self, table: str
     ) -> list[tuple[bytes, int | None, str | None, str | None, str | None]]: ...
 
+@final
 class ArenaTensor:
     @property
     def shape(self) -> list[int]: ...
@@ -44,6 +58,7 @@ class ArenaTensor:
     def __dlpack_device__(self) -> tuple[int, int]: ...
     def legacy_capsule(self) -> Any: ...
 
+@final
 class NativeBatch:
     @property
     def position(self) -> int: ...
@@ -58,9 +73,10 @@ class NativeBatch:
     def labels(self) -> ArenaTensor | None: ...
     def label_offsets(self) -> ArenaTensor | None: ...
 
+@final
 class Reader:
-    def __init__(
-        self,
+    def __new__(
+        cls,
         store: Store,
         table: str,
         uuids: bytes,
@@ -81,7 +97,7 @@ class Reader:
         start: int = 0,
         ordered: bool = True,
         window: int | None = None,
-    ) -> None: ...
+    ) -> Reader: ...
     def __iter__(self) -> Iterator[NativeBatch]: ...
     def __next__(self) -> NativeBatch: ...
     def __len__(self) -> int: ...

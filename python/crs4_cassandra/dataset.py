@@ -11,6 +11,7 @@ from typing import Any
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.dlpack import from_dlpack
 
 from . import _native
 from .errors import InvalidArgumentError, StateDictError
@@ -70,13 +71,13 @@ class Batch:
         labels = nb.labels()
         label_offsets = nb.label_offsets()
         return cls(
-            data=torch.from_dlpack(nb.data()),
-            offsets=torch.from_dlpack(nb.offsets()),
-            labels=None if labels is None else torch.from_dlpack(labels),
-            label_offsets=None if label_offsets is None else torch.from_dlpack(label_offsets),
-            indices=torch.from_dlpack(nb.indices()),
-            is_pad=torch.from_dlpack(nb.is_pad()),
-            id_bytes=torch.from_dlpack(nb.ids()),
+            data=from_dlpack(nb.data()),
+            offsets=from_dlpack(nb.offsets()),
+            labels=None if labels is None else from_dlpack(labels),
+            label_offsets=None if label_offsets is None else from_dlpack(label_offsets),
+            indices=from_dlpack(nb.indices()),
+            is_pad=from_dlpack(nb.is_pad()),
+            id_bytes=from_dlpack(nb.ids()),
             position=nb.position,
             epoch=epoch,
         )
@@ -211,6 +212,15 @@ class ShardedDataset(IterableDataset[Batch]):
         kw.setdefault("label_col", sf.label_col)
         kw.setdefault("data_col", sf.data_col)
         return cls(store, sf.table, sf.uuids(name), batch_size, **kw)
+
+    def __getstate__(self) -> dict[str, Any]:
+        # DataLoader workers started with spawn (the default inside processes
+        # that were themselves spawned, as DDP ranks often are) do not inherit
+        # the process group: resolve the rank here, in the rank's process.
+        state = self.__dict__.copy()
+        if state["_rank"] is None:
+            state["_rank"], state["_world_size"] = _distributed()
+        return state
 
     @property
     def rank(self) -> int:

@@ -61,26 +61,58 @@ def check_image(data: bytes) -> str | None:
         return f"{type(e).__name__}: {e}"
 
 
-def scan_image_folder(src: Path) -> tuple[list[str], list[tuple[Path, int]]]:
-    """Class names (sorted sub-folders) and (file, class index) pairs."""
+SPLIT_TAGS = ("train", "val", "valid", "validation", "test")
+
+
+@dataclass
+class FolderScan:
+    classes: list[str]
+    # (file, class index, original split tag or None)
+    files: list[tuple[Path, int, str | None]]
+
+    @property
+    def tagged(self) -> bool:
+        return any(tag is not None for _, _, tag in self.files)
+
+
+def _class_dirs(root: Path) -> list[str]:
+    return sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+def _files(folder: Path) -> list[Path]:
+    out = []
+    for dirpath, _, names in os.walk(folder):
+        out += [Path(dirpath) / fn for fn in sorted(names) if not fn.startswith(".")]
+    return sorted(out)
+
+
+def scan_image_folder(src: Path) -> FolderScan:
+    """Classes and files of an ImageFolder layout, ``SRC/<class>/<image>``, or of
+    one split by the dataset's own tags, ``SRC/{train,val}/<class>/<image>`` (as
+    imagenette is distributed); the tags are kept in the metadata."""
     if not src.exists():
         raise FileNotFoundError(f"source folder {src} does not exist")
     if not src.is_dir():
         raise NotADirectoryError(f"source {src} is not a folder")
-    classes = sorted(p.name for p in src.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not classes:
+    top = _class_dirs(src)
+    if not top:
         raise InvalidArgumentError(
             f"source folder {src} has no class sub-folders (expected SRC/<class>/<image>)"
         )
-    files: list[tuple[Path, int]] = []
-    for label, name in enumerate(classes):
-        for dirpath, _, names in os.walk(src / name):
-            for fn in sorted(names):
-                if not fn.startswith("."):
-                    files.append((Path(dirpath) / fn, label))
+    tagged = all(t.lower() in SPLIT_TAGS for t in top) and all(_class_dirs(src / t) for t in top)
+    files: list[tuple[Path, int, str | None]]
+    if tagged:
+        classes = sorted({c for t in top for c in _class_dirs(src / t)})
+        index = {c: i for i, c in enumerate(classes)}
+        files = [
+            (f, index[c], t) for t in top for c in _class_dirs(src / t) for f in _files(src / t / c)
+        ]
+    else:
+        classes = top
+        files = [(f, i, None) for i, c in enumerate(classes) for f in _files(src / c)]
     if not files:
         raise InvalidArgumentError(f"source folder {src} has class folders but no files")
-    return classes, files
+    return FolderScan(classes, files)
 
 
 def open_for_writing(store: str | _native.Store) -> _native.Store:
@@ -100,7 +132,9 @@ def make_split(
     """Shuffles ``uuids`` with ``seed`` and cuts them by ``fractions``."""
     total = float(sum(fractions))
     if total <= 0 or any(f < 0 for f in fractions):
-        raise InvalidArgumentError(f"split ratios must be non-negative with a positive sum, got {fractions}")
+        raise InvalidArgumentError(
+            f"split ratios must be non-negative with a positive sum, got {fractions}"
+        )
     perm = np.random.default_rng(seed).permutation(len(uuids))
     bounds = np.round(np.cumsum([0.0, *fractions]) / total * len(uuids)).astype(int)
     return {name: uuids[perm[bounds[i] : bounds[i + 1]]] for i, name in enumerate(names)}
@@ -118,7 +152,8 @@ def ingest_folder(
     chunk: int = 64,
     progress: bool = True,
 ) -> IngestReport:
-    """Ingests an ImageFolder layout (one sub-folder per class) into ``table``
+    """Ingests an ImageFolder layout (one sub-folder per class, optionally under
+    train/ and val/ folders whose split is then kept) into ``table``
     of ``store`` with int labels; metadata goes to ``<table>_metadata``.
 
     Files that are not decodable images are skipped, counted and listed in the
@@ -127,13 +162,15 @@ def ingest_folder(
     if not 0.0 <= val_frac < 1.0:
         raise InvalidArgumentError(f"val_frac must be in [0, 1), got {val_frac}")
     src_path = Path(src)
-    classes, files = scan_image_folder(src_path)
+    scan = scan_image_folder(src_path)
+    classes = scan.classes
     st = open_for_writing(store)
     metadata_table = f"{table}_metadata"
     st.create_tables(table, metadata_table, "int", overwrite=overwrite)
     report = IngestReport(table=table, metadata_table=metadata_table)
     ids: list[bytes] = []
-    pending: list[tuple[bytes, int, bytes, str]] = []
+    tags: list[str | None] = []
+    pending: list[tuple[bytes, int, bytes, str, str | None]] = []
 
     def flush() -> None:
         if not pending:
@@ -146,12 +183,14 @@ def ingest_folder(
         )
         st.put_metadata(
             metadata_table,
-            [(p[0], p[1], classes[p[1]], p[3], None) for p in pending],
+            [(p[0], p[1], classes[p[1]], p[3], p[4]) for p in pending],
         )
         pending.clear()
 
-    bar = tqdm(files, desc=f"ingest {table}", unit="img", disable=not progress, file=sys.stderr)
-    for path, label in bar:
+    bar = tqdm(
+        scan.files, desc=f"ingest {table}", unit="img", disable=not progress, file=sys.stderr
+    )
+    for path, label, tag in bar:
         data = path.read_bytes()
         why = check_image(data)
         rel = str(path.relative_to(src_path))
@@ -160,7 +199,8 @@ def ingest_folder(
             continue
         uid = uuidlib.uuid4().bytes
         ids.append(uid)
-        pending.append((uid, label, data, rel))
+        tags.append(tag)
+        pending.append((uid, label, data, rel, tag))
         report.per_class[classes[label]] = report.per_class.get(classes[label], 0) + 1
         if len(pending) >= chunk:
             flush()
@@ -178,7 +218,14 @@ def ingest_folder(
         info={"source": str(src_path), "seed": seed, "val_frac": val_frac},
     )
     arr = np.frombuffer(b"".join(ids), dtype=np.uint8).reshape(-1, 16)
-    if val_frac > 0:
+    if scan.tagged:
+        # The dataset's own split wins over val_frac.
+        sf.info["split_from"] = "source tags"
+        tag_arr = np.array(tags, dtype=object)
+        for tag in sorted(set(tags), key=lambda t: SPLIT_TAGS.index(t.lower()) if t else 0):
+            name = "val" if tag and tag.lower() in ("valid", "validation") else str(tag)
+            sf.add(name, arr[tag_arr == tag])
+    elif val_frac > 0:
         parts = make_split(arr, [1.0 - val_frac, val_frac], ["train", "val"], seed)
         for name, part in parts.items():
             sf.add(name, part)

@@ -21,7 +21,10 @@ pub enum PlanError {
     #[error("rank {rank} is out of range for world_size {world_size}")]
     Rank { rank: usize, world_size: usize },
     #[error("num_workers must be positive and worker_id below it, got worker {worker_id} of {num_workers}")]
-    Worker { worker_id: usize, num_workers: usize },
+    Worker {
+        worker_id: usize,
+        num_workers: usize,
+    },
     #[error("resume point {start} is past the end of the {n} samples")]
     Start { start: usize, n: usize },
     #[error("{0} samples is more than this loader supports (2^32 - 1)")]

@@ -133,7 +133,7 @@ impl SplitFile {
     }
 
     pub fn add_split(&mut self, name: &str, uuids: Vec<u8>) -> Result<(), SplitError> {
-        if uuids.len() % UUID_LEN != 0 {
+        if !uuids.len().is_multiple_of(UUID_LEN) {
             return Err(SplitError::UuidBytes {
                 name: name.into(),
                 len: uuids.len(),
@@ -290,12 +290,12 @@ mod tests {
         let bytes = std::fs::read(&p).unwrap();
         std::fs::write(&p, &bytes[..bytes.len() - 5]).unwrap();
         let err = SplitFile::load(&p).unwrap_err().to_string();
-        assert!(err.contains("s.split") && err.contains("truncated"), "{err}");
+        assert!(
+            err.contains("s.split") && err.contains("truncated"),
+            "{err}"
+        );
         std::fs::write(&p, b"hello world, not a split").unwrap();
-        assert!(matches!(
-            SplitFile::load(&p),
-            Err(SplitError::Magic { .. })
-        ));
+        assert!(matches!(SplitFile::load(&p), Err(SplitError::Magic { .. })));
     }
 
     proptest! {

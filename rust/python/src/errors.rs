@@ -9,7 +9,13 @@ use crs4_cassandra_store::StoreError;
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 
-fn build(py: Python<'_>, class: &str, message: String, attrs: &[(&str, String)], source: Option<&dyn std::error::Error>) -> PyErr {
+fn build(
+    py: Python<'_>,
+    class: &str,
+    message: String,
+    attrs: &[(&str, String)],
+    source: Option<&dyn std::error::Error>,
+) -> PyErr {
     let made = (|| -> PyResult<PyErr> {
         let module = py.import("crs4_cassandra.errors")?;
         let cls = module.getattr(class)?;
@@ -33,10 +39,30 @@ pub fn store_err(e: StoreError) -> PyErr {
         let msg = e.to_string();
         match &e {
             StoreError::InvalidArgument(_) => build(py, "InvalidArgumentError", msg, &[], None),
-            StoreError::NotAStore { path, .. } => build(py, "StoreNotFoundError", msg, &[("path", path.display().to_string())], None),
-            StoreError::TableNotFound { table, .. } => build(py, "TableNotFoundError", msg, &[("table", table.clone())], None),
-            StoreError::TableExists { table, .. } => build(py, "TableExistsError", msg, &[("table", table.clone())], None),
-            StoreError::LabelTypeMismatch { table, .. } => build(py, "SchemaError", msg, &[("table", table.clone())], None),
+            StoreError::NotAStore { path, .. } => build(
+                py,
+                "StoreNotFoundError",
+                msg,
+                &[("path", path.display().to_string())],
+                None,
+            ),
+            StoreError::TableNotFound { table, .. } => build(
+                py,
+                "TableNotFoundError",
+                msg,
+                &[("table", table.clone())],
+                None,
+            ),
+            StoreError::TableExists { table, .. } => build(
+                py,
+                "TableExistsError",
+                msg,
+                &[("table", table.clone())],
+                None,
+            ),
+            StoreError::LabelTypeMismatch { table, .. } => {
+                build(py, "SchemaError", msg, &[("table", table.clone())], None)
+            }
             StoreError::MissingSample { table, uuid } => build(
                 py,
                 "SampleNotFoundError",
@@ -44,15 +70,41 @@ pub fn store_err(e: StoreError) -> PyErr {
                 &[("table", table.clone()), ("uuid", uuid.to_string())],
                 None,
             ),
-            StoreError::EmptyValue { table, uuid, column } | StoreError::BadValue { table, uuid, column, .. } => build(
+            StoreError::EmptyValue {
+                table,
+                uuid,
+                column,
+            }
+            | StoreError::BadValue {
+                table,
+                uuid,
+                column,
+                ..
+            } => build(
                 py,
                 "CorruptSampleError",
                 msg,
-                &[("table", table.clone()), ("uuid", uuid.to_string()), ("column", column.clone())],
+                &[
+                    ("table", table.clone()),
+                    ("uuid", uuid.to_string()),
+                    ("column", column.clone()),
+                ],
                 None,
             ),
-            StoreError::Io { source, path } => build(py, "StoreIOError", msg, &[("path", path.display().to_string())], Some(source)),
-            StoreError::Lmdb { path, .. } => build(py, "StoreIOError", msg, &[("path", path.display().to_string())], None),
+            StoreError::Io { source, path } => build(
+                py,
+                "StoreIOError",
+                msg,
+                &[("path", path.display().to_string())],
+                Some(source),
+            ),
+            StoreError::Lmdb { path, .. } => build(
+                py,
+                "StoreIOError",
+                msg,
+                &[("path", path.display().to_string())],
+                None,
+            ),
             StoreError::Internal(_) => build(py, "LoaderError", msg, &[], None),
         }
     })
@@ -63,11 +115,31 @@ pub fn split_err(e: SplitError) -> PyErr {
         let msg = e.to_string();
         match &e {
             SplitError::Io { source, path } if source.kind() == std::io::ErrorKind::NotFound => {
-                build(py, "SplitFileNotFoundError", msg, &[("path", path.display().to_string())], None)
+                build(
+                    py,
+                    "SplitFileNotFoundError",
+                    msg,
+                    &[("path", path.display().to_string())],
+                    None,
+                )
             }
-            SplitError::NoSuchSplit { name, .. } => build(py, "SplitNotFoundError", msg, &[("split", name.clone())], None),
-            SplitError::UuidBytes { .. } | SplitError::DuplicateName(_) => build(py, "InvalidArgumentError", msg, &[], None),
-            _ => build(py, "SplitFileError", msg, &[], std::error::Error::source(&e)),
+            SplitError::NoSuchSplit { name, .. } => build(
+                py,
+                "SplitNotFoundError",
+                msg,
+                &[("split", name.clone())],
+                None,
+            ),
+            SplitError::UuidBytes { .. } | SplitError::DuplicateName(_) => {
+                build(py, "InvalidArgumentError", msg, &[], None)
+            }
+            _ => build(
+                py,
+                "SplitFileError",
+                msg,
+                &[],
+                std::error::Error::source(&e),
+            ),
         }
     })
 }

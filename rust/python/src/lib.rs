@@ -8,8 +8,8 @@ use crs4_cassandra_store::engine::Next;
 use crs4_cassandra_store::local::LocalStore;
 use crs4_cassandra_store::runtime::runtime;
 use crs4_cassandra_store::{
-    Batch, BatchStream, EngineOptions, FetchEngine, LabelValue, Labels, MetadataRow, SampleRow, SampleStore,
-    TableSpec,
+    Batch, BatchStream, EngineOptions, FetchEngine, LabelValue, Labels, MetadataRow, SampleRow,
+    SampleStore, TableSpec,
 };
 use dlpark::ffi::DLDataType;
 use errors::{invalid, plan_err, split_err, store_err};
@@ -26,12 +26,19 @@ use uuid::Uuid;
 const SIGNAL_POLL: Duration = Duration::from_millis(100);
 
 fn label_type(s: &str) -> PyResult<LabelType> {
-    LabelType::parse(s).ok_or_else(|| invalid(format!("label_type must be \"int\", \"blob\" or \"none\", got {s:?}")))
+    LabelType::parse(s).ok_or_else(|| {
+        invalid(format!(
+            "label_type must be \"int\", \"blob\" or \"none\", got {s:?}"
+        ))
+    })
 }
 
 fn uuids_from_bytes(bytes: &[u8]) -> PyResult<Vec<Uuid>> {
-    if bytes.len() % 16 != 0 {
-        return Err(invalid(format!("uuid bytes length {} is not a multiple of 16", bytes.len())));
+    if !bytes.len().is_multiple_of(16) {
+        return Err(invalid(format!(
+            "uuid bytes length {} is not a multiple of 16",
+            bytes.len()
+        )));
     }
     Ok(bytes
         .chunks_exact(16)
@@ -78,9 +85,19 @@ impl Store {
     }
 
     #[pyo3(signature = (table, metadata_table, label_type, overwrite=false))]
-    fn create_tables(&self, py: Python<'_>, table: &str, metadata_table: &str, label_type: &str, overwrite: bool) -> PyResult<()> {
+    fn create_tables(
+        &self,
+        py: Python<'_>,
+        table: &str,
+        metadata_table: &str,
+        label_type: &str,
+        overwrite: bool,
+    ) -> PyResult<()> {
         let spec = TableSpec::new(table, self::label_type(label_type)?);
-        block(py, self.inner.create_tables(&spec, metadata_table, overwrite))
+        block(
+            py,
+            self.inner.create_tables(&spec, metadata_table, overwrite),
+        )
     }
 
     /// Writes samples: `ids` is n*16 uuid bytes, `labels` a list of int, bytes or None.
@@ -130,13 +147,22 @@ impl Store {
         &self,
         py: Python<'_>,
         table: &str,
-        rows: Vec<(PyBackedBytes, Option<i32>, Option<String>, Option<String>, Option<String>)>,
+        rows: Vec<(
+            PyBackedBytes,
+            Option<i32>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        )>,
     ) -> PyResult<()> {
         let rows = rows
             .into_iter()
             .map(|(id, label, label_name, path, split)| {
                 Ok(MetadataRow {
-                    id: uuids_from_bytes(&id)?.first().copied().ok_or_else(|| invalid("empty uuid"))?,
+                    id: uuids_from_bytes(&id)?
+                        .first()
+                        .copied()
+                        .ok_or_else(|| invalid("empty uuid"))?,
                     label,
                     label_name,
                     path,
@@ -152,11 +178,27 @@ impl Store {
         &self,
         py: Python<'py>,
         table: &str,
-    ) -> PyResult<Vec<(Bound<'py, PyBytes>, Option<i32>, Option<String>, Option<String>, Option<String>)>> {
+    ) -> PyResult<
+        Vec<(
+            Bound<'py, PyBytes>,
+            Option<i32>,
+            Option<String>,
+            Option<String>,
+            Option<String>,
+        )>,
+    > {
         let rows = block(py, self.inner.scan_metadata(table))?;
         Ok(rows
             .into_iter()
-            .map(|r| (PyBytes::new(py, r.id.as_bytes()), r.label, r.label_name, r.path, r.split))
+            .map(|r| {
+                (
+                    PyBytes::new(py, r.id.as_bytes()),
+                    r.label,
+                    r.label_name,
+                    r.path,
+                    r.split,
+                )
+            })
             .collect())
     }
 
@@ -167,7 +209,13 @@ impl Store {
     }
 }
 
-fn table_spec(table: &str, label_type: &str, id_col: &str, label_col: &str, data_col: &str) -> PyResult<TableSpec> {
+fn table_spec(
+    table: &str,
+    label_type: &str,
+    id_col: &str,
+    label_col: &str,
+    data_col: &str,
+) -> PyResult<TableSpec> {
     Ok(TableSpec {
         table: table.into(),
         id_col: id_col.into(),
@@ -183,16 +231,28 @@ fn table_spec(table: &str, label_type: &str, id_col: &str, label_col: &str, data
 fn open_store(py: Python<'_>, url: &str, create: bool) -> PyResult<Store> {
     if let Some(path) = url.strip_prefix("local:") {
         let path = PathBuf::from(path);
-        let store = py.detach(|| LocalStore::open(&path, create)).map_err(store_err)?;
-        return Ok(Store { inner: Arc::new(store) });
+        let store = py
+            .detach(|| LocalStore::open(&path, create))
+            .map_err(store_err)?;
+        return Ok(Store {
+            inner: Arc::new(store),
+        });
     }
-    Err(invalid(format!("unsupported store URL {url:?}: expected \"local:PATH\"")))
+    Err(invalid(format!(
+        "unsupported store URL {url:?}: expected \"local:PATH\""
+    )))
 }
 
 /// Batches a rank serves in an epoch.
 #[pyfunction]
 #[pyo3(signature = (n, batch_size, world_size, drop_last, start=0))]
-fn batches_per_rank(n: usize, batch_size: usize, world_size: usize, drop_last: bool, start: usize) -> PyResult<usize> {
+fn batches_per_rank(
+    n: usize,
+    batch_size: usize,
+    world_size: usize,
+    drop_last: bool,
+    start: usize,
+) -> PyResult<usize> {
     let plan = EpochPlan::new(PlanSpec {
         n,
         batch_size,
@@ -210,7 +270,14 @@ fn batches_per_rank(n: usize, batch_size: usize, world_size: usize, drop_last: b
 /// Samples of the global order consumed once every rank has taken `batches` batches.
 #[pyfunction]
 #[pyo3(signature = (n, batch_size, world_size, drop_last, start, batches))]
-fn consumed_after(n: usize, batch_size: usize, world_size: usize, drop_last: bool, start: usize, batches: usize) -> PyResult<usize> {
+fn consumed_after(
+    n: usize,
+    batch_size: usize,
+    world_size: usize,
+    drop_last: bool,
+    start: usize,
+    batches: usize,
+) -> PyResult<usize> {
     let plan = EpochPlan::new(PlanSpec {
         n,
         batch_size,
@@ -276,7 +343,9 @@ impl Reader {
             start,
         })
         .map_err(plan_err)?;
-        let batches = plan.reader_batches(rank, num_workers, worker_id).map_err(plan_err)?;
+        let batches = plan
+            .reader_batches(rank, num_workers, worker_id)
+            .map_err(plan_err)?;
         let reader = block(py, store.inner.open_table(&spec))?;
         let mut options = EngineOptions {
             ordered,
@@ -347,7 +416,12 @@ struct NativeBatch {
 }
 
 fn tensor_of<T>(owner: &Arc<Batch>, v: &[T], dtype: DLDataType) -> ArenaTensor {
-    ArenaTensor::new(owner.clone(), v.as_ptr() as *const u8, vec![v.len() as i64], dtype)
+    ArenaTensor::new(
+        owner.clone(),
+        v.as_ptr() as *const u8,
+        vec![v.len() as i64],
+        dtype,
+    )
 }
 
 #[pymethods]
@@ -384,7 +458,12 @@ impl NativeBatch {
 
     fn ids(&self) -> ArenaTensor {
         let b = &self.batch;
-        ArenaTensor::new(b.clone(), b.ids.as_ptr(), vec![b.len() as i64, 16], DLDataType::U8)
+        ArenaTensor::new(
+            b.clone(),
+            b.ids.as_ptr(),
+            vec![b.len() as i64, 16],
+            DLDataType::U8,
+        )
     }
 
     /// Int labels as a tensor; for blob labels, the flat label bytes.
@@ -405,9 +484,12 @@ impl NativeBatch {
     }
 }
 
-/// Reads a split file: (header JSON, [(name, uuid bytes)]).
+/// A split file as Python sees it: (header JSON, [(name, uuid bytes)]).
+type SplitContents = (String, Vec<(String, Py<PyBytes>)>);
+
+/// Reads a split file.
 #[pyfunction]
-fn read_split_file(py: Python<'_>, path: PathBuf) -> PyResult<(String, Vec<(String, Py<PyBytes>)>)> {
+fn read_split_file(py: Python<'_>, path: PathBuf) -> PyResult<SplitContents> {
     let file = py.detach(|| SplitFile::load(&path)).map_err(split_err)?;
     let header = serde_json::to_string(&file.header).expect("serializable header");
     let splits = file
@@ -420,8 +502,14 @@ fn read_split_file(py: Python<'_>, path: PathBuf) -> PyResult<(String, Vec<(Stri
 
 /// Writes a split file from a header JSON and [(name, uuid bytes)].
 #[pyfunction]
-fn write_split_file(py: Python<'_>, path: PathBuf, header: &str, splits: Vec<(String, PyBackedBytes)>) -> PyResult<()> {
-    let header = serde_json::from_str(header).map_err(|e| invalid(format!("invalid split header: {e}")))?;
+fn write_split_file(
+    py: Python<'_>,
+    path: PathBuf,
+    header: &str,
+    splits: Vec<(String, PyBackedBytes)>,
+) -> PyResult<()> {
+    let header =
+        serde_json::from_str(header).map_err(|e| invalid(format!("invalid split header: {e}")))?;
     let mut file = SplitFile::new(header);
     for (name, bytes) in splits {
         file.add_split(&name, bytes.to_vec()).map_err(split_err)?;

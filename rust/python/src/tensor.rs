@@ -35,12 +35,22 @@ impl ArenaTensor {
         let ctx = Box::new(self.owner.clone());
         let fail = |e: dlpark::metadata::Error| PyBufferError::new_err(e.to_string());
         let mut init = match self.shape.as_slice() {
-            [n] => Fixed::new([*n], [1i64]).prepare_as::<M>().map_err(fail)?.initialize(ctx),
+            [n] => Fixed::new([*n], [1i64])
+                .prepare_as::<M>()
+                .map_err(fail)?
+                .initialize(ctx),
             [rows, cols] => {
-                let prepared = Fixed::new([*rows, *cols], [*cols, 1i64]).prepare_as::<M>().map_err(fail)?;
+                let prepared = Fixed::new([*rows, *cols], [*cols, 1i64])
+                    .prepare_as::<M>()
+                    .map_err(fail)?;
                 return Ok(finish(prepared.initialize(ctx), self.ptr, self.dtype));
             }
-            other => return Err(PyBufferError::new_err(format!("unsupported rank {}", other.len()))),
+            other => {
+                return Err(PyBufferError::new_err(format!(
+                    "unsupported rank {}",
+                    other.len()
+                )))
+            }
         };
         init.set_data(self.ptr as *mut c_void);
         init.set_dtype(self.dtype);

@@ -124,7 +124,15 @@ impl FetchEngine {
         let (tx, rx) = mpsc::channel(options.ready.max(1));
         let remaining = batches.len();
         let pool = ArenaPool::new(window + options.ready + 2);
-        let driver = runtime().spawn(drive(reader, ids, batches, window, options.ordered, pool, tx));
+        let driver = runtime().spawn(drive(
+            reader,
+            ids,
+            batches,
+            window,
+            options.ordered,
+            pool,
+            tx,
+        ));
         BatchStream {
             rx,
             driver,
@@ -167,7 +175,10 @@ async fn drive(
         let (seq, result) = match joined {
             Ok(done) => done,
             Err(e) if e.is_cancelled() => return,
-            Err(e) => (next_seq, Err(StoreError::Internal(format!("a batch read panicked: {e}")))),
+            Err(e) => (
+                next_seq,
+                Err(StoreError::Internal(format!("a batch read panicked: {e}"))),
+            ),
         };
         failed |= result.is_err();
         if !ordered || result.is_err() {

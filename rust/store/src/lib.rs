@@ -100,8 +100,7 @@ pub trait SampleStore: Send + Sync + 'static {
 
     fn put_samples(&self, table: &str, rows: Vec<SampleRow>) -> BoxFuture<'static, Result<()>>;
 
-    fn put_metadata(&self, table: &str, rows: Vec<MetadataRow>)
-        -> BoxFuture<'static, Result<()>>;
+    fn put_metadata(&self, table: &str, rows: Vec<MetadataRow>) -> BoxFuture<'static, Result<()>>;
 
     /// Every row of a metadata table.
     fn scan_metadata(&self, table: &str) -> BoxFuture<'static, Result<Vec<MetadataRow>>>;

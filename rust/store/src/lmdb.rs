@@ -164,8 +164,9 @@ impl Env {
         if let Some(&dbi) = dbis.get(name) {
             return Ok(Some(dbi));
         }
-        let cname = CString::new(name)
-            .map_err(|_| StoreError::InvalidArgument(format!("table name {name:?} contains a NUL")))?;
+        let cname = CString::new(name).map_err(|_| {
+            StoreError::InvalidArgument(format!("table name {name:?} contains a NUL"))
+        })?;
         let flags = if create { 0 } else { ffi::MDB_RDONLY };
         let mut txn: *mut ffi::MDB_txn = ptr::null_mut();
         unsafe {
@@ -201,7 +202,8 @@ impl Env {
     pub fn read<T>(&self, f: impl FnOnce(&RoTxn<'_>) -> Result<T>) -> Result<T> {
         self.check_pid()?;
         let mut txn: *mut ffi::MDB_txn = ptr::null_mut();
-        let rc = unsafe { ffi::mdb_txn_begin(self.ptr, ptr::null_mut(), ffi::MDB_RDONLY, &mut txn) };
+        let rc =
+            unsafe { ffi::mdb_txn_begin(self.ptr, ptr::null_mut(), ffi::MDB_RDONLY, &mut txn) };
         if rc != 0 {
             return Err(self.err(rc));
         }
@@ -269,7 +271,11 @@ impl<'e> RoTxn<'e> {
     }
 
     /// Calls `f` on every (key, value) pair in key order; stops early if `f` returns false.
-    pub fn for_each(&self, dbi: Dbi, mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+    pub fn for_each(
+        &self,
+        dbi: Dbi,
+        mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
         let mut cursor: *mut ffi::MDB_cursor = ptr::null_mut();
         let rc = unsafe { ffi::mdb_cursor_open(self.txn, dbi, &mut cursor) };
         if rc != 0 {

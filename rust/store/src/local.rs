@@ -68,17 +68,20 @@ impl LocalStore {
     }
 
     fn tables(&self, env: &Env) -> Result<Vec<(String, TableInfo)>> {
-        let registry = env.dbi(REGISTRY, false)?.ok_or_else(|| StoreError::NotAStore {
-            path: self.path.clone(),
-            reason: "missing table registry".into(),
-        })?;
+        let registry = env
+            .dbi(REGISTRY, false)?
+            .ok_or_else(|| StoreError::NotAStore {
+                path: self.path.clone(),
+                reason: "missing table registry".into(),
+            })?;
         env.read(|txn| {
             let mut out = Vec::new();
             txn.for_each(registry, |k, v| {
-                let info: TableInfo = serde_json::from_slice(v).map_err(|e| StoreError::NotAStore {
-                    path: self.path.clone(),
-                    reason: format!("corrupt table registry entry: {e}"),
-                })?;
+                let info: TableInfo =
+                    serde_json::from_slice(v).map_err(|e| StoreError::NotAStore {
+                        path: self.path.clone(),
+                        reason: format!("corrupt table registry entry: {e}"),
+                    })?;
                 out.push((String::from_utf8_lossy(k).into_owned(), info));
                 Ok(true)
             })?;
@@ -106,7 +109,12 @@ impl LocalStore {
         Ok((dbi, info))
     }
 
-    pub fn create_tables_sync(&self, spec: &TableSpec, metadata_table: &str, overwrite: bool) -> Result<()> {
+    pub fn create_tables_sync(
+        &self,
+        spec: &TableSpec,
+        metadata_table: &str,
+        overwrite: bool,
+    ) -> Result<()> {
         let env = self.env()?;
         let existing = self.tables(&env)?;
         for name in [spec.table.as_str(), metadata_table] {
@@ -126,8 +134,16 @@ impl LocalStore {
             let info = |kind, label_type| {
                 serde_json::to_vec(&TableInfo { kind, label_type }).expect("serializable")
             };
-            txn.put(registry, spec.table.as_bytes(), &info(TableKind::Data, Some(spec.label_type)))?;
-            txn.put(registry, metadata_table.as_bytes(), &info(TableKind::Metadata, None))
+            txn.put(
+                registry,
+                spec.table.as_bytes(),
+                &info(TableKind::Data, Some(spec.label_type)),
+            )?;
+            txn.put(
+                registry,
+                metadata_table.as_bytes(),
+                &info(TableKind::Metadata, None),
+            )
         })
     }
 
@@ -183,12 +199,13 @@ impl LocalStore {
         env.read(|txn| {
             let mut rows = Vec::with_capacity(txn.count(dbi)?);
             txn.for_each(dbi, |k, v| {
-                let row: MetadataRow = serde_json::from_slice(v).map_err(|e| StoreError::BadValue {
-                    table: table.to_string(),
-                    uuid: Uuid::from_slice(k).unwrap_or_default(),
-                    column: "metadata".into(),
-                    reason: e.to_string(),
-                })?;
+                let row: MetadataRow =
+                    serde_json::from_slice(v).map_err(|e| StoreError::BadValue {
+                        table: table.to_string(),
+                        uuid: Uuid::from_slice(k).unwrap_or_default(),
+                        column: "metadata".into(),
+                        reason: e.to_string(),
+                    })?;
                 rows.push(row);
                 Ok(true)
             })?;
@@ -222,10 +239,19 @@ impl SampleStore for LocalStore {
     }
 
     fn open_table(&self, spec: &TableSpec) -> BoxFuture<'static, Result<Arc<dyn TableReader>>> {
-        future::ready(self.open_table_sync(spec).map(|t| t as Arc<dyn TableReader>)).boxed()
+        future::ready(
+            self.open_table_sync(spec)
+                .map(|t| t as Arc<dyn TableReader>),
+        )
+        .boxed()
     }
 
-    fn create_tables(&self, spec: &TableSpec, metadata_table: &str, overwrite: bool) -> BoxFuture<'static, Result<()>> {
+    fn create_tables(
+        &self,
+        spec: &TableSpec,
+        metadata_table: &str,
+        overwrite: bool,
+    ) -> BoxFuture<'static, Result<()>> {
         future::ready(self.create_tables_sync(spec, metadata_table, overwrite)).boxed()
     }
 
@@ -255,7 +281,11 @@ pub struct LocalTable {
     spec: TableSpec,
 }
 
-fn split_record<'a>(spec: &TableSpec, id: Uuid, value: &'a [u8]) -> Result<(Option<&'a [u8]>, &'a [u8])> {
+fn split_record<'a>(
+    spec: &TableSpec,
+    id: Uuid,
+    value: &'a [u8],
+) -> Result<(Option<&'a [u8]>, &'a [u8])> {
     let bad = |reason: &str| StoreError::BadValue {
         table: spec.table.clone(),
         uuid: id,
@@ -296,10 +326,12 @@ impl LocalTable {
             let mut total = 0usize;
             let mut label_total = 0usize;
             for &id in &job.ids {
-                let value = txn.get(self.dbi, id.as_bytes())?.ok_or_else(|| StoreError::MissingSample {
-                    table: spec.table.clone(),
-                    uuid: id,
-                })?;
+                let value =
+                    txn.get(self.dbi, id.as_bytes())?
+                        .ok_or_else(|| StoreError::MissingSample {
+                            table: spec.table.clone(),
+                            uuid: id,
+                        })?;
                 let (label, data) = split_record(spec, id, value)?;
                 total += data.len();
                 label_total += label.map_or(0, |l| l.len());
@@ -326,7 +358,9 @@ impl LocalTable {
                 match &mut batch.labels {
                     Labels::Int(v) => {
                         let l = label.ok_or_else(|| bad_label("null label"))?;
-                        let l: [u8; 4] = l.try_into().map_err(|_| bad_label(&format!("expected a 4-byte int, found {} bytes", l.len())))?;
+                        let l: [u8; 4] = l.try_into().map_err(|_| {
+                            bad_label(&format!("expected a 4-byte int, found {} bytes", l.len()))
+                        })?;
                         v.push(i32::from_le_bytes(l) as i64);
                     }
                     Labels::Blob { data, offsets } => {
@@ -343,7 +377,11 @@ impl LocalTable {
 }
 
 impl TableReader for LocalTable {
-    fn read_batch(self: Arc<Self>, job: BatchJob, pool: Arc<ArenaPool>) -> BoxFuture<'static, Result<Batch>> {
+    fn read_batch(
+        self: Arc<Self>,
+        job: BatchJob,
+        pool: Arc<ArenaPool>,
+    ) -> BoxFuture<'static, Result<Batch>> {
         async move {
             tokio::task::spawn_blocking(move || self.read_batch_sync(&job, &pool))
                 .await

@@ -1,0 +1,106 @@
+"""Shared pieces of the benchmarks: data sets, timing, result tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from crs4_cassandra.synthetic import make_image_folder
+
+HERE = Path(__file__).resolve().parent
+DATA = HERE / "data"
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def image_folder(n_images: int, target_kb: float, classes: int = 10) -> Path:
+    """A generated ImageFolder of ImageNet-like JPEGs, cached under bench/data."""
+    root = DATA / f"jpeg-{n_images}-{int(target_kb)}kb"
+    marker = root / ".complete"
+    if not marker.exists():
+        log(f"generating {n_images} JPEGs of ~{target_kb:.0f} KB in {root}")
+        make_image_folder(
+            root, classes=classes, per_class=n_images // classes, target_kb=target_kb, seed=0
+        )
+        marker.write_text("ok")
+    return root
+
+
+def folder_stats(root: Path) -> tuple[int, float]:
+    sizes = [p.stat().st_size for p in root.rglob("*.jpg")]
+    return len(sizes), statistics.mean(sizes)
+
+
+@dataclass
+class Measure:
+    """Medians over runs of one loader."""
+
+    name: str
+    samples: list[float] = field(default_factory=list)  # samples/s per run
+    gbps: list[float] = field(default_factory=list)  # GB/s per run
+    cpu_s_per_gb: list[float] = field(default_factory=list)
+
+    @property
+    def samples_median(self) -> float:
+        return statistics.median(self.samples)
+
+    @property
+    def gbps_median(self) -> float:
+        return statistics.median(self.gbps)
+
+
+def cpu_seconds() -> float:
+    """CPU time of this process and its reaped children."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def measure(
+    name: str,
+    epoch: Callable[[], Iterable[tuple[int, int]]],
+    runs: int,
+    warmup: int = 1,
+    min_seconds: float = 2.0,
+) -> Measure:
+    """Times ``epoch()`` (an iterable of (samples, bytes) per batch) ``runs`` times;
+    a run repeats whole epochs until it has lasted ``min_seconds``."""
+    m = Measure(name)
+    for r in range(warmup + runs):
+        c0, t0 = cpu_seconds(), time.perf_counter()
+        n = b = 0
+        while True:
+            for ns, nb in epoch():
+                n += ns
+                b += nb
+            dt = time.perf_counter() - t0
+            if dt >= min_seconds:
+                break
+        cpu = cpu_seconds() - c0
+        if r >= warmup:
+            m.samples.append(n / dt)
+            m.gbps.append(b / dt / 1e9)
+            m.cpu_s_per_gb.append(cpu / (b / 1e9) if b else float("nan"))
+        log(
+            f"{name}: run {r + 1}/{warmup + runs}{' (warm-up)' if r < warmup else ''}: "
+            f"{n / dt:,.0f} samples/s, {b / dt / 1e9:.2f} GB/s"
+        )
+    return m
+
+
+def machine() -> str:
+    return f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def write_json(name: str, payload: object) -> Path:
+    out = HERE / "results" / f"{name}.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2))
+    return out
