@@ -12,7 +12,7 @@ export CARGO_TERM_COLOR := never
 SRC ?=
 DEMO_DIR ?= demo-data
 
-.PHONY: help env build cqlserver test test-rust test-python lint format demo bench clean
+.PHONY: help env build cqlserver test test-rust test-tch test-python lint format demo bench clean
 
 help:
 	@echo "make demo    build, make (or take SRC=) an image folder, ingest it locally, train one epoch"
@@ -38,7 +38,8 @@ build: env
 
 lint: env
 	cargo fmt --all --check
-	cargo clippy --workspace --all-targets -q -- -D warnings
+	cargo clippy --workspace --exclude crs4-cassandra-tch --all-targets -q -- -D warnings
+	$(TCH_ENV) cargo clippy -p crs4-cassandra-tch --no-deps --all-targets -q -- -D warnings
 	$(BIN)/ruff check python tests bench examples
 	$(BIN)/ruff format --check python tests bench examples
 	$(BIN)/mypy
@@ -49,7 +50,13 @@ format: env
 	$(BIN)/ruff check --fix python tests bench examples
 
 test-rust:
-	cargo test --workspace --exclude crs4-cassandra-python -q
+	cargo test --workspace --exclude crs4-cassandra-python --exclude crs4-cassandra-tch -q
+
+# Only rust/tch links libtorch: the one inside the environment's torch wheel.
+TCH_ENV = LIBTORCH_USE_PYTORCH=1 LD_LIBRARY_PATH=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}
+
+test-tch: env
+	$(TCH_ENV) cargo test -p crs4-cassandra-tch -q
 
 cqlserver:
 	cargo build --release -q -p crs4-cqlserver
@@ -57,7 +64,7 @@ cqlserver:
 test-python: build cqlserver
 	$(BIN)/python -m pytest -q
 
-test: lint test-rust test-python
+test: lint test-rust test-tch test-python
 
 demo: build
 	$(BIN)/python -m crs4_cassandra.demo --workdir $(DEMO_DIR) $(if $(SRC),--src $(SRC))

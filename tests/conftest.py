@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -9,6 +10,8 @@ import pytest
 from crs4_cassandra import SplitFile, _native
 from crs4_cassandra.ingest import ingest_folder
 from crs4_cassandra.synthetic import make_image_folder
+
+from .cqlserver import CqlServer
 
 
 @pytest.fixture(scope="session")
@@ -54,3 +57,22 @@ def fill_table(
         labels = [None] * n
     st.put_samples(table, b"".join(ids), labels, data)  # type: ignore[arg-type]
     return np.frombuffer(b"".join(ids), dtype=np.uint8).reshape(-1, 16), data, labels
+
+
+@pytest.fixture(scope="session")
+def cql_server() -> Iterator[CqlServer]:
+    with CqlServer() as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def cassandra_store(
+    cql_server: CqlServer, image_folder: Path, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[str, Path]:
+    """The image folder ingested into the CQL test server: ks.shapes + split file."""
+    url = f"cassandra://127.0.0.1:{cql_server.port}/ks"
+    split = tmp_path_factory.mktemp("cass") / "shapes.split"
+    ingest_folder(
+        image_folder, url, "shapes", val_frac=0.2, seed=0, split_file=split, progress=False
+    )
+    return url, split

@@ -15,6 +15,7 @@ import select
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -59,7 +60,9 @@ class CqlServer:
         self.admin_port: int | None = None
         self._admin_sock: socket.socket | None = None
         self._admin_buf = b""
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        # stderr goes to a file: a pipe nobody reads would block a chatty server.
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr)
         try:
             self._read_ports(admin, startup_timeout)
         except Exception:
@@ -81,7 +84,9 @@ class CqlServer:
                 continue
             chunk = os.read(fd, 4096)
             if not chunk:
-                err = self.proc.stderr.read().decode(errors="replace")
+                self.proc.wait(5)
+                self._stderr.seek(0)
+                err = self._stderr.read().decode(errors="replace")
                 raise RuntimeError(f"crs4-cqlserver exited: {err.strip()}")
             buf += chunk
             while b"\n" in buf:
@@ -143,7 +148,7 @@ class CqlServer:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        for f in (self.proc.stdout, self.proc.stderr):
+        for f in (self.proc.stdout, self._stderr):
             if f is not None:
                 f.close()
         return self.proc.returncode

@@ -52,8 +52,11 @@ def run_rank(rank: int, url: str, split: str, port: int, out: str) -> None:
 
 
 @pytest.mark.timeout(240)
-def test_ddp_three_ranks_two_workers(local_store: tuple[str, Path], tmp_path: Path) -> None:
-    url, split = local_store
+@pytest.mark.parametrize("store", ["local_store", "cassandra_store"])
+def test_ddp_three_ranks_two_workers(
+    store: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    url, split = request.getfixturevalue(store)
     out = tmp_path / "ddp.json"
     mp.start_processes(
         run_rank,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Any
 
 from .errors import LoaderError
 
@@ -27,6 +28,104 @@ def _ingest_folder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _common_ingest_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--store", required=True, help="store URL, e.g. local:/data/store")
+    p.add_argument("--table", required=True, help="data table name")
+    p.add_argument(
+        "--val-frac",
+        type=float,
+        default=0.2,
+        help="fraction for the val split, where the source has no split of its own",
+    )
+    p.add_argument("--seed", type=int, default=0, help="seed of the split")
+    p.add_argument("--split-file", help="where to write the split file")
+    p.add_argument("--overwrite", action="store_true", help="replace existing tables")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _report(report: Any, args: argparse.Namespace) -> int:
+    print(report.summary())
+    if args.split_file:
+        print(f"split file written to {args.split_file}")
+    return 0
+
+
+def _ingest_segmentation(args: argparse.Namespace) -> int:
+    from .ingest import ingest_segmentation
+
+    classes = _names(args.classes)
+    report = ingest_segmentation(
+        args.src,
+        args.store,
+        args.table,
+        classes=classes,
+        images=args.images,
+        annotations=args.annotations,
+        val_frac=args.val_frac,
+        seed=args.seed,
+        split_file=args.split_file,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    return _report(report, args)
+
+
+def _ingest_multilabel(args: argparse.Namespace) -> int:
+    from .ingest import ingest_multilabel
+
+    report = ingest_multilabel(
+        args.src,
+        args.store,
+        args.table,
+        label_files=args.labels or None,
+        images=args.images,
+        val_frac=args.val_frac,
+        seed=args.seed,
+        split_file=args.split_file,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    return _report(report, args)
+
+
+def _names(text: str | None) -> list[str]:
+    """Names from "a,b,c" or "@file" (one a line)."""
+    if not text:
+        return []
+    if text.startswith("@"):
+        with open(text[1:]) as f:
+            return [line.strip() for line in f if line.strip()]
+    return [x.strip() for x in text.split(",") if x.strip()]
+
+
+def _split_create(args: argparse.Namespace) -> int:
+    from .splitting import create_split
+
+    try:
+        ratios = [float(x) for x in args.ratios.split(",")]
+    except ValueError:
+        raise ValueError(
+            f"--ratios must be numbers separated by commas, got {args.ratios!r}"
+        ) from None
+    sf = create_split(
+        args.store,
+        args.metadata_table,
+        ratios,
+        names=_names(args.names) or None,
+        seed=args.seed,
+        mode=args.mode,
+        table=args.table,
+        classes=_names(args.classes) or None,
+    )
+    sf.save(args.output)
+    sizes = ", ".join(f"{n}={len(sf.uuids(n))}" for n in sf.names())
+    print(
+        f"split file {args.output}: table {sf.table!r} ({sf.label_type} labels, "
+        f"{len(sf.classes)} classes), mode {args.mode}: {sizes}"
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crs4-cassandra", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -43,6 +142,57 @@ def build_parser() -> argparse.ArgumentParser:
     folder.add_argument("--overwrite", action="store_true", help="replace existing tables")
     folder.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     folder.set_defaults(func=_ingest_folder)
+
+    seg = isub.add_parser(
+        "segmentation",
+        aliases=["ade20k"],
+        help="images and PNG masks: SRC/images/[<split>/]*.jpg, SRC/annotations/[<split>/]*.png",
+    )
+    seg.add_argument("src", help="dataset root (e.g. ADEChallengeData2016)")
+    _common_ingest_args(seg)
+    seg.add_argument("--images", default="images", help="images folder under SRC")
+    seg.add_argument("--annotations", default="annotations", help="masks folder under SRC")
+    seg.add_argument("--classes", help="name of each mask value: a,b,c or @file (one a line)")
+    seg.set_defaults(func=_ingest_segmentation)
+
+    ml = isub.add_parser(
+        "multilabel",
+        aliases=["corel5k"],
+        help="images and JSON label lists: SRC/images/*, SRC/{train,test}.json",
+    )
+    ml.add_argument("src", help="dataset root (e.g. Corel-5k)")
+    _common_ingest_args(ml)
+    ml.add_argument("--images", default="images", help="images folder under SRC")
+    ml.add_argument(
+        "--labels", nargs="+", help="label files (default: every SRC/*.json; each one a split)"
+    )
+    ml.set_defaults(func=_ingest_multilabel)
+
+    split = sub.add_parser("split", help="split files")
+    ssub = split.add_subparsers(dest="split_command", required=True)
+    create = ssub.add_parser("create", help="build a split file from a metadata table")
+    create.add_argument("--store", required=True, help="store URL, e.g. local:/data/store")
+    create.add_argument("-m", "--metadata-table", required=True, help="metadata table")
+    create.add_argument(
+        "--table", help="data table (default: the metadata table without its _metadata suffix)"
+    )
+    create.add_argument(
+        "-r", "--ratios", default="8,2", help="relative split sizes, e.g. 8,2 or 7,2,1"
+    )
+    create.add_argument("--names", help="split names (default: train,val,test)")
+    create.add_argument("--seed", type=int, default=0, help="seed of the shuffle")
+    create.add_argument(
+        "--mode",
+        choices=("random", "original", "weighted"),
+        default="random",
+        help="random: shuffle and cut; original: the dataset's own split tags; "
+        "weighted: stratified, each split with the class proportions",
+    )
+    create.add_argument(
+        "--classes", help="class names, where the metadata lack them: a,b,c or @file"
+    )
+    create.add_argument("-o", "--output", required=True, help="split file to write")
+    create.set_defaults(func=_split_create)
     return p
 
 

@@ -30,6 +30,12 @@ class Batch:
     - ``indices``: int64 positions of the samples in the dataset's uuid list.
     - ``is_pad``: bool; True for samples repeated only to fill the last batches.
     - ``position``: the batch's index in this rank's epoch; ``epoch``.
+    - ``images``: with ``decode="rgb"``, the decoded pixels: a uint8
+      (B, H, W, 3) tensor when the dataset has a ``size``, else a list of
+      (H, W, 3) tensors; None otherwise.
+    - ``skipped``: int64 positions in the uuid list of samples dropped from
+      this batch because they could not be decoded (``on_error="skip"``);
+      ``skipped_ids`` their uuids. The other fields hold only the kept samples.
     """
 
     __slots__ = (
@@ -42,6 +48,9 @@ class Batch:
         "id_bytes",
         "position",
         "epoch",
+        "images",
+        "skipped",
+        "skipped_id_bytes",
     )
 
     def __init__(
@@ -55,6 +64,9 @@ class Batch:
         id_bytes: torch.Tensor,
         position: int,
         epoch: int,
+        images: torch.Tensor | list[torch.Tensor] | None = None,
+        skipped: torch.Tensor | None = None,
+        skipped_id_bytes: bytes = b"",
     ) -> None:
         self.data = data
         self.offsets = offsets
@@ -65,9 +77,14 @@ class Batch:
         self.id_bytes = id_bytes
         self.position = position
         self.epoch = epoch
+        self.images = images
+        self.skipped = torch.zeros(0, dtype=torch.int64) if skipped is None else skipped
+        self.skipped_id_bytes = skipped_id_bytes
 
     @classmethod
-    def from_native(cls, nb: _native.NativeBatch, epoch: int) -> Batch:
+    def from_native(
+        cls, nb: _native.NativeBatch, epoch: int, size: tuple[int, int] | None = None
+    ) -> Batch:
         labels = nb.labels()
         label_offsets = nb.label_offsets()
         return cls(
@@ -80,6 +97,9 @@ class Batch:
             id_bytes=from_dlpack(nb.ids()),
             position=nb.position,
             epoch=epoch,
+            images=_images(nb, size),
+            skipped=torch.tensor(nb.skipped(), dtype=torch.int64),
+            skipped_id_bytes=nb.skipped_ids(),
         )
 
     def __len__(self) -> int:
@@ -109,11 +129,31 @@ class Batch:
         raw = self.id_bytes.numpy().tobytes()
         return [uuidlib.UUID(bytes=raw[i : i + 16]) for i in range(0, len(raw), 16)]
 
+    @property
+    def skipped_ids(self) -> list[uuidlib.UUID]:
+        raw = self.skipped_id_bytes
+        return [uuidlib.UUID(bytes=raw[i : i + 16]) for i in range(0, len(raw), 16)]
+
     def __repr__(self) -> str:
         return (
             f"Batch(size={len(self)}, bytes={self.data.numel()}, position={self.position}, "
             f"epoch={self.epoch}, pads={int(self.is_pad.sum())})"
         )
+
+
+def _images(
+    nb: _native.NativeBatch, size: tuple[int, int] | None
+) -> torch.Tensor | list[torch.Tensor] | None:
+    pixels = nb.images()
+    shapes = nb.image_shapes()
+    if pixels is None or shapes is None:
+        return None
+    flat = from_dlpack(pixels)
+    if size is not None:
+        return flat.view(len(shapes), size[0], size[1], 3)
+    offsets = nb.image_offsets()
+    o = from_dlpack(offsets).tolist() if offsets is not None else []
+    return [flat[o[i] : o[i + 1]].view(h, w, 3) for i, (h, w) in enumerate(shapes)]
 
 
 def _distributed() -> tuple[int, int]:
@@ -125,12 +165,20 @@ def _distributed() -> tuple[int, int]:
 
 
 def open_store(url: str, **options: Any) -> _native.Store:
-    """Opens a store: ``"local:PATH"`` for the embedded store."""
-    if options:
-        raise InvalidArgumentError(
-            f"options {sorted(options)} are not supported by the store {url!r}"
-        )
-    return _native.open_store(url)
+    """Opens a store.
+
+    - ``"local:PATH"``: the embedded local store (no options).
+    - ``"cassandra://host1,host2:9042/keyspace"``: Cassandra or ScyllaDB. Options
+      (names as in cassandra-dali-plugin): ``username``, ``password`` (or
+      ``password_env``, the name of an environment variable; by default
+      ``CRS4_CASSANDRA_PASSWORD`` is read), ``use_ssl``, ``ssl_certificate``
+      (PEM to trust), ``ssl_own_certificate``, ``ssl_own_key``, ``ssl_verify``
+      (default True), ``connect_timeout``, ``request_timeout``, ``retries``,
+      ``retry_time_limit`` (seconds), ``speculative_delay`` (seconds),
+      ``consistency``, ``max_in_flight``, ``replication`` (for keyspaces ingest
+      creates). Passwords never appear in reprs, logs or error messages.
+    """
+    return _native.open_store(url, options=options or None)
 
 
 class ShardedDataset(IterableDataset[Batch]):
@@ -161,6 +209,9 @@ class ShardedDataset(IterableDataset[Batch]):
         label_col: str = "label",
         data_col: str = "data",
         window: int | None = None,
+        decode: str | None = None,
+        size: tuple[int, int] | None = None,
+        on_error: str = "raise",
     ) -> None:
         super().__init__()
         if not isinstance(batch_size, int) or batch_size <= 0:
@@ -175,6 +226,16 @@ class ShardedDataset(IterableDataset[Batch]):
             raise InvalidArgumentError(f"rank {rank} is out of range for world_size {world_size}")
         if window is not None and window <= 0:
             raise InvalidArgumentError(f"window must be positive, got {window}")
+        if decode not in (None, "rgb"):
+            raise InvalidArgumentError(f'decode must be "rgb" or None, got {decode!r}')
+        if size is not None:
+            if decode is None:
+                raise InvalidArgumentError('size needs decode="rgb"')
+            if len(size) != 2 or min(size) <= 0:
+                raise InvalidArgumentError(f"size must be (height, width) > 0, got {size!r}")
+            size = (int(size[0]), int(size[1]))
+        if on_error not in ("raise", "skip"):
+            raise InvalidArgumentError(f'on_error must be "raise" or "skip", got {on_error!r}')
         self.store = _native.open_store(store) if isinstance(store, str) else store
         self.table = table
         self.batch_size = batch_size
@@ -185,6 +246,12 @@ class ShardedDataset(IterableDataset[Batch]):
         self.ordered = ordered
         self.columns = (id_col, label_col, data_col)
         self.window = window
+        self.decode = decode
+        self.size = size
+        self.on_error = on_error
+        # Positions of the samples skipped (undecodable) in the epoch being
+        # iterated in this process; with DataLoader workers, read Batch.skipped.
+        self.skipped: list[int] = []
         self._rank = rank
         self._world_size = world_size
         arr = as_uuid_array(uuids)
@@ -270,15 +337,21 @@ class ShardedDataset(IterableDataset[Batch]):
             start=self._start,
             ordered=self.ordered,
             window=self.window,
+            decode=self.decode,
+            size=self.size,
+            on_error=self.on_error,
         )
 
     def __iter__(self) -> Iterator[Batch]:
         reader = self._reader()
         self._yielded = 0
+        self.skipped = []
         epoch = self._epoch
         try:
             for nb in reader:
-                batch = Batch.from_native(nb, epoch)
+                batch = Batch.from_native(nb, epoch, self.size)
+                if batch.skipped.numel():
+                    self.skipped.extend(batch.skipped.tolist())
                 self._yielded += 1
                 yield batch
         finally:

@@ -59,11 +59,36 @@ class SplitNotFoundError(LoaderError, KeyError):
     """The split file has no split of that name."""
 
 
+class StoreConnectionError(LoaderError, ConnectionError):
+    """The database cannot be reached (``hosts`` names where it was looked for)."""
+
+
+class AuthenticationError(LoaderError, PermissionError):
+    """The database refused the credentials."""
+
+
+class StoreTimeoutError(LoaderError, TimeoutError):
+    """A request to the database timed out (after retries)."""
+
+
+class QueryError(LoaderError, ValueError):
+    """The database rejected a request (e.g. an unknown column)."""
+
+
+class TLSConfigError(LoaderError, ValueError):
+    """Certificates or keys for TLS are missing or unreadable."""
+
+
 class StateDictError(LoaderError, ValueError):
     """A state dict does not belong to this dataset (seed, split or batch size differ)."""
 
 
 __all__ = [
+    "AuthenticationError",
+    "QueryError",
+    "StoreConnectionError",
+    "StoreTimeoutError",
+    "TLSConfigError",
     "CorruptSampleError",
     "InvalidArgumentError",
     "LoaderError",

@@ -6,9 +6,10 @@ from __future__ import annotations
 import os
 import sys
 import uuid as uuidlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 from PIL import Image
@@ -17,6 +18,8 @@ from tqdm import tqdm
 from . import _native
 from .errors import InvalidArgumentError
 from .splits import SplitFile
+
+_T = TypeVar("_T")
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
@@ -159,8 +162,7 @@ def ingest_folder(
     Files that are not decodable images are skipped, counted and listed in the
     report. Refuses to replace existing tables unless ``overwrite``.
     """
-    if not 0.0 <= val_frac < 1.0:
-        raise InvalidArgumentError(f"val_frac must be in [0, 1), got {val_frac}")
+    _check_val_frac(val_frac)
     src_path = Path(src)
     scan = scan_image_folder(src_path)
     classes = scan.classes
@@ -168,69 +170,331 @@ def ingest_folder(
     metadata_table = f"{table}_metadata"
     st.create_tables(table, metadata_table, "int", overwrite=overwrite)
     report = IngestReport(table=table, metadata_table=metadata_table)
-    ids: list[bytes] = []
-    tags: list[str | None] = []
-    pending: list[tuple[bytes, int, bytes, str, str | None]] = []
-
-    def flush() -> None:
-        if not pending:
-            return
-        st.put_samples(
-            table,
-            b"".join(p[0] for p in pending),
-            [p[1] for p in pending],
-            [p[2] for p in pending],
-        )
-        st.put_metadata(
-            metadata_table,
-            [(p[0], p[1], classes[p[1]], p[3], p[4]) for p in pending],
-        )
-        pending.clear()
-
-    bar = tqdm(
-        scan.files, desc=f"ingest {table}", unit="img", disable=not progress, file=sys.stderr
-    )
-    for path, label, tag in bar:
+    w = SampleWriter(st, table, metadata_table, chunk)
+    for path, label, tag in progress_bar(scan.files, f"ingest {table}", progress):
         data = path.read_bytes()
         why = check_image(data)
         rel = str(path.relative_to(src_path))
         if why is not None:
             report.skipped.append((rel, why))
             continue
-        uid = uuidlib.uuid4().bytes
-        ids.append(uid)
-        tags.append(tag)
-        pending.append((uid, label, data, rel, tag))
+        w.add(label, data, label_id=label, label_name=classes[label], path=rel, tag=tag)
         report.per_class[classes[label]] = report.per_class.get(classes[label], 0) + 1
-        if len(pending) >= chunk:
-            flush()
-    flush()
-    report.written = len(ids)
-    if not ids:
-        raise InvalidArgumentError(f"no decodable image in {src_path}")
+    w.flush()
+    # The dataset's own split (train/ and val/ folders) wins over val_frac.
+    return _finish(report, w, st, "int", classes, src_path, val_frac, seed, split_file)
 
-    sf = SplitFile(
-        table,
-        "int",
-        classes=classes,
-        store=st.url,
-        metadata_table=metadata_table,
-        info={"source": str(src_path), "seed": seed, "val_frac": val_frac},
-    )
-    arr = np.frombuffer(b"".join(ids), dtype=np.uint8).reshape(-1, 16)
-    if scan.tagged:
-        # The dataset's own split wins over val_frac.
+
+# Shared by the ingest functions below and ingest_folder: writing in chunks,
+# and the split file from the dataset's own split tags or from val_frac.
+
+MetadataRow = tuple[bytes, int | None, str | None, str | None, str | None]
+
+
+def split_name(tag: str) -> str:
+    """The split name for a dataset's own folder or file tag: "training" and
+    "train" are "train"; "val", "valid" and "validation" are "val"; others
+    (e.g. "test") stay as they are."""
+    low = tag.lower()
+    if low in ("train", "training"):
+        return "train"
+    if low in ("val", "valid", "validation"):
+        return "val"
+    return tag
+
+
+class SampleWriter:
+    """Writes samples and their metadata rows in chunks, counting what it wrote."""
+
+    def __init__(
+        self, store: _native.Store, table: str, metadata_table: str, chunk: int = 64
+    ) -> None:
+        self.store = store
+        self.table = table
+        self.metadata_table = metadata_table
+        self.chunk = chunk
+        self.ids: list[bytes] = []
+        self.tags: list[str | None] = []
+        self._pending: list[tuple[bytes, int | bytes | None, bytes, MetadataRow]] = []
+
+    def add(
+        self,
+        label: int | bytes | None,
+        data: bytes,
+        *,
+        label_id: int | None = None,
+        label_name: str | None = None,
+        path: str | None = None,
+        tag: str | None = None,
+    ) -> bytes:
+        uid = uuidlib.uuid4().bytes
+        self.ids.append(uid)
+        self.tags.append(tag)
+        self._pending.append((uid, label, data, (uid, label_id, label_name, path, tag)))
+        if len(self._pending) >= self.chunk:
+            self.flush()
+        return uid
+
+    def flush(self) -> None:
+        if not self._pending:
+            return
+        p = self._pending
+        self.store.put_samples(
+            self.table, b"".join(x[0] for x in p), [x[1] for x in p], [x[2] for x in p]
+        )
+        self.store.put_metadata(self.metadata_table, [x[3] for x in p])
+        self._pending = []
+
+    def uuid_array(self) -> np.ndarray:
+        return np.frombuffer(b"".join(self.ids), dtype=np.uint8).reshape(-1, 16)
+
+
+def add_splits(
+    sf: SplitFile,
+    uuids: np.ndarray,
+    tags: Sequence[str | None],
+    val_frac: float,
+    seed: int,
+) -> None:
+    """Adds the splits to ``sf``: the dataset's own tags when every sample has
+    one (they win over ``val_frac``), else a seeded ``val_frac`` cut."""
+    if tags and all(t is not None for t in tags):
         sf.info["split_from"] = "source tags"
-        tag_arr = np.array(tags, dtype=object)
-        for tag in sorted(set(tags), key=lambda t: SPLIT_TAGS.index(t.lower()) if t else 0):
-            name = "val" if tag and tag.lower() in ("valid", "validation") else str(tag)
-            sf.add(name, arr[tag_arr == tag])
+        names = np.array([split_name(str(t)) for t in tags], dtype=object)
+        order = {"train": 0, "val": 1}
+        for name in sorted(set(names), key=lambda n: (order.get(n, 2), n)):
+            sf.add(name, uuids[names == name])
     elif val_frac > 0:
-        parts = make_split(arr, [1.0 - val_frac, val_frac], ["train", "val"], seed)
-        for name, part in parts.items():
+        for name, part in make_split(
+            uuids, [1.0 - val_frac, val_frac], ["train", "val"], seed
+        ).items():
             sf.add(name, part)
     else:
-        sf.add("train", arr)
+        sf.add("train", uuids)
+
+
+def progress_bar(items: Sequence[_T], desc: str, progress: bool) -> Iterable[_T]:
+    return tqdm(  # type: ignore[no-any-return]
+        items, desc=desc, unit="img", disable=not progress, file=sys.stderr
+    )
+
+
+def _check_val_frac(val_frac: float) -> None:
+    if not 0.0 <= val_frac < 1.0:
+        raise InvalidArgumentError(f"val_frac must be in [0, 1), got {val_frac}")
+
+
+def _tagged_subfolders(folder: Path) -> list[tuple[Path, str | None]]:
+    """``folder``'s split sub-folders (training/, validation/...) with their tags,
+    or ``folder`` itself, untagged, when it has none."""
+    subs = [d for d in _class_dirs(folder) if split_name(d) in ("train", "val", "test")]
+    if subs:
+        return [(folder / d, d) for d in subs]
+    return [(folder, None)]
+
+
+def scan_segmentation_folder(
+    src: Path, images: str = "images", annotations: str = "annotations"
+) -> list[tuple[Path, Path | None, str | None]]:
+    """(image, mask or None, split tag) triples of an ADE20k-like layout,
+    ``SRC/images/<split>/<name>.jpg`` with ``SRC/annotations/<split>/<name>.png``
+    (the ``<split>`` level, e.g. training/ and validation/, is optional)."""
+    if not src.is_dir():
+        raise FileNotFoundError(f"source folder {src} does not exist")
+    img_root, ann_root = src / images, src / annotations
+    for d in (img_root, ann_root):
+        if not d.is_dir():
+            raise InvalidArgumentError(
+                f"{d} is not a folder: expected SRC/{images}/[<split>/]<name>.jpg "
+                f"and SRC/{annotations}/[<split>/]<name>.png"
+            )
+    out: list[tuple[Path, Path | None, str | None]] = []
+    for folder, tag in _tagged_subfolders(img_root):
+        masks = {p.stem: p for p in _files(ann_root / folder.relative_to(img_root))}
+        for f in _files(folder):
+            if f.suffix.lower() in IMAGE_SUFFIXES:
+                out.append((f, masks.get(f.stem), tag))
+    if not out:
+        raise InvalidArgumentError(f"no image under {img_root}")
+    return out
+
+
+def ingest_segmentation(
+    src: str | os.PathLike[str],
+    store: str | _native.Store,
+    table: str,
+    *,
+    classes: Sequence[str] = (),
+    images: str = "images",
+    annotations: str = "annotations",
+    val_frac: float = 0.2,
+    seed: int = 0,
+    split_file: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    chunk: int = 64,
+    progress: bool = True,
+) -> IngestReport:
+    """Ingests a segmentation dataset laid out as ADE20k is
+    (``SRC/images/{training,validation}/*.jpg`` and the masks,
+    ``SRC/annotations/{training,validation}/*.png``, one class index a pixel):
+    the image is the data, the mask file's bytes the label blob. ``classes`` (the
+    name of each mask value) goes into the split file.
+
+    Images without a mask, and images or masks that do not decode, are skipped
+    and listed in the report; the split tags of the folders are kept.
+    """
+    _check_val_frac(val_frac)
+    src_path = Path(src)
+    triples = scan_segmentation_folder(src_path, images, annotations)
+    st = open_for_writing(store)
+    metadata_table = f"{table}_metadata"
+    st.create_tables(table, metadata_table, "blob", overwrite=overwrite)
+    report = IngestReport(table=table, metadata_table=metadata_table)
+    w = SampleWriter(st, table, metadata_table, chunk)
+    for img, mask, tag in progress_bar(triples, f"ingest {table}", progress):
+        rel = str(img.relative_to(src_path))
+        if mask is None:
+            report.skipped.append((rel, "no mask of the same name"))
+            continue
+        data, label = img.read_bytes(), mask.read_bytes()
+        why = check_image(data) or check_image(label)
+        if why is not None:
+            report.skipped.append((rel, why))
+            continue
+        w.add(label, data, path=rel, tag=tag)
+    w.flush()
+    return _finish(report, w, st, "blob", classes, src_path, val_frac, seed, split_file)
+
+
+def read_multilabel_lists(
+    label_files: Sequence[Path],
+) -> tuple[list[str], list[tuple[str, list[str], str]]]:
+    """Classes (sorted) and (image name, labels, tag) rows from Corel-5k label
+    files: JSON ``{"labels": [...], "samples": [{"image_name": ...,
+    "image_labels": [...]}, ...]}``; the tag is the file's stem (train, test)."""
+    import json
+
+    rows: list[tuple[str, list[str], str]] = []
+    for lf in label_files:
+        try:
+            doc = json.loads(lf.read_text())
+            samples = doc["samples"]
+            rows += [
+                (s["image_name"], [str(x) for x in s["image_labels"]], lf.stem) for s in samples
+            ]
+        except (KeyError, TypeError, ValueError) as e:
+            raise InvalidArgumentError(
+                f"{lf} is not a Corel-5k label file ({{'samples': [{{'image_name', "
+                f"'image_labels'}}]}}): {type(e).__name__}: {e}"
+            ) from None
+    classes = sorted({x for _, labels, _ in rows for x in labels})
+    return classes, rows
+
+
+MULTILABEL_SEP = "|"
+
+
+def encode_multihot(indices: Sequence[int], num_classes: int) -> bytes:
+    """A multi-hot uint8 vector, serialized as an ``.npy`` file."""
+    import io
+
+    v = np.zeros(num_classes, dtype=np.uint8)
+    v[list(indices)] = 1
+    buf = io.BytesIO()
+    np.save(buf, v, allow_pickle=False)
+    return buf.getvalue()
+
+
+def ingest_multilabel(
+    src: str | os.PathLike[str],
+    store: str | _native.Store,
+    table: str,
+    *,
+    label_files: Sequence[str | os.PathLike[str]] | None = None,
+    images: str = "images",
+    val_frac: float = 0.2,
+    seed: int = 0,
+    split_file: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    chunk: int = 64,
+    progress: bool = True,
+) -> IngestReport:
+    """Ingests a multilabel dataset laid out as Corel-5k is (``SRC/images/*.jpeg``
+    and ``SRC/train.json``, ``SRC/test.json`` label files): the label blob is the
+    multi-hot vector over the sorted classes, serialized with ``np.save``. The
+    metadata keeps the label names (``|``-separated), the split file the classes
+    and the label files' tags as splits.
+    """
+    _check_val_frac(val_frac)
+    src_path = Path(src)
+    if not src_path.is_dir():
+        raise FileNotFoundError(f"source folder {src_path} does not exist")
+    files = (
+        [Path(f) for f in label_files]
+        if label_files
+        else sorted(p for p in src_path.glob("*.json") if p.is_file())
+    )
+    if not files:
+        raise InvalidArgumentError(
+            f"no label file: expected {src_path}/train.json and {src_path}/test.json"
+        )
+    classes, rows = read_multilabel_lists(files)
+    index = {c: i for i, c in enumerate(classes)}
+    st = open_for_writing(store)
+    metadata_table = f"{table}_metadata"
+    st.create_tables(table, metadata_table, "blob", overwrite=overwrite)
+    report = IngestReport(table=table, metadata_table=metadata_table)
+    w = SampleWriter(st, table, metadata_table, chunk)
+    tagged = len(files) > 1
+    for name, labels, tag in progress_bar(rows, f"ingest {table}", progress):
+        path = src_path / images / name
+        rel = str(path.relative_to(src_path))
+        try:
+            data = path.read_bytes()
+        except OSError as e:
+            report.skipped.append((rel, f"{type(e).__name__}: {e.strerror or e}"))
+            continue
+        why = check_image(data)
+        if why is not None:
+            report.skipped.append((rel, why))
+            continue
+        label = encode_multihot([index[x] for x in labels], len(classes))
+        for x in labels:
+            report.per_class[x] = report.per_class.get(x, 0) + 1
+        w.add(
+            label,
+            data,
+            label_name=MULTILABEL_SEP.join(labels),
+            path=rel,
+            tag=tag if tagged else None,
+        )
+    w.flush()
+    return _finish(report, w, st, "blob", classes, src_path, val_frac, seed, split_file)
+
+
+def _finish(
+    report: IngestReport,
+    w: SampleWriter,
+    st: _native.Store,
+    label_type: str,
+    classes: Sequence[str],
+    src: Path,
+    val_frac: float,
+    seed: int,
+    split_file: str | os.PathLike[str] | None,
+) -> IngestReport:
+    report.written = len(w.ids)
+    if not w.ids:
+        raise InvalidArgumentError(f"no decodable image in {src}")
+    sf = SplitFile(
+        w.table,
+        label_type,
+        classes=classes,
+        store=st.url,
+        metadata_table=w.metadata_table,
+        info={"source": str(src), "seed": seed, "val_frac": val_frac},
+    )
+    add_splits(sf, w.uuid_array(), w.tags, val_frac, seed)
     if split_file is not None:
         sf.save(split_file)
     report.split_file = sf

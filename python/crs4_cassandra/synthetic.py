@@ -136,3 +136,40 @@ def make_image_folder(
             img.save(buf, format="JPEG", quality=90)
             (root / shape / f"{shape}_{i:05d}.jpg").write_bytes(buf.getvalue())
     return root
+
+
+def shapes_scene(
+    rng: np.random.Generator,
+    shapes: list[str] | tuple[str, ...],
+    size: tuple[int, int],
+    noise: float,
+    mask_values: list[int] | tuple[int, ...] | None = None,
+) -> tuple[Image.Image, np.ndarray | None]:
+    """An image with each of ``shapes`` in its own cell of a grid (so shapes do
+    not overlap), and, if ``mask_values`` is given, a uint8 (H, W) mask where a
+    shape's pixels hold its value and the background 0: the stand-in for
+    segmentation (one class a shape) and multilabel (the set of shapes) data."""
+    w, h = size
+    base = rng.integers(40, 216, size=3)
+    grad = np.linspace(-30, 30, w, dtype=np.float32)[None, :, None]
+    img = np.empty((h, w, 3), dtype=np.float32)
+    img[:] = base + grad
+    img += rng.normal(0.0, noise, size=(h, w, 3)).astype(np.float32)
+    pil = Image.fromarray(np.clip(img, 0, 255).astype(np.uint8))
+    mask = Image.new("L", (w, h), 0) if mask_values is not None else None
+    n = len(shapes)
+    cols = int(np.ceil(np.sqrt(n))) if n else 1
+    rows = int(np.ceil(n / cols)) if n else 1
+    cells = rng.permutation(rows * cols)[:n]
+    cw, ch = w / cols, h / rows
+    draw = ImageDraw.Draw(pil)
+    for k, (shape, cell) in enumerate(zip(shapes, cells, strict=True)):
+        r = rng.uniform(0.28, 0.42) * min(cw, ch)
+        x0, y0 = (cell % cols) * cw, (cell // cols) * ch
+        cx = x0 + rng.uniform(r, max(r, cw - r))
+        cy = y0 + rng.uniform(r, max(r, ch - r))
+        colour = tuple(int(c) for c in (255 - base + rng.integers(-20, 20, size=3)) % 256)
+        draw_shape(draw, shape, cx, cy, r, colour)
+        if mask is not None and mask_values is not None:
+            draw_shape(ImageDraw.Draw(mask), shape, cx, cy, r, (int(mask_values[k]),))
+    return pil, None if mask is None else np.asarray(mask, dtype=np.uint8)

@@ -105,6 +105,35 @@ pub fn store_err(e: StoreError) -> PyErr {
                 &[("path", path.display().to_string())],
                 None,
             ),
+            StoreError::Connection { hosts, .. } => build(
+                py,
+                "StoreConnectionError",
+                msg,
+                &[("hosts", hosts.clone())],
+                None,
+            ),
+            StoreError::Authentication { hosts, .. } => build(
+                py,
+                "AuthenticationError",
+                msg,
+                &[("hosts", hosts.clone())],
+                None,
+            ),
+            StoreError::Timeout { hosts, .. } => build(
+                py,
+                "StoreTimeoutError",
+                msg,
+                &[("hosts", hosts.clone())],
+                None,
+            ),
+            StoreError::Query { hosts, table, .. } => build(
+                py,
+                "QueryError",
+                msg,
+                &[("hosts", hosts.clone()), ("table", table.clone())],
+                None,
+            ),
+            StoreError::Tls(_) => build(py, "TLSConfigError", msg, &[], None),
             StoreError::Internal(_) => build(py, "LoaderError", msg, &[], None),
         }
     })

@@ -4,18 +4,19 @@ mod errors;
 mod tensor;
 
 use crs4_cassandra_core::{EpochPlan, LabelType, PlanSpec, SplitFile};
+use crs4_cassandra_store::cassandra::{CassandraOptions, CassandraStore, OptionValue};
 use crs4_cassandra_store::engine::Next;
 use crs4_cassandra_store::local::LocalStore;
 use crs4_cassandra_store::runtime::runtime;
 use crs4_cassandra_store::{
-    Batch, BatchStream, EngineOptions, FetchEngine, LabelValue, Labels, MetadataRow, SampleRow,
-    SampleStore, TableSpec,
+    Batch, BatchStream, DecodeOptions, EngineOptions, FetchEngine, LabelValue, Labels, MetadataRow,
+    SampleRow, SampleStore, TableSpec,
 };
 use dlpark::ffi::DLDataType;
 use errors::{invalid, plan_err, split_err, store_err};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -57,6 +58,31 @@ fn block<T: Send>(
 #[pyclass(module = "crs4_cassandra._native", frozen)]
 struct Store {
     inner: Arc<dyn SampleStore>,
+    /// Connection options, kept so the store can be reopened in spawned workers.
+    options: Option<Py<PyDict>>,
+}
+
+/// Python values of connection options, interpreted by the store crate.
+fn cassandra_options(url: &str, options: Option<&Bound<'_, PyDict>>) -> PyResult<CassandraOptions> {
+    let mut o = CassandraOptions::from_url(url).map_err(store_err)?;
+    let mut values = Vec::new();
+    if let Some(options) = options {
+        for (k, v) in options.iter() {
+            let key: String = k.extract()?;
+            let value = if v.is_none() {
+                continue;
+            } else if let Ok(b) = v.cast::<pyo3::types::PyBool>() {
+                OptionValue::Bool(b.is_true())
+            } else if let Ok(x) = v.extract::<f64>() {
+                OptionValue::Number(x)
+            } else {
+                OptionValue::Text(v.str()?.to_string())
+            };
+            values.push((key, value));
+        }
+    }
+    o.apply(values).map_err(store_err)?;
+    Ok(o)
 }
 
 #[pymethods]
@@ -202,10 +228,16 @@ impl Store {
             .collect())
     }
 
-    fn __reduce__(&self, py: Python<'_>) -> PyResult<(Py<PyAny>, (String,))> {
-        // Stores travel to DataLoader workers (spawn) by URL and are reopened there.
+    #[allow(clippy::type_complexity)]
+    fn __reduce__(
+        &self,
+        py: Python<'_>,
+    ) -> PyResult<(Py<PyAny>, (String, bool, Option<Py<PyDict>>))> {
+        // Stores travel to DataLoader workers (spawn) by URL and options and are
+        // reopened there, with their own connections.
         let open = py.import("crs4_cassandra._native")?.getattr("open_store")?;
-        Ok((open.unbind(), (self.inner.url(),)))
+        let options = self.options.as_ref().map(|o| o.clone_ref(py));
+        Ok((open.unbind(), (self.inner.url(), false, options)))
     }
 }
 
@@ -225,21 +257,41 @@ fn table_spec(
     })
 }
 
-/// Opens a store by URL: `local:PATH` (add `?create=1` to create it).
+/// Opens a store by URL: `local:PATH`, or `cassandra://host1,host2:9042/keyspace`
+/// with connection options (`username`, `password`, `use_ssl`, ...).
 #[pyfunction]
-#[pyo3(signature = (url, create=false))]
-fn open_store(py: Python<'_>, url: &str, create: bool) -> PyResult<Store> {
+#[pyo3(signature = (url, create=false, options=None))]
+fn open_store(
+    py: Python<'_>,
+    url: &str,
+    create: bool,
+    options: Option<Bound<'_, PyDict>>,
+) -> PyResult<Store> {
     if let Some(path) = url.strip_prefix("local:") {
+        if options.as_ref().is_some_and(|o| !o.is_empty()) {
+            return Err(invalid(format!(
+                "the local store {url:?} takes no connection options"
+            )));
+        }
         let path = PathBuf::from(path);
         let store = py
             .detach(|| LocalStore::open(&path, create))
             .map_err(store_err)?;
         return Ok(Store {
             inner: Arc::new(store),
+            options: None,
+        });
+    }
+    if url.starts_with("cassandra://") || url.starts_with("scylla://") {
+        let opts = cassandra_options(url, options.as_ref())?;
+        let store = CassandraStore::new(opts).map_err(store_err)?;
+        return Ok(Store {
+            inner: Arc::new(store),
+            options: options.map(|o| o.unbind()),
         });
     }
     Err(invalid(format!(
-        "unsupported store URL {url:?}: expected \"local:PATH\""
+        "unsupported store URL {url:?}: expected \"local:PATH\" or \"cassandra://host1,host2:9042/keyspace\""
     )))
 }
 
@@ -292,6 +344,37 @@ fn consumed_after(
     Ok(plan.resume_after(batches).consumed_samples)
 }
 
+fn decode_options(
+    decode: Option<&str>,
+    size: Option<(u32, u32)>,
+    on_error: &str,
+) -> PyResult<Option<DecodeOptions>> {
+    let skip_errors = match on_error {
+        "raise" => false,
+        "skip" => true,
+        other => {
+            return Err(invalid(format!(
+                "on_error must be \"raise\" or \"skip\", got {other:?}"
+            )))
+        }
+    };
+    match decode {
+        None if size.is_some() => Err(invalid("size needs decode=\"rgb\"")),
+        None => Ok(None),
+        Some("rgb") => {
+            if let Some((h, w)) = size {
+                if h == 0 || w == 0 {
+                    return Err(invalid(format!("size must be positive, got ({h}, {w})")));
+                }
+            }
+            Ok(Some(DecodeOptions { size, skip_errors }))
+        }
+        Some(other) => Err(invalid(format!(
+            "decode must be \"rgb\" or None, got {other:?}"
+        ))),
+    }
+}
+
 /// Iterates the batches of one reader (a rank, or a DataLoader worker of a rank).
 #[pyclass(module = "crs4_cassandra._native")]
 struct Reader {
@@ -305,7 +388,7 @@ impl Reader {
     #[pyo3(signature = (
         store, table, uuids, batch_size, *, label_type="int", id_col="id", label_col="label", data_col="data",
         world_size=1, rank=0, num_workers=1, worker_id=0, shuffle=true, seed=0, epoch=0, drop_last=false,
-        start=0, ordered=true, window=None
+        start=0, ordered=true, window=None, decode=None, size=None, on_error="raise"
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -329,8 +412,12 @@ impl Reader {
         start: usize,
         ordered: bool,
         window: Option<usize>,
+        decode: Option<&str>,
+        size: Option<(u32, u32)>,
+        on_error: &str,
     ) -> PyResult<Self> {
         let spec = table_spec(table, label_type, id_col, label_col, data_col)?;
+        let decode = decode_options(decode, size, on_error)?;
         let ids: Arc<[Uuid]> = uuids_from_bytes(&uuids)?.into();
         let plan = EpochPlan::new(PlanSpec {
             n: ids.len(),
@@ -349,6 +436,7 @@ impl Reader {
         let reader = block(py, store.inner.open_table(&spec))?;
         let mut options = EngineOptions {
             ordered,
+            decode,
             ..EngineOptions::default()
         };
         if let Some(w) = window {
@@ -475,6 +563,50 @@ impl NativeBatch {
         }
     }
 
+    /// Decoded pixels (flat uint8, HWC images one after another), if the reader decodes.
+    fn images(&self) -> Option<ArenaTensor> {
+        let images = self.batch.images.as_ref()?;
+        Some(tensor_of(&self.batch, &images.pixels, DLDataType::U8))
+    }
+
+    /// (height, width) of each decoded image.
+    fn image_shapes(&self) -> Option<Vec<(u32, u32)>> {
+        Some(self.batch.images.as_ref()?.shapes.clone())
+    }
+
+    /// Byte offsets (B+1) of each decoded image in `images()`.
+    fn image_offsets(&self) -> Option<ArenaTensor> {
+        let images = self.batch.images.as_ref()?;
+        Some(tensor_of(&self.batch, &images.offsets, DLDataType::I64))
+    }
+
+    /// Positions in the uuid list of the samples dropped because they could not be decoded.
+    fn skipped(&self) -> Vec<i64> {
+        self.batch.skipped.clone()
+    }
+
+    /// Uuid bytes (16 each) of the skipped samples.
+    fn skipped_ids<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.batch.skipped_ids)
+    }
+
+    /// One legacy ``dltensor`` capsule per sample (its bytes), each keeping the
+    /// batch alive: what DALI's ``external_source`` takes without copying.
+    fn sample_capsules(&self, py: Python<'_>) -> PyResult<Vec<Py<PyAny>>> {
+        let b = &self.batch;
+        ragged_capsules(py, b, &b.data, &b.offsets)
+    }
+
+    /// Like `sample_capsules`, for blob labels.
+    fn label_capsules(&self, py: Python<'_>) -> PyResult<Option<Vec<Py<PyAny>>>> {
+        match &self.batch.labels {
+            Labels::Blob { data, offsets } => {
+                ragged_capsules(py, &self.batch, data, offsets).map(Some)
+            }
+            _ => Ok(None),
+        }
+    }
+
     /// Offsets into `labels()` for blob labels.
     fn label_offsets(&self) -> Option<ArenaTensor> {
         match &self.batch.labels {
@@ -482,6 +614,26 @@ impl NativeBatch {
             _ => None,
         }
     }
+}
+
+fn ragged_capsules(
+    py: Python<'_>,
+    owner: &Arc<Batch>,
+    data: &[u8],
+    offsets: &[i64],
+) -> PyResult<Vec<Py<PyAny>>> {
+    offsets
+        .windows(2)
+        .map(|w| {
+            let t = ArenaTensor::new(
+                owner.clone(),
+                data[w[0] as usize..].as_ptr(),
+                vec![w[1] - w[0]],
+                DLDataType::U8,
+            );
+            t.legacy_capsule(py)
+        })
+        .collect()
 }
 
 /// A split file as Python sees it: (header JSON, [(name, uuid bytes)]).

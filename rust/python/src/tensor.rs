@@ -113,7 +113,7 @@ impl ArenaTensor {
     }
 
     /// A legacy ``dltensor`` capsule, the only kind DALI's pipeline mode accepts.
-    fn legacy_capsule(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+    pub fn legacy_capsule(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
         let managed: Managed<DLManagedTensor> = self.managed()?;
         Ok(managed.into_pyobject(py)?.unbind())
     }

@@ -96,6 +96,18 @@ pub enum Labels {
     None,
 }
 
+/// Decoded pixels of a batch: 8-bit RGB, HWC, one image after another.
+#[derive(Debug)]
+pub struct Images {
+    pub pixels: PooledBuf,
+    /// (height, width) of each image.
+    pub shapes: Vec<(u32, u32)>,
+    /// B+1 byte offsets into `pixels`.
+    pub offsets: Vec<i64>,
+    /// Set when every image was resized to this (height, width): `pixels` is then dense (B, H, W, 3).
+    pub size: Option<(u32, u32)>,
+}
+
 /// What the fetch engine asks a table reader to fill.
 #[derive(Debug, Clone)]
 pub struct BatchJob {
@@ -118,6 +130,13 @@ pub struct Batch {
     pub is_pad: Vec<bool>,
     /// B*16 uuid bytes.
     pub ids: Vec<u8>,
+    /// Decoded images, when the engine decodes.
+    pub images: Option<Images>,
+    /// Positions in the uuid list of samples dropped from this batch because
+    /// they could not be decoded (pads excluded: they repeat a real sample).
+    pub skipped: Vec<i64>,
+    /// 16 uuid bytes per entry of `skipped`.
+    pub skipped_ids: Vec<u8>,
 }
 
 impl Batch {
@@ -149,6 +168,61 @@ impl Batch {
             indices: job.indices.iter().map(|&i| i as i64).collect(),
             is_pad: job.is_pad.clone(),
             ids,
+            images: None,
+            skipped: Vec::new(),
+            skipped_ids: Vec::new(),
         }
     }
+
+    /// Keeps only the samples where `keep` is true, compacting data, labels,
+    /// indices, pads and ids in place (images are the caller's business).
+    pub fn retain(&mut self, keep: &[bool]) {
+        assert_eq!(keep.len(), self.len(), "one keep flag per sample");
+        let (_, offsets) = compact_ragged(&mut self.data, &self.offsets, keep);
+        self.offsets = offsets;
+        if let Labels::Blob { data, offsets } = &mut self.labels {
+            let (_, new_offsets) = compact_ragged(data, offsets, keep);
+            *offsets = new_offsets;
+        }
+        if let Labels::Int(v) = &mut self.labels {
+            retain_flags(v, keep);
+        }
+        retain_flags(&mut self.indices, keep);
+        retain_flags(&mut self.is_pad, keep);
+        let mut ids = Vec::with_capacity(self.ids.len());
+        for (id, &k) in self.ids.chunks_exact(16).zip(keep) {
+            if k {
+                ids.extend_from_slice(id);
+            }
+        }
+        self.ids = ids;
+    }
+}
+
+fn retain_flags<T>(v: &mut Vec<T>, keep: &[bool]) {
+    let mut flags = keep.iter();
+    v.retain(|_| *flags.next().unwrap_or(&true));
+}
+
+/// Moves the kept pieces of a ragged buffer to its front; returns the new
+/// length and offsets.
+pub(crate) fn compact_ragged(
+    buf: &mut Vec<u8>,
+    offsets: &[i64],
+    keep: &[bool],
+) -> (usize, Vec<i64>) {
+    let mut out = Vec::with_capacity(offsets.len());
+    out.push(0i64);
+    let mut end = 0usize;
+    for (i, &k) in keep.iter().enumerate() {
+        if !k {
+            continue;
+        }
+        let (a, b) = (offsets[i] as usize, offsets[i + 1] as usize);
+        buf.copy_within(a..b, end);
+        end += b - a;
+        out.push(end as i64);
+    }
+    buf.truncate(end);
+    (end, out)
 }

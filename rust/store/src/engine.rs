@@ -7,6 +7,7 @@
 //! the consumer; their buffers come from a recycling [`ArenaPool`].
 
 use crate::batch::{ArenaPool, Batch, BatchJob};
+use crate::decode::decode_stage;
 use crate::error::{Result, StoreError};
 use crate::runtime::runtime;
 use crate::TableReader;
@@ -26,6 +27,18 @@ pub struct EngineOptions {
     pub ready: usize,
     /// Deliver in plan order (true) or completion order (false).
     pub ordered: bool,
+    /// Decode each batch's images after its read (on rayon, overlapping later reads).
+    pub decode: Option<DecodeOptions>,
+}
+
+/// How the decode stage turns encoded images into pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DecodeOptions {
+    /// Resize every image to (height, width); None keeps each image's size.
+    pub size: Option<(u32, u32)>,
+    /// Drop samples that fail to decode (reported in `Batch::skipped`)
+    /// instead of failing the batch.
+    pub skip_errors: bool,
 }
 
 impl Default for EngineOptions {
@@ -35,6 +48,7 @@ impl Default for EngineOptions {
             window: (2 * cores).clamp(4, 32),
             ready: 2,
             ordered: true,
+            decode: None,
         }
     }
 }
@@ -46,6 +60,8 @@ pub struct BatchStream {
     remaining: usize,
 }
 
+// Returned once per batch and moved straight on: boxing would only add an allocation.
+#[allow(clippy::large_enum_variant)]
 pub enum Next {
     Batch(Batch),
     End,
@@ -130,6 +146,7 @@ impl FetchEngine {
             batches,
             window,
             options.ordered,
+            options.decode,
             pool,
             tx,
         ));
@@ -141,15 +158,19 @@ impl FetchEngine {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn drive(
     reader: Arc<dyn TableReader>,
     ids: Arc<[Uuid]>,
     batches: Vec<PlannedBatch>,
     window: usize,
     ordered: bool,
+    decode: Option<DecodeOptions>,
     pool: Arc<ArenaPool>,
     tx: mpsc::Sender<Result<Batch>>,
 ) {
+    let image_pool = ArenaPool::new(window + 2);
+    let spec = Arc::new(reader.spec().clone());
     let mut pending = batches.into_iter().enumerate();
     let mut in_flight: JoinSet<(usize, Result<Batch>)> = JoinSet::new();
     let mut reorder: BTreeMap<usize, Result<Batch>> = BTreeMap::new();
@@ -167,7 +188,22 @@ async fn drive(
                 is_pad: planned.is_pad,
             };
             let read = reader.clone().read_batch(job, pool.clone());
-            in_flight.spawn(async move { (seq, read.await) });
+            let (spec, image_pool) = (spec.clone(), image_pool.clone());
+            in_flight.spawn(async move {
+                let result = match (read.await, decode) {
+                    (Ok(batch), Some(options)) => tokio::task::spawn_blocking(move || {
+                        decode_stage(batch, &spec, options, &image_pool)
+                    })
+                    .await
+                    .unwrap_or_else(|e| {
+                        Err(StoreError::Internal(format!(
+                            "image decoding panicked: {e}"
+                        )))
+                    }),
+                    (result, _) => result,
+                };
+                (seq, result)
+            });
         }
         let Some(joined) = in_flight.join_next().await else {
             return;

@@ -47,6 +47,24 @@ pub enum StoreError {
         #[source]
         source: std::io::Error,
     },
+    #[error("cannot connect to Cassandra at {hosts}: {message}")]
+    Connection { hosts: String, message: String },
+    #[error("authentication to Cassandra at {hosts} failed: {message}")]
+    Authentication { hosts: String, message: String },
+    #[error("request to Cassandra at {hosts} timed out after {seconds:.1} s{context}")]
+    Timeout {
+        hosts: String,
+        seconds: f64,
+        context: String,
+    },
+    #[error("Cassandra at {hosts} rejected a request on table {table:?}: {message}")]
+    Query {
+        hosts: String,
+        table: String,
+        message: String,
+    },
+    #[error("TLS configuration: {0}")]
+    Tls(String),
     #[error("the loader's background task stopped unexpectedly: {0}")]
     Internal(String),
 }

@@ -5,6 +5,8 @@
 //! in flight on the process's tokio runtime and delivers finished [`Batch`]es.
 
 pub mod batch;
+pub mod cassandra;
+pub mod decode;
 pub mod engine;
 pub mod error;
 pub mod lmdb;
@@ -15,9 +17,9 @@ use futures::future::BoxFuture;
 use std::sync::Arc;
 use uuid::Uuid;
 
-pub use batch::{ArenaPool, Batch, BatchJob, Labels, PooledBuf};
+pub use batch::{ArenaPool, Batch, BatchJob, Images, Labels, PooledBuf};
 pub use crs4_cassandra_core::LabelType;
-pub use engine::{BatchStream, EngineOptions, FetchEngine};
+pub use engine::{BatchStream, DecodeOptions, EngineOptions, FetchEngine};
 pub use error::{Result, StoreError};
 
 /// Which table and columns to read, and how to interpret the label.

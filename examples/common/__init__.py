@@ -1,0 +1,1 @@
+"""Code shared by the examples: decoding, the training loop, models and metrics."""

@@ -1,0 +1,160 @@
+"""The Cassandra store against the CQL test server: same guarantees as the
+local store, plus connection, authentication and TLS behaviour."""
+
+from __future__ import annotations
+
+import socket
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch.utils.data import DataLoader
+
+import crs4_cassandra as cc
+from crs4_cassandra import errors
+
+from .cqlserver import CqlServer, gen_certs
+
+pytestmark = pytest.mark.timeout(120)
+
+PASSWORD = "Pw-7f3kq!zz-distinctive"
+
+
+def collect(ds: cc.ShardedDataset, num_workers: int = 0) -> list[cc.Batch]:
+    return list(DataLoader(ds, batch_size=None, num_workers=num_workers))
+
+
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_epoch_exactly_once_and_bytes_match(
+    cassandra_store: tuple[str, Path], image_folder: Path, num_workers: int
+) -> None:
+    url, split = cassandra_store
+    sf = cc.SplitFile.load(split)
+    st = cc.open_store(url)
+    meta = {bytes(r[0]): r for r in st.scan_metadata("shapes_metadata")}
+    assert len(meta) == len(sf.uuids("train")) + len(sf.uuids("val"))
+    ds = cc.ShardedDataset.from_split(url, sf, "train", 8, seed=2)
+    batches = collect(ds, num_workers)
+    assert len(batches) == len(ds)
+    idx = torch.cat([b.indices[~b.is_pad] for b in batches]).tolist()
+    assert sorted(idx) == list(range(len(sf.uuids("train"))))
+    for b in batches[:3]:
+        for i, (s, uid) in enumerate(zip(b.samples(), b.ids, strict=True)):
+            _, label, _, path, _ = meta[uid.bytes]
+            assert s.numpy().tobytes() == (image_folder / path).read_bytes()
+            assert int(b.labels[i]) == label
+
+
+def test_same_batches_as_the_local_store(
+    cassandra_store: tuple[str, Path], local_store: tuple[str, Path]
+) -> None:
+    # The plan depends only on (uuid count, seed, epoch): both stores serve the same positions.
+    url, split = cassandra_store
+    sf = cc.SplitFile.load(split)
+    a = [b.indices.tolist() for b in cc.ShardedDataset.from_split(url, sf, "train", 8, seed=4)]
+    local_url, _ = local_store
+    uuids = sf.uuids("train")
+    # Same number of uuids, so the same plan: compare positions only.
+    st = cc.open_store(local_url)
+    del st
+    b = [
+        x.indices.tolist()
+        for x in cc.ShardedDataset(url, sf.table, uuids, 8, seed=4, ordered=False)
+    ]
+    assert sorted(a) == sorted(b)
+
+
+def test_resume_mid_epoch(cassandra_store: tuple[str, Path]) -> None:
+    url, split = cassandra_store
+    full = [b.indices.tolist() for b in cc.ShardedDataset.from_split(url, split, "train", 8)]
+    ds = cc.ShardedDataset.from_split(url, split, "train", 8)
+    it = iter(ds)
+    taken = [next(it).indices.tolist() for _ in range(3)]
+    state = ds.state_dict()
+    del it
+    fresh = cc.ShardedDataset.from_split(url, split, "train", 8)
+    fresh.load_state_dict(state)
+    assert taken + [b.indices.tolist() for b in fresh] == full
+
+
+def test_missing_uuid_table_and_column(cassandra_store: tuple[str, Path]) -> None:
+    url, split = cassandra_store
+    uuids = cc.SplitFile.load(split).uuids("train")[:5]
+    ghost = uuid.uuid4()
+    with_ghost = np.concatenate([uuids, np.frombuffer(ghost.bytes, np.uint8)[None]])
+    with pytest.raises(errors.SampleNotFoundError, match=str(ghost)):
+        list(cc.ShardedDataset(url, "shapes", with_ghost, 4))
+    with pytest.raises(errors.TableNotFoundError, match="ks.nope"):
+        cc.ShardedDataset(url, "nope", uuids, 4)
+    with pytest.raises(errors.QueryError, match="Undefined column name lbl"):
+        cc.ShardedDataset(url, "shapes", uuids, 4, label_col="lbl")
+    with pytest.raises(errors.SchemaError, match="label"):
+        cc.ShardedDataset(url, "shapes", uuids, 4, label_type="blob")
+
+
+def test_unreachable_host_fails_fast_and_names_it() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]  # closed again: nothing listens there
+    st = cc.open_store(f"cassandra://127.0.0.1:{port}/ks", connect_timeout=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(errors.StoreConnectionError) as info:
+        cc.ShardedDataset(st, "shapes", np.zeros((1, 16), np.uint8), 4)
+    assert time.monotonic() - t0 < 10
+    assert f"127.0.0.1:{port}" in str(info.value)
+    assert isinstance(info.value, ConnectionError)
+
+
+def test_authentication(image_folder: Path, tmp_path: Path) -> None:
+    with CqlServer(username="trainer", password=PASSWORD) as srv:
+        url = f"cassandra://127.0.0.1:{srv.port}/ks"
+        st = cc.open_store(url, username="trainer", password=PASSWORD)
+        assert PASSWORD not in repr(st)
+        st.create_tables("t", "t_metadata", "int")
+        ids = uuid.uuid4().bytes
+        st.put_samples("t", ids, [3], [b"abc"])
+        b = next(iter(cc.ShardedDataset(st, "t", [ids], 1)))
+        assert b.data.numpy().tobytes() == b"abc" and int(b.labels[0]) == 3
+
+        wrong = cc.open_store(url, username="trainer", password="not-it-" + PASSWORD[::-1])
+        with pytest.raises(errors.AuthenticationError) as info:
+            cc.ShardedDataset(wrong, "t", [ids], 1)
+        assert PASSWORD[::-1] not in str(info.value)
+        assert PASSWORD not in str(info.value)
+
+
+def test_password_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    with CqlServer(username="u", password=PASSWORD) as srv:
+        monkeypatch.setenv("MY_DB_PW", PASSWORD)
+        st = cc.open_store(
+            f"cassandra://127.0.0.1:{srv.port}/ks", username="u", password_env="MY_DB_PW"
+        )
+        st.create_tables("t", "t_metadata", "none")
+        with pytest.raises(ValueError, match="NOPE_UNSET"):
+            cc.open_store(
+                f"cassandra://127.0.0.1:{srv.port}/ks", username="u", password_env="NOPE_UNSET"
+            )
+
+
+def test_tls_verifies_the_server(tmp_path: Path) -> None:
+    certs = gen_certs(tmp_path / "good")
+    other = gen_certs(tmp_path / "other")
+    with CqlServer(tls_cert=certs["cert"], tls_key=certs["key"]) as srv:
+        url = f"cassandra://127.0.0.1:{srv.port}/ks"
+        ok = cc.open_store(url, use_ssl=True, ssl_certificate=certs["ca"])
+        ok.create_tables("t", "t_metadata", "int")
+        ids = uuid.uuid4().bytes
+        ok.put_samples("t", ids, [1], [b"x"])
+        assert next(iter(cc.ShardedDataset(ok, "t", [ids], 1))).data.numpy().tobytes() == b"x"
+
+        bad = cc.open_store(url, use_ssl=True, ssl_certificate=other["ca"], connect_timeout=2.0)
+        with pytest.raises(errors.StoreConnectionError) as info:
+            cc.ShardedDataset(bad, "t", [ids], 1)
+        assert "127.0.0.1" in str(info.value)
+        with pytest.raises(errors.TLSConfigError, match="ssl_certificate"):
+            cc.open_store(url, use_ssl=True)
+    with pytest.raises(ValueError, match='unknown Cassandra option "pasword"'):
+        cc.open_store("cassandra://127.0.0.1/ks", pasword="x")

@@ -1,0 +1,433 @@
+"""The examples, end to end, through the scripts a user runs: make the
+stand-in dataset, ingest it, build the split file, train briefly, evaluate on
+held-out images. Each must learn: the bars are out of an untrained model's reach
+(chance is 1/5 accuracy, ~0.25 mean IoU, ~0.5 micro-F1 at best)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import crs4_cassandra as cc
+from crs4_cassandra import errors
+from crs4_cassandra.ingest import ingest_multilabel, ingest_segmentation
+
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
+# One thread a process: the CI machine has two cores, and BLAS threads that
+# spin against each other make a tiny model's step ten times slower.
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def run(*args: str | Path, cwd: Path, timeout: int = 200) -> str:
+    r = subprocess.run(
+        [str(a) for a in args], capture_output=True, text=True, timeout=timeout, env=ENV, cwd=cwd
+    )
+    assert r.returncode == 0, f"{args}\n{r.stdout[-3000:]}\n{r.stderr[-3000:]}"
+    return r.stdout
+
+
+def py(script: str, *args: str | Path, cwd: Path, timeout: int = 200) -> str:
+    return run(sys.executable, EXAMPLES / script, *args, cwd=cwd, timeout=timeout)
+
+
+def cli(*args: str | Path, cwd: Path) -> str:
+    return run(sys.executable, "-m", "crs4_cassandra.cli", *args, cwd=cwd)
+
+
+def final(stdout: str, tag: str) -> dict[str, object]:
+    """The parseable last line the scripts print."""
+    lines = [ln for ln in stdout.splitlines() if ln.startswith(tag + " ")]
+    assert lines, stdout[-2000:]
+    out: dict[str, object] = json.loads(lines[-1][len(tag) + 1 :])
+    return out
+
+
+TRAIN = ("--workers", "0", "--lr", "1e-2", "--arch", "small", "-q")
+
+
+@pytest.mark.timeout(300)
+def test_imagenette_classification(tmp_path: Path) -> None:
+    src = tmp_path / "imagenette2-320"
+    py(
+        "imagenette/make_standin.py",
+        src,
+        "--classes",
+        "5",
+        "--train-per-class",
+        "160",
+        "--val-per-class",
+        "30",
+        cwd=tmp_path,
+    )
+    assert sorted(p.name for p in src.iterdir()) == ["train", "val"]
+    assert len(list((src / "val" / "n01440764").glob("*.JPEG"))) == 30
+    store = f"local:{tmp_path / 'store'}"
+    out = cli(
+        "ingest", "folder", src, "--store", store, "--table", "imagenette", "-q", cwd=tmp_path
+    )
+    assert "wrote 950 samples" in out
+    cli(
+        "split",
+        "create",
+        "--store",
+        store,
+        "-m",
+        "imagenette_metadata",
+        "--mode",
+        "original",
+        "-o",
+        "imagenette.split",
+        cwd=tmp_path,
+    )
+    sf = cc.SplitFile.load(tmp_path / "imagenette.split")
+    assert len(sf.uuids("train")) == 800 and len(sf.uuids("val")) == 150
+    out = py(
+        "imagenette/train.py",
+        "--split-file",
+        "imagenette.split",
+        "--size",
+        "32",
+        "--epochs",
+        "10",
+        "--batch-size",
+        "32",
+        "--checkpoint",
+        "model.pt",
+        *TRAIN,
+        cwd=tmp_path,
+    )
+    assert "images/s" in out
+    trained = final(out, "FINAL")
+    assert trained["world_size"] == 1 and len(trained["epochs"]) == 10  # type: ignore[arg-type]
+    py(
+        "imagenette/evaluate.py",
+        "--split-file",
+        "imagenette.split",
+        "--checkpoint",
+        "model.pt",
+        "--workers",
+        "0",
+        "--metrics-out",
+        "metrics.json",
+        "-q",
+        cwd=tmp_path,
+    )
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["samples"] == 150
+    assert m["accuracy"] >= 0.9, m
+
+
+@pytest.mark.timeout(300)
+def test_imagenette_under_torchrun_two_processes(tmp_path: Path) -> None:
+    src = tmp_path / "imagenette2-320"
+    py(
+        "imagenette/make_standin.py",
+        src,
+        "--classes",
+        "5",
+        "--train-per-class",
+        "160",
+        "--val-per-class",
+        "21",
+        cwd=tmp_path,
+    )
+    store = f"local:{tmp_path / 'store'}"
+    cli(
+        "ingest",
+        "folder",
+        src,
+        "--store",
+        store,
+        "--table",
+        "imagenette",
+        "--split-file",
+        "imagenette.split",
+        "-q",
+        cwd=tmp_path,
+    )
+    out = run(
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        EXAMPLES / "imagenette/train.py",
+        "--split-file",
+        "imagenette.split",
+        "--size",
+        "32",
+        "--epochs",
+        "10",
+        "--batch-size",
+        "16",
+        "--metrics-out",
+        "m.json",
+        *TRAIN,
+        cwd=tmp_path,
+        timeout=280,
+    )
+    assert "2 process(es) on cpu" in out
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["world_size"] == 2
+    # 105 val images over two ranks: every one counted once, the pads not at all.
+    assert m["val"]["samples"] == 105
+    assert m["accuracy"] >= 0.9, m
+
+
+@pytest.mark.timeout(300)
+def test_ade20k_segmentation(tmp_path: Path) -> None:
+    src = tmp_path / "ADEChallengeData2016"
+    py("ade20k/make_standin.py", src, "--train", "400", "--val", "100", cwd=tmp_path)
+    assert (src / "annotations" / "validation" / "ADE_val_00000001.png").is_file()
+    store = f"local:{tmp_path / 'store'}"
+    out = cli(
+        "ingest",
+        "ade20k",
+        src,
+        "--store",
+        store,
+        "--table",
+        "ade20k",
+        "--classes",
+        f"@{src / 'classes.txt'}",
+        "--split-file",
+        "ade20k.split",
+        "-q",
+        cwd=tmp_path,
+    )
+    assert "train=400, val=100" in out
+    sf = cc.SplitFile.load(tmp_path / "ade20k.split")
+    assert sf.label_type == "blob" and sf.classes == ["background", "circle", "square", "triangle"]
+    out = py(
+        "ade20k/train.py",
+        "--split-file",
+        "ade20k.split",
+        "--size",
+        "32",
+        "--epochs",
+        "10",
+        "--batch-size",
+        "16",
+        "--checkpoint",
+        "model.pt",
+        *TRAIN,
+        cwd=tmp_path,
+    )
+    assert final(out, "FINAL")["task"] == "segmentation"
+    out = py(
+        "ade20k/evaluate.py",
+        "--split-file",
+        "ade20k.split",
+        "--checkpoint",
+        "model.pt",
+        "--workers",
+        "0",
+        "-q",
+        cwd=tmp_path,
+    )
+    m = final(out, "METRICS")
+    assert m["samples"] == 100
+    assert m["mean_iou"] >= 0.5, m  # type: ignore[operator]
+
+
+@pytest.mark.timeout(300)
+def test_corel5k_multilabel(tmp_path: Path) -> None:
+    src = tmp_path / "Corel-5k"
+    py("corel5k/make_standin.py", src, "--train", "600", "--test", "150", cwd=tmp_path)
+    assert {p.name for p in src.iterdir()} == {"images", "train.json", "test.json"}
+    store = f"local:{tmp_path / 'store'}"
+    cli("ingest", "corel5k", src, "--store", store, "--table", "corel5k", "-q", cwd=tmp_path)
+    # The split file from the metadata: the label files' own split, and the
+    # classes recovered from the label names.
+    out = cli(
+        "split",
+        "create",
+        "--store",
+        store,
+        "-m",
+        "corel5k_metadata",
+        "--mode",
+        "original",
+        "-o",
+        "corel5k.split",
+        cwd=tmp_path,
+    )
+    assert "train=600, test=150" in out
+    sf = cc.SplitFile.load(tmp_path / "corel5k.split")
+    assert sf.classes == sorted(["circle", "square", "triangle", "cross", "ring"])
+    out = py(
+        "corel5k/train.py",
+        "--split-file",
+        "corel5k.split",
+        "--val-split",
+        "test",
+        "--size",
+        "48",
+        "--epochs",
+        "10",
+        "--batch-size",
+        "16",
+        "--checkpoint",
+        "model.pt",
+        *TRAIN,
+        cwd=tmp_path,
+    )
+    assert final(out, "FINAL")["task"] == "multilabel"
+    py(
+        "corel5k/evaluate.py",
+        "--split-file",
+        "corel5k.split",
+        "--checkpoint",
+        "model.pt",
+        "--split",
+        "test",
+        "--workers",
+        "0",
+        "--metrics-out",
+        "m.json",
+        "-q",
+        cwd=tmp_path,
+    )
+    m = json.loads((tmp_path / "m.json").read_text())
+    assert m["samples"] == 150
+    assert m["micro_f1"] >= 0.8, m
+
+
+@pytest.mark.timeout(300)
+def test_lightning_example(tmp_path: Path) -> None:
+    src = tmp_path / "imagenette2-320"
+    py(
+        "imagenette/make_standin.py",
+        src,
+        "--classes",
+        "5",
+        "--train-per-class",
+        "160",
+        "--val-per-class",
+        "30",
+        cwd=tmp_path,
+    )
+    store = f"local:{tmp_path / 'store'}"
+    cli(
+        "ingest",
+        "folder",
+        src,
+        "--store",
+        store,
+        "--table",
+        "imagenette",
+        "--split-file",
+        "imagenette.split",
+        "-q",
+        cwd=tmp_path,
+    )
+    out = py(
+        "lightning/train.py",
+        "--split-file",
+        "imagenette.split",
+        "--accelerator",
+        "cpu",
+        "--devices",
+        "1",
+        "--size",
+        "32",
+        "--epochs",
+        "10",
+        "--batch-size",
+        "32",
+        "--workers",
+        "0",
+        "--lr",
+        "1e-2",
+        "--arch",
+        "small",
+        "--metrics-out",
+        "m.json",
+        cwd=tmp_path,
+    )
+    m = final(out, "FINAL")
+    assert m["val_samples"] == 150
+    assert m["val_accuracy"] >= 0.9, m  # type: ignore[operator]
+
+
+# The ingest layouts, on their own.
+
+
+def write_jpeg(path: Path, seed: int) -> None:
+    from PIL import Image
+
+    rgb = np.random.default_rng(seed).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(rgb).save(path, format="JPEG")
+
+
+@pytest.mark.timeout(60)
+def test_ingest_segmentation_pairs_masks_and_skips_orphans(tmp_path: Path) -> None:
+    from PIL import Image
+
+    src = tmp_path / "ade"
+    for split, names in (("training", ["a", "b", "orphan"]), ("validation", ["c"])):
+        for k, name in enumerate(names):
+            write_jpeg(src / "images" / split / f"{name}.jpg", k)
+            if name != "orphan":
+                mask = np.full((8, 8), k + 1, np.uint8)
+                (src / "annotations" / split).mkdir(parents=True, exist_ok=True)
+                Image.fromarray(mask).save(src / "annotations" / split / f"{name}.png")
+    (src / "annotations" / "training" / "b.png").write_bytes(b"not a png")
+    url = f"local:{tmp_path / 'store'}"
+    report = ingest_segmentation(src, url, "seg", classes=["bg", "x", "y"], progress=False)
+    assert report.written == 2
+    assert sorted(p for p, _ in report.skipped) == [
+        "images/training/b.jpg",
+        "images/training/orphan.jpg",
+    ]
+    sf = report.split_file
+    assert sf is not None and sf.names() == ["train", "val"] and sf.classes == ["bg", "x", "y"]
+    ds = cc.ShardedDataset.from_split(url, sf, "train", 1)
+    (b,) = list(ds)
+    from torchvision.io import decode_png
+
+    assert decode_png(b.label_samples()[0]).unique().tolist() == [1]
+    with pytest.raises(errors.InvalidArgumentError, match="annotations"):
+        ingest_segmentation(tmp_path / "ade" / "images", url, "seg2", progress=False)
+
+
+@pytest.mark.timeout(60)
+def test_ingest_multilabel_writes_npy_multihot(tmp_path: Path) -> None:
+    src = tmp_path / "corel"
+    for i in range(3):
+        write_jpeg(src / "images" / f"{i}.jpeg", i)
+    doc = {
+        "labels": ["sky", "sun", "tree"],
+        "samples": [
+            {"image_name": "0.jpeg", "image_labels": ["tree", "sky"]},
+            {"image_name": "1.jpeg", "image_labels": ["sun"]},
+            {"image_name": "missing.jpeg", "image_labels": ["sun"]},
+        ],
+    }
+    (src / "train.json").write_text(json.dumps(doc))
+    (src / "test.json").write_text(
+        json.dumps({"samples": [{"image_name": "2.jpeg", "image_labels": ["sky"]}]})
+    )
+    url = f"local:{tmp_path / 'store'}"
+    report = ingest_multilabel(src, url, "ml", progress=False)
+    assert report.written == 3 and [p for p, _ in report.skipped] == ["images/missing.jpeg"]
+    sf = report.split_file
+    assert sf is not None and sf.classes == ["sky", "sun", "tree"]
+    assert sf.names() == ["test", "train"] or sf.names() == ["train", "test"]
+    ds = cc.ShardedDataset.from_split(url, sf, "train", 2, shuffle=False)
+    (b,) = list(ds)
+    vectors = {
+        tuple(np.load(io.BytesIO(lab.numpy().tobytes())).tolist()) for lab in b.label_samples()
+    }
+    assert vectors == {(1, 0, 1), (0, 1, 0)}
+    rows = cc.open_store(url).scan_metadata("ml_metadata")
+    assert sorted(r[2] or "" for r in rows) == ["sky", "sun", "tree|sky"]
