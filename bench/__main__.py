@@ -1,15 +1,36 @@
 """python -m bench: runs the benchmarks and writes bench/results.md.
 
-python -m bench [--images 2000] [--kb 110] [--runs 3] [--only local,split]
+python -m bench [--images 2000] [--kb 110] [--runs 3] [--only local,cassandra,split,decode]
 """
 
 from __future__ import annotations
 
 import argparse
 import time
+from pathlib import Path
 
-from . import local_read, split_load
+from . import cassandra_read, decode, latency, local_read, split_load
 from .common import HERE, folder_stats, image_folder, log, machine, write_json
+
+
+def plot_latency(r: dict[str, object], out: object) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    delays = r["delays_ms"]
+    for name, by_delay in r["rows"].items():  # type: ignore[attr-defined]
+        ax.plot(delays, [by_delay[d] for d in delays], marker="o", label=name)
+    ax.set_xlabel("added response delay (ms)")
+    ax.set_ylabel("samples/s")
+    ax.set_title("Throughput over the CQL test server vs. latency")
+    ax.set_xscale("symlog", linthresh=1)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(out, dpi=120)
 
 
 def main() -> None:
@@ -17,7 +38,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000, help="generated JPEGs")
     ap.add_argument("--kb", type=float, default=110.0, help="mean JPEG size in KB")
     ap.add_argument("--runs", type=int, default=3, help="timed runs per loader (median)")
-    ap.add_argument("--only", default="local,split", help="comma-separated: local, split")
+    ap.add_argument(
+        "--only",
+        default="local,cassandra,split,decode",
+        help="comma-separated: local, cassandra, split, decode",
+    )
     args = ap.parse_args()
     only = set(args.only.split(","))
     lines = [
@@ -48,6 +73,49 @@ def main() -> None:
             )
         lines.append("")
         write_json("local_read", [m.__dict__ for m in ms])
+    if "cassandra" in only:
+        folder = image_folder(args.images, args.kb)
+        n, mean = folder_stats(folder)
+        r = cassandra_read.run(folder, args.runs)
+        rows = r["rows"]
+        base = rows[1]["samples_per_s"]
+        lines += [
+            "## Reading over the CQL test server (loopback)",
+            "",
+            f"{n} JPEGs, mean {mean / 1000:.0f} KB, batch {r['batch_size']}; the server runs on the "
+            "same 2 cores (its CPU use is shown); medians of runs after a warm-up run.",
+            "",
+            "| loader | samples/s | GB/s | server cores used | client CPU s per GB | vs Python driver |",
+            "|---|---:|---:|---:|---:|---:|",
+        ]
+        for row in rows:
+            lines.append(
+                f"| {row['name']} | {row['samples_per_s']:,.0f} | {row['gbps']:.2f} "
+                f"| {row['server_cores']:.2f} | {row['cpu_s_per_gb']:.1f} "
+                f"| {row['samples_per_s'] / base:.1f}x |"
+            )
+        lines.append("")
+        write_json("cassandra_read", r)
+    if "latency" in only:
+        folder = image_folder(args.images, args.kb)
+        r = latency.run(folder)
+        delays = r["delays_ms"]
+        rows = r["rows"]
+        lines += [
+            "## Latency hiding (CQL test server with a response delay)",
+            "",
+            f"samples/s at each added delay, batch {r['batch_size']}; 'auto' is the default "
+            "(no knobs); fixed windows are batch reads in flight.",
+            "",
+            "| loader | " + " | ".join(f"{d} ms" for d in delays) + " | 100 ms vs 0 ms |",
+            "|---|" + "---:|" * (len(delays) + 1),
+        ]
+        for name, by_delay in rows.items():
+            cells = " | ".join(f"{by_delay[d]:,.0f}" for d in delays)
+            lines.append(f"| {name} | {cells} | {by_delay[100] / by_delay[0]:.0%} |")
+        lines.append("")
+        write_json("latency", r)
+        plot_latency(r, HERE / "results.png")
     if "split" in only:
         r = split_load.run()
         lines += [
@@ -58,10 +126,47 @@ def main() -> None:
             "",
         ]
         write_json("split_load", r)
+    if "decode" in only:
+        folder = image_folder(args.images, args.kb)
+        n, mean = folder_stats(folder)
+        ms = decode.run(folder, args.runs)
+        base = ms[1].samples_median
+        lines += [
+            "## CPU decoding to 224x224 RGB",
+            "",
+            f"{n} JPEGs, mean {mean / 1000:.0f} KB, batch 128, all on the machine's cores; "
+            f"images/s, medians of {args.runs} runs after a warm-up run.",
+            "",
+            "| decoder | images/s | vs torchvision |",
+            "|---|---:|---:|",
+        ]
+        for m in ms:
+            lines.append(f"| {m.name} | {m.samples_median:,.0f} | {m.samples_median / base:.2f}x |")
+        lines.append("")
+        write_json("decode", [m.__dict__ for m in ms])
     out = HERE / "results.md"
+    lines = keep_other_sections(out, lines)
     out.write_text("\n".join(lines))
     log(f"wrote {out}")
     print("\n".join(lines))
+
+
+def keep_other_sections(out: Path, lines: list[str]) -> list[str]:
+    """Appends the sections of an earlier results file that this run did not
+    measure (with --only), so that one benchmark can be rerun alone."""
+    if not out.exists():
+        return lines
+    fresh = {line for line in lines if line.startswith("## ")}
+    kept: list[str] = []
+    keep = False
+    for line in out.read_text().splitlines():
+        if line.startswith("## "):
+            keep = line not in fresh
+        if keep:
+            kept.append(line)
+    if kept and kept[-1] != "":
+        kept.append("")
+    return lines + kept
 
 
 if __name__ == "__main__":

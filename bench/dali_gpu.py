@@ -161,8 +161,11 @@ def main() -> None:
     folder = work / "jpeg"
     t0 = time.perf_counter()
     sizes = make_folder(folder, args.images, args.kb)
-    print(f"generated {len(sizes)} JPEGs, mean {statistics.mean(sizes) / 1e3:.0f} KB "
-          f"in {time.perf_counter() - t0:.0f} s", flush=True)
+    print(
+        f"generated {len(sizes)} JPEGs, mean {statistics.mean(sizes) / 1e3:.0f} KB "
+        f"in {time.perf_counter() - t0:.0f} s",
+        flush=True,
+    )
     url = f"local:{work / 'store'}"
     split = work / "bench.split"
     ingest_folder(folder, url, "bench", val_frac=0.0, split_file=split, progress=False)
@@ -232,7 +235,10 @@ def main() -> None:
     rates["torchvision_memory"] = []
     rates["torchvision_crs4_cassandra"] = []
     for r in range(args.runs):
-        for name, fn_ in (("torchvision_memory", tv_memory), ("torchvision_crs4_cassandra", tv_ours)):
+        for name, fn_ in (
+            ("torchvision_memory", tv_memory),
+            ("torchvision_crs4_cassandra", tv_ours),
+        ):
             rate = torchvision_rate(fn_, args.seconds / 2)
             rates[name].append(rate)
             print(f"run {r + 1}: {name}: {rate:,.0f} images/s", flush=True)

@@ -158,3 +158,46 @@ def test_tls_verifies_the_server(tmp_path: Path) -> None:
             cc.open_store(url, use_ssl=True)
     with pytest.raises(ValueError, match='unknown Cassandra option "pasword"'):
         cc.open_store("cassandra://127.0.0.1/ks", pasword="x")
+
+
+def test_cli_ingest_and_split_over_cassandra(image_folder: Path, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "crs4_cassandra.cli", *args],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
+
+    import os
+
+    with CqlServer(username="ingest", password=PASSWORD) as srv:
+        url = f"cassandra://127.0.0.1:{srv.port}/imgs"
+        env = {**os.environ, "CRS4_CASSANDRA_PASSWORD": PASSWORD}
+        split = tmp_path / "s.split"
+        r = cli(
+            "ingest", "folder", str(image_folder), "--store", url, "--table", "shapes",
+            "--username", "ingest", "--split-file", str(split), "-q", env=env,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        assert PASSWORD not in r.stdout + r.stderr
+        out = tmp_path / "w.split"
+        r = cli(
+            "split", "create", "--store", url, "--username", "ingest",
+            "-m", "shapes_metadata", "-r", "8,2", "--mode", "weighted", "-o", str(out), env=env,
+        )  # fmt: skip
+        assert r.returncode == 0, r.stderr
+        sf = cc.SplitFile.load(out)
+        total = sum(len(sf.uuids(n)) for n in sf.names())
+        assert total == 105
+        st = cc.open_store(url, username="ingest", password=PASSWORD)
+        ds = cc.ShardedDataset.from_split(st, sf, sf.names()[0], 16)
+        assert sum(int((~b.is_pad).sum()) for b in ds) == len(sf.uuids(sf.names()[0]))
+        r = cli(
+            "split", "create", "--store", url, "-m", "shapes_metadata", "-r", "1", "-o", str(out)
+        )
+        assert r.returncode == 2 and "authentication" in r.stderr.lower()

@@ -64,7 +64,9 @@ def mixed_images(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, np.ndar
 @pytest.fixture(scope="module")
 def solid(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, np.ndarray, list[bytes], int]:
     """Solid-colour JPEGs whose colour encodes the label, and one corrupt sample."""
-    blobs = [encode(Image.new("RGB", (20 + i % 7, 16 + i % 5), colour(i)), "JPEG") for i in range(40)]
+    blobs = [
+        encode(Image.new("RGB", (20 + i % 7, 16 + i % 5), colour(i)), "JPEG") for i in range(40)
+    ]
     bad = 17
     blobs[bad] = blobs[bad][: len(blobs[bad]) // 3]
     url = f"local:{tmp_path_factory.mktemp('solid') / 'store'}"
@@ -78,7 +80,7 @@ def test_native_size_matches_pillow(mixed_images: tuple[str, np.ndarray, list[by
     seen = 0
     for b in ds:
         assert isinstance(b.images, list) and b.labels is not None
-        for img, label in zip(b.images, b.labels.tolist()):
+        for img, label in zip(b.images, b.labels.tolist(), strict=True):
             ref = pillow_rgb(blobs[label])
             assert img.dtype == torch.uint8 and tuple(img.shape) == ref.shape
             diff = np.abs(img.numpy().astype(int) - ref.astype(int))
@@ -91,21 +93,27 @@ def test_native_size_matches_pillow(mixed_images: tuple[str, np.ndarray, list[by
 
 
 @pytest.mark.timeout(60)
-def test_resized_batch_is_one_nhwc_tensor(mixed_images: tuple[str, np.ndarray, list[bytes]]) -> None:
+def test_resized_batch_is_one_nhwc_tensor(
+    mixed_images: tuple[str, np.ndarray, list[bytes]],
+) -> None:
     url, ids, blobs = mixed_images
     ds = cc.ShardedDataset(url, "mixed", ids, 10, shuffle=False, decode="rgb", size=(32, 48))
     for b in ds:
         assert isinstance(b.images, torch.Tensor)
         assert b.images.shape == (len(b), 32, 48, 3) and b.images.is_contiguous()
         assert b.labels is not None
-        for img, label in zip(b.images, b.labels.tolist()):
-            ref = np.asarray(Image.fromarray(pillow_rgb(blobs[label])).resize((48, 32), Image.BILINEAR))
+        for img, label in zip(b.images, b.labels.tolist(), strict=True):
+            ref = np.asarray(
+                Image.fromarray(pillow_rgb(blobs[label])).resize((48, 32), Image.BILINEAR)
+            )
             diff = np.abs(img.numpy().astype(int) - ref.astype(int)).mean()
             assert diff < 6.0, f"sample #{label}: mean abs diff {diff:.2f} after resize"
 
 
 @pytest.mark.timeout(60)
-def test_corrupt_image_names_uuid_and_table(solid: tuple[str, np.ndarray, list[bytes], int]) -> None:
+def test_corrupt_image_names_uuid_and_table(
+    solid: tuple[str, np.ndarray, list[bytes], int],
+) -> None:
     url, ids, _, bad = solid
     ds = cc.ShardedDataset(url, "solid", ids, 8, decode="rgb", size=(8, 8))
     with pytest.raises(CorruptSampleError) as info:
@@ -134,7 +142,7 @@ def test_skip_reports_and_keeps_samples_aligned(
         skipped += b.skipped.tolist()
         skipped_ids += b.skipped_ids
         # Each image still sits beside its own label (its colour encodes it).
-        for img, label in zip(b.images, b.labels.tolist()):
+        for img, label in zip(b.images, b.labels.tolist(), strict=True):
             mean = img.float().mean(dim=(0, 1)).numpy()
             assert np.abs(mean - np.array(colour(label))).max() < 4, label
     assert skipped == [bad]
@@ -158,7 +166,9 @@ def test_decode_arguments_are_checked(solid: tuple[str, np.ndarray, list[bytes],
 
 
 @pytest.mark.timeout(60)
-def test_torchvision_decode_matches_pillow(mixed_images: tuple[str, np.ndarray, list[bytes]]) -> None:
+def test_torchvision_decode_matches_pillow(
+    mixed_images: tuple[str, np.ndarray, list[bytes]],
+) -> None:
     url, ids, blobs = mixed_images
     jpegs = np.array([i for i, b in enumerate(blobs) if b.startswith(b"\xff\xd8")])
     ds = cc.ShardedDataset(url, "mixed", ids[jpegs], 8, shuffle=False)
@@ -166,7 +176,7 @@ def test_torchvision_decode_matches_pillow(mixed_images: tuple[str, np.ndarray, 
     for b in ds:
         out = decode_jpeg(b, device="cpu")
         assert b.labels is not None and len(out) == len(b)
-        for img, label in zip(out, b.labels.tolist()):
+        for img, label in zip(out, b.labels.tolist(), strict=True):
             ref = pillow_rgb(blobs[label])
             assert tuple(img.shape) == (3, *ref.shape[:2])
             assert np.abs(img.permute(1, 2, 0).numpy().astype(int) - ref.astype(int)).mean() < 1.0

@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+from importlib.util import find_spec
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,13 @@ def final(stdout: str, tag: str) -> dict[str, object]:
 
 
 TRAIN = ("--workers", "0", "--lr", "1e-2", "--arch", "small", "-q")
+# Evaluation reads through a DALI pipeline (crs4_cassandra.dali.reader, DALI's
+# CPU decoders) where DALI is installed: the masks and npy labels of the GPU
+# path, on a CPU. Training uses the DataLoader path.
+try:
+    DALI_CPU: tuple[str, ...] = ("--decode", "dali-cpu") if find_spec("nvidia.dali") else ()
+except ModuleNotFoundError:
+    DALI_CPU = ()
 
 
 @pytest.mark.timeout(300)
@@ -231,6 +239,7 @@ def test_ade20k_segmentation(tmp_path: Path) -> None:
         "--workers",
         "0",
         "-q",
+        *DALI_CPU,
         cwd=tmp_path,
     )
     m = final(out, "METRICS")
@@ -291,6 +300,7 @@ def test_corel5k_multilabel(tmp_path: Path) -> None:
         "test",
         "--workers",
         "0",
+        *DALI_CPU,
         "--metrics-out",
         "m.json",
         "-q",

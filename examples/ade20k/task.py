@@ -32,6 +32,7 @@ TASK = Task(
     targets=masks,
     loss=pixel_loss,
     metric=MeanIoU,
+    label_kind="mask",
     main_metric="mean_iou",
     flip_targets=True,
 )

@@ -2,13 +2,18 @@
 
 The decode backend is chosen here and nowhere else:
 
-- ``dali``: NVIDIA DALI decodes on the GPU (nvJPEG); used when a GPU and DALI
-  are present.
+- ``dali``: a DALI pipeline reads the split with ``crs4_cassandra.dali.reader``
+  (the counterpart of cassandra-dali-plugin's ``fn.crs4.cassandra``) and
+  decodes and resizes on the GPU (nvJPEG), masks included; used when a GPU,
+  DALI and ``crs4_cassandra.dali`` are present.
+- ``dali-cpu``: the same pipeline with DALI's CPU decoders (the plugin's
+  examples call it ``--dali_cpu``); only when asked for.
 - ``rust``: the library's own CPU decoder (``ShardedDataset(decode="rgb")``),
   when the installed version has it.
 - ``torchvision``: ``torchvision.io.decode_image`` on the CPU, always there.
 
-CPU backends run inside the DataLoader workers, so decoding overlaps training.
+The CPU backends other than DALI run inside the DataLoader workers, so
+decoding overlaps training.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ from torch.utils.data import IterableDataset
 
 from crs4_cassandra import Batch, ShardedDataset
 
-BACKENDS = ("auto", "dali", "rust", "torchvision")
+BACKENDS = ("auto", "dali", "dali-cpu", "rust", "torchvision")
 
 MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1) * 255
 STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1) * 255
@@ -36,20 +41,29 @@ def rust_decoder_available() -> bool:
     return "decode" in inspect.signature(ShardedDataset.__init__).parameters
 
 
-def dali_available() -> bool:
-    return torch.cuda.is_available() and importlib.util.find_spec("nvidia.dali") is not None
+def _importable(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except ModuleNotFoundError:  # its parent package is missing
+        return False
+
+
+def dali_importable() -> bool:
+    return _importable("nvidia.dali") and _importable("crs4_cassandra.dali")
 
 
 def choose_backend(requested: str = "auto") -> str:
     if requested not in BACKENDS:
         raise ValueError(f"decode backend must be one of {BACKENDS}, got {requested!r}")
-    if requested == "dali" and not dali_available():
-        raise RuntimeError("the dali backend needs a CUDA GPU and nvidia-dali installed")
+    if requested in ("dali", "dali-cpu") and not dali_importable():
+        raise RuntimeError(f"the {requested} backend needs nvidia-dali and crs4_cassandra.dali")
+    if requested == "dali" and not torch.cuda.is_available():
+        raise RuntimeError("the dali backend needs a CUDA GPU (dali-cpu decodes on the CPU)")
     if requested == "rust" and not rust_decoder_available():
         raise RuntimeError("this crs4_cassandra has no CPU decoder (ShardedDataset decode=)")
     if requested != "auto":
         return requested
-    if dali_available():
+    if torch.cuda.is_available() and dali_importable():
         return "dali"
     if rust_decoder_available():
         return "rust"
@@ -96,20 +110,12 @@ def normalize(x: torch.Tensor) -> torch.Tensor:
 
 
 class DecodedBatch:
-    """What the training loop receives: images (uint8 NCHW, or None while the
-    GPU decoder still has to run), the raw batch for it, targets and the pad mask."""
+    """What the training loop receives: uint8 NCHW images, targets, the pad mask."""
 
-    __slots__ = ("images", "raw", "targets", "is_pad")
+    __slots__ = ("images", "targets", "is_pad")
 
-    def __init__(
-        self,
-        images: torch.Tensor | None,
-        raw: list[torch.Tensor] | None,
-        targets: torch.Tensor,
-        is_pad: torch.Tensor,
-    ) -> None:
+    def __init__(self, images: torch.Tensor, targets: torch.Tensor, is_pad: torch.Tensor) -> None:
         self.images = images
-        self.raw = raw
         self.targets = targets
         self.is_pad = is_pad
 
@@ -145,40 +151,95 @@ class DecodedDataset(IterableDataset[DecodedBatch]):
             y = self.targets(b, self.size)
             if self.backend == "rust":
                 images = b.images.permute(0, 3, 1, 2).contiguous()
-                yield DecodedBatch(images, None, y, b.is_pad)
-            elif self.backend == "torchvision":
-                yield DecodedBatch(decode_images_cpu(b.samples(), self.size), None, y, b.is_pad)
-            else:  # decoded on the GPU, in the main process
-                yield DecodedBatch(None, [s.clone() for s in b.samples()], y, b.is_pad)
+            else:
+                images = decode_images_cpu(b.samples(), self.size)
+            yield DecodedBatch(images, y, b.is_pad)
 
 
-class DaliImageDecoder:
-    """Decodes on the GPU with DALI: encoded samples in, uint8 (B, 3, H, W) out."""
+class DaliLoader:
+    """One split read by ``crs4_cassandra.dali.reader`` in a DALI pipeline that
+    decodes and resizes the images, and the masks of segmentation data, on the
+    GPU (``device_id`` given) or the CPU. Yields (images uint8 NCHW, targets,
+    is_pad) per batch; each epoch gives this rank's shard once
+    (LastBatchPolicy.PARTIAL: no pads; with ``drop_last``, as many full batches
+    on every rank)."""
 
-    def __init__(self, batch_size: int, size: int, device_id: int, threads: int = 4) -> None:
+    def __init__(
+        self,
+        *,
+        store: str,
+        split_file: Any,
+        split: str,
+        batch_size: int,
+        size: int,
+        label_kind: str,
+        rank: int,
+        world_size: int,
+        seed: int,
+        shuffle: bool,
+        drop_last: bool,
+        device_id: int | None,
+        threads: int = 4,
+    ) -> None:
         from nvidia.dali import fn, pipeline_def, types
+        from nvidia.dali.plugin.pytorch import DALIGenericIterator, LastBatchPolicy
 
-        @pipeline_def(  # type: ignore[misc]
-            batch_size=batch_size, num_threads=threads, device_id=device_id, prefetch_queue_depth=1
+        from crs4_cassandra.dali import reader
+
+        where = "cpu" if device_id is None else "mixed"
+
+        @pipeline_def(
+            batch_size=batch_size,
+            num_threads=threads,
+            device_id=device_id,
+            prefetch_queue_depth=2,
+            seed=seed,
         )
         def pipe() -> Any:
-            enc = fn.external_source(name="encoded", dtype=types.UINT8, device="cpu")
-            img = fn.decoders.image(enc, device="mixed", output_type=types.RGB)
-            img = fn.resize(img, resize_x=size, resize_y=size, antialias=True)
-            return fn.transpose(img, perm=[2, 0, 1])
+            data, labels = reader(
+                name="Reader",
+                store=store,
+                split_file=split_file,
+                split=split,
+                shard_id=rank,
+                num_shards=world_size,
+                seed=seed,
+                shuffle_every_epoch=shuffle,
+                drop_last=drop_last,
+            )
+            images = fn.decoders.image(data, device=where, output_type=types.RGB)
+            images = fn.resize(images, resize_x=size, resize_y=size, antialias=True)
+            images = fn.transpose(images, perm=[2, 0, 1])
+            if label_kind == "mask":
+                labels = fn.decoders.image(labels, device=where, output_type=types.GRAY)
+                labels = fn.resize(
+                    labels,
+                    resize_x=size,
+                    resize_y=size,
+                    interp_type=types.INTERP_NN,
+                    antialias=False,
+                )
+            return images, labels
 
-        self.pipe = pipe()
-        self.pipe.build()
-        self.size = size
-        self.device = torch.device("cuda", device_id)
-
-    def __call__(self, samples: list[torch.Tensor]) -> torch.Tensor:
-        from nvidia.dali.plugin.pytorch import feed_ndarray
-
-        self.pipe.feed_input("encoded", [s.numpy() for s in samples])
-        (out,) = self.pipe.run()
-        t = torch.empty(
-            (len(samples), 3, self.size, self.size), dtype=torch.uint8, device=self.device
+        p = pipe()
+        p.build()
+        self.label_kind = label_kind
+        self.iterator = DALIGenericIterator(
+            [p],
+            ["images", "labels"],
+            reader_name="Reader",
+            last_batch_policy=LastBatchPolicy.PARTIAL,
+            auto_reset=True,
         )
-        feed_ndarray(out.as_tensor(), t, cuda_stream=torch.cuda.current_stream(self.device))
-        return t
+
+    def __iter__(self) -> Iterator[DecodedBatch]:
+        for (out,) in self.iterator:
+            images, labels = out["images"], out["labels"]
+            if self.label_kind == "int":
+                y = labels.view(-1).long()
+            elif self.label_kind == "mask":
+                y = labels.squeeze(-1).long()
+            else:  # np.save-serialized vectors: same shape, so same byte count
+                y = decode_npy(list(labels.cpu()))
+            pad = torch.zeros(images.shape[0], dtype=torch.bool)
+            yield DecodedBatch(images, y, pad)

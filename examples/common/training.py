@@ -10,7 +10,7 @@ import json
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common.decoding import (
-    DaliImageDecoder,
+    BACKENDS,
+    DaliLoader,
     DecodedBatch,
     DecodedDataset,
     choose_backend,
@@ -46,6 +47,9 @@ class Task:
     loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
     metric: Callable[[int], Metric]
     main_metric: str
+    # How a DALI pipeline turns the label column into targets: "int", "mask"
+    # (a PNG decoded like the images) or "npy" (an np.save-serialized vector).
+    label_kind: str = "int"
     # Segmentation masks flip with their images.
     flip_targets: bool = False
 
@@ -95,7 +99,7 @@ def add_data_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument(
         "--decode",
         default="auto",
-        choices=("auto", "dali", "rust", "torchvision"),
+        choices=BACKENDS,
         help="decoder (auto: DALI on a GPU, else the CPU decoder)",
     )
     ap.add_argument("--metrics-out", help="write the final metrics here, as JSON")
@@ -119,68 +123,76 @@ def train_parser(task: Task, doc: str | None) -> argparse.ArgumentParser:
 
 
 class Loader:
-    """A split's DataLoader and the GPU decoder (DALI) if decoding happens there."""
+    """A split's batches as (normalized images, targets, is_pad) on the device:
+    from a DataLoader over a ShardedDataset (CPU decoding in its workers), or
+    from a DALI pipeline."""
 
     def __init__(
         self,
         task: Task,
-        ds: ShardedDataset,
+        args: argparse.Namespace,
+        sf: SplitFile,
+        store: Any,
+        split: str,
         backend: str,
         size: int,
-        workers: int,
         d: Dist,
+        train: bool,
     ) -> None:
-        self.ds = ds
-        self.size = size
+        seed = getattr(args, "seed", 0)
         self.device = d.device
-        self.wrapped = DecodedDataset(ds, backend, size, task.targets)
-        self.loader = DataLoader(
-            self.wrapped,
-            batch_size=None,
-            num_workers=workers,
-            pin_memory=d.device.type == "cuda",
+        dali = backend.startswith("dali")
+        # The DALI iterator serves no padding, so a rank whose last batch would
+        # be padding only gets one batch fewer: in training (where DDP needs as
+        # many steps on every rank) drop the last incomplete round instead.
+        drop_last = dali and train
+        self.ds = ShardedDataset.from_split(
+            store,
+            sf,
+            split,
+            args.batch_size,
+            shuffle=train,
+            seed=seed,
+            drop_last=drop_last,
+            **dataset_options(backend, size),
         )
-        self.gpu_decoder = (
-            DaliImageDecoder(ds.batch_size, size, d.device.index or 0)
-            if backend == "dali"
-            else None
-        )
+        self.batches: Any
+        if dali:
+            self.batches = DaliLoader(
+                store=store,
+                split_file=sf,
+                split=split,
+                batch_size=args.batch_size,
+                size=size,
+                label_kind=task.label_kind,
+                rank=d.rank,
+                world_size=d.world_size,
+                seed=seed,
+                shuffle=train,
+                drop_last=drop_last,
+                device_id=(d.device.index or 0) if backend == "dali" else None,
+            )
+        else:
+            self.batches = DataLoader(
+                DecodedDataset(self.ds, backend, size, task.targets),
+                batch_size=None,
+                num_workers=args.workers,
+                pin_memory=d.device.type == "cuda",
+            )
 
     def __len__(self) -> int:
         return len(self.ds)
 
-    def tensors(self, db: DecodedBatch) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(normalized images, targets, is_pad) on the device."""
-        if db.images is None:
-            assert self.gpu_decoder is not None and db.raw is not None
-            images = self.gpu_decoder(db.raw)
-        else:
-            images = db.images.to(self.device, non_blocking=True)
-        y = db.targets.to(self.device, non_blocking=True)
-        return normalize(images), y, db.is_pad.to(self.device)
+    def set_epoch(self, epoch: int) -> None:
+        # The DALI reader counts its epochs itself.
+        self.ds.set_epoch(epoch)
 
-
-def make_loader(
-    task: Task,
-    args: argparse.Namespace,
-    sf: SplitFile,
-    store: Any,
-    split: str,
-    backend: str,
-    size: int,
-    d: Dist,
-    train: bool,
-) -> Loader:
-    ds = ShardedDataset.from_split(
-        store,
-        sf,
-        split,
-        args.batch_size,
-        shuffle=train,
-        seed=getattr(args, "seed", 0),
-        **dataset_options(backend, size),
-    )
-    return Loader(task, ds, backend, size, args.workers, d)
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        db: DecodedBatch
+        for db in self.batches:
+            x = db.images.to(self.device, non_blocking=True)
+            y = db.targets.to(self.device, non_blocking=True)
+            yield normalize(x), y, db.is_pad.to(self.device)
 
 
 @torch.no_grad()
@@ -192,8 +204,7 @@ def evaluate(
     model.eval()
     metric = task.metric(num_classes)
     t0 = time.perf_counter()
-    for db in tqdm(loader.loader, desc=desc, disable=quiet or not d.main, file=sys.stderr):
-        x, y, pad = loader.tensors(db)
+    for x, y, pad in tqdm(loader, desc=desc, disable=quiet or not d.main, file=sys.stderr):
         keep = ~pad
         metric.update(model(x)[keep], y[keep])
     metric.sums = d.all_reduce(metric.sums)
@@ -236,9 +247,9 @@ def _train(task: Task, args: argparse.Namespace, d: Dist) -> int:
     num_classes = args.num_classes or len(sf.classes)
     if num_classes <= 0:
         raise SystemExit("the split file lists no classes: pass --num-classes")
-    train = make_loader(task, args, sf, store, args.train_split, backend, args.size, d, True)
+    train = Loader(task, args, sf, store, args.train_split, backend, args.size, d, True)
     val = (
-        make_loader(task, args, sf, store, args.val_split, backend, args.size, d, False)
+        Loader(task, args, sf, store, args.val_split, backend, args.size, d, False)
         if args.val_split
         else None
     )
@@ -263,18 +274,17 @@ def _train(task: Task, args: argparse.Namespace, d: Dist) -> int:
     history: list[dict[str, Any]] = []
     val_metrics: dict[str, float] = {}
     for epoch in range(args.epochs):
-        train.ds.set_epoch(epoch)
+        train.set_epoch(epoch)
         net.train()
         t0, seen, loss_sum = time.perf_counter(), 0, 0.0
         bar = tqdm(
-            train.loader,
+            train,
             total=len(train),
             desc=f"epoch {epoch}",
             disable=args.quiet or not d.main,
             file=sys.stderr,
         )
-        for db in bar:
-            x, y, _ = train.tensors(db)
+        for x, y, _ in bar:
             flip = (torch.rand(x.shape[0], generator=gen) < 0.5).to(d.device)
             x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
             if task.flip_targets:
@@ -350,7 +360,7 @@ def evaluate_main(task: Task, argv: list[str] | None = None, doc: str | None = N
         model = task.model(ckpt["arch"], ckpt["num_classes"])
         model.load_state_dict(ckpt["model"])
         model.to(d.device)
-        loader = make_loader(task, args, sf, store, args.split, backend, ckpt["size"], d, False)
+        loader = Loader(task, args, sf, store, args.split, backend, ckpt["size"], d, False)
         m = evaluate(task, model, loader, ckpt["num_classes"], d, args.split, args.quiet)
         if d.main:
             emit({"task": task.name, "split": args.split, **m}, "METRICS", args.metrics_out)

@@ -25,5 +25,6 @@ TASK = Task(
     targets=multihot,
     loss=F.binary_cross_entropy_with_logits,
     metric=MicroF1,
+    label_kind="npy",
     main_metric="micro_f1",
 )

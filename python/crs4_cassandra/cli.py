@@ -28,8 +28,55 @@ def _ingest_folder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _store_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--store",
+        required=True,
+        help="store URL: local:/data/store or cassandra://host1,host2:9042/keyspace",
+    )
+    g = p.add_argument_group(
+        "Cassandra connection",
+        "the password is read from $CRS4_CASSANDRA_PASSWORD (or the variable named by "
+        "--password-env), never from the command line",
+    )
+    g.add_argument("--username")
+    g.add_argument("--password-env", help="environment variable holding the password")
+    g.add_argument("--use-ssl", action="store_true", default=None, help="connect with TLS")
+    g.add_argument("--ssl-certificate", help="PEM certificate (or CA) to trust for the server")
+    g.add_argument("--ssl-own-certificate", help="client certificate (PEM) for mutual TLS")
+    g.add_argument("--ssl-own-key", help="client private key (PEM) for mutual TLS")
+    g.add_argument("--connect-timeout", type=float, help="seconds")
+    g.add_argument(
+        "--replication",
+        help="replication of a keyspace ingest creates, default "
+        "\"{'class': 'SimpleStrategy', 'replication_factor': 1}\"",
+    )
+
+
+def _open_store(args: argparse.Namespace) -> Any:
+    """The store named by --store and the connection flags; ingest creates a local store."""
+    from . import _native
+    from .dataset import open_store
+
+    url: str = args.store
+    if url.startswith("local:"):
+        return _native.open_store(url, create=args.command == "ingest")
+    keys = (
+        "username",
+        "password_env",
+        "use_ssl",
+        "ssl_certificate",
+        "ssl_own_certificate",
+        "ssl_own_key",
+        "connect_timeout",
+        "replication",
+    )
+    options = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    return open_store(url, **options)
+
+
 def _common_ingest_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--store", required=True, help="store URL, e.g. local:/data/store")
+    _store_args(p)
     p.add_argument("--table", required=True, help="data table name")
     p.add_argument(
         "--val-frac",
@@ -134,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     isub = ingest.add_subparsers(dest="layout", required=True)
     folder = isub.add_parser("folder", help="an ImageFolder layout: SRC/<class>/<image>")
     folder.add_argument("src", help="dataset root, one sub-folder per class")
-    folder.add_argument("--store", required=True, help="store URL, e.g. local:/data/store")
+    _store_args(folder)
     folder.add_argument("--table", required=True, help="data table name")
     folder.add_argument("--val-frac", type=float, default=0.2, help="fraction for the val split")
     folder.add_argument("--seed", type=int, default=0, help="seed of the split")
@@ -171,7 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     split = sub.add_parser("split", help="split files")
     ssub = split.add_subparsers(dest="split_command", required=True)
     create = ssub.add_parser("create", help="build a split file from a metadata table")
-    create.add_argument("--store", required=True, help="store URL, e.g. local:/data/store")
+    _store_args(create)
     create.add_argument("-m", "--metadata-table", required=True, help="metadata table")
     create.add_argument(
         "--table", help="data table (default: the metadata table without its _metadata suffix)"
@@ -199,6 +246,8 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        if getattr(args, "store", None) is not None:
+            args.store = _open_store(args)
         code: int = args.func(args)
         return code
     except (LoaderError, OSError, ValueError) as e:

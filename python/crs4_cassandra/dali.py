@@ -97,9 +97,7 @@ class _Source:
         self._served = 0
         # DALI reads no_copy inputs some iterations after they are fed: keep the
         # batches (and so their arenas) referenced until well past that.
-        self._alive: collections.deque[_native.NativeBatch] = collections.deque(
-            maxlen=keep_alive
-        )
+        self._alive: collections.deque[_native.NativeBatch] = collections.deque(maxlen=keep_alive)
 
     def _start_epoch(self) -> None:
         self.dataset.set_epoch(self.epoch if self.shuffle_every_epoch else 0)
@@ -218,17 +216,21 @@ def reader(
     ``slow_start``...) are accepted and ignored: the loader tunes itself.
     """
     import nvidia.dali.fn as fn
-    import nvidia.dali.types as types
     from nvidia.dali.pipeline import Pipeline
+    from nvidia.dali.types import DALIDataType as DT
 
     unknown = sorted(set(tuned) - set(TUNED_ARGUMENTS))
     if unknown:
         raise InvalidArgumentError(f"crs4_cassandra.dali.reader: unknown arguments {unknown}")
     if label_dtype not in LABEL_DTYPES:
-        raise InvalidArgumentError(f"label_dtype must be one of {LABEL_DTYPES}, got {label_dtype!r}")
+        raise InvalidArgumentError(
+            f"label_dtype must be one of {LABEL_DTYPES}, got {label_dtype!r}"
+        )
     if not 0 <= shard_id < num_shards:
-        raise InvalidArgumentError(f"shard_id {shard_id} is out of range for num_shards {num_shards}")
-    pipe = Pipeline.current()
+        raise InvalidArgumentError(
+            f"shard_id {shard_id} is out of range for num_shards {num_shards}"
+        )
+    pipe = Pipeline.current()  # type: ignore[no-untyped-call]
     if pipe is None:
         raise InvalidArgumentError(
             "crs4_cassandra.dali.reader must be called inside a DALI pipeline definition"
@@ -285,9 +287,7 @@ def reader(
         world_size=num_shards,
         **columns,
     )
-    real, batches = _shard_counts(
-        dataset.num_samples, batch_size, num_shards, shard_id, drop_last
-    )
+    real, batches = _shard_counts(dataset.num_samples, batch_size, num_shards, shard_id, drop_last)
     if batches == 0:
         raise InvalidArgumentError(
             f"shard {shard_id} of {num_shards} gets no sample of the {dataset.num_samples} "
@@ -315,16 +315,16 @@ def reader(
         keep_alive=depth + 3,
     )
     label_type_dali = {
-        "int": types.INT32 if label_dtype == "int32" else types.INT64,
-        "blob": types.UINT8,
-        "none": types.UINT8,
+        "int": DT.INT32 if label_dtype == "int32" else DT.INT64,
+        "blob": DT.UINT8,
+        "none": DT.UINT8,
     }[columns["label_type"]]
     data, labels = fn.external_source(
         source=source,
         num_outputs=2,
         batch=True,
         no_copy=True,
-        dtype=[types.UINT8, label_type_dali],
+        dtype=[DT.UINT8, label_type_dali],
         ndim=[1, 1],
     )
     return data, labels
@@ -367,7 +367,7 @@ def decode_npy(raw: Any) -> npt.NDArray[Any]:
     if hasattr(raw, "numpy") and not isinstance(raw, np.ndarray):
         raw = raw.numpy()
     buf = raw.tobytes() if isinstance(raw, np.ndarray) else bytes(raw)
-    return np.load(io.BytesIO(buf), allow_pickle=False)
+    return np.asarray(np.load(io.BytesIO(buf), allow_pickle=False))
 
 
 def decode_npy_batch(labels: Any) -> npt.NDArray[Any]:

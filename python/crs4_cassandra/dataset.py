@@ -189,6 +189,19 @@ class ShardedDataset(IterableDataset[Batch]):
     are padded with repeated samples, flagged in ``is_pad``, unless
     ``drop_last``); every rank yields ``len(ds)`` batches; the order is a
     deterministic function of ``seed`` and the epoch set by ``set_epoch``.
+
+    ``decode="rgb"`` decodes JPEG and PNG samples in Rust, overlapped with
+    reading, into ``Batch.images``: uint8 (B, H, W, 3) when ``size=(H, W)`` is
+    given (images are stretched to it), else one (H, W, 3) tensor per image.
+    A sample that cannot be decoded raises CorruptSampleError, or with
+    ``on_error="skip"`` is left out of its batch and reported in
+    ``Batch.skipped``.
+
+    Prefetching tunes itself: the number of batch reads in flight grows while it
+    raises throughput, up to ``memory_budget`` bytes of batches (default 512 MiB).
+    ``window`` fixes that number instead (an expert knob, never required).
+    ``ordered=False`` delivers batches as they complete, so a slow read delays
+    only its own batch (the batches themselves are the same).
     """
 
     def __init__(
@@ -209,6 +222,7 @@ class ShardedDataset(IterableDataset[Batch]):
         label_col: str = "label",
         data_col: str = "data",
         window: int | None = None,
+        memory_budget: int | None = None,
         decode: str | None = None,
         size: tuple[int, int] | None = None,
         on_error: str = "raise",
@@ -226,6 +240,8 @@ class ShardedDataset(IterableDataset[Batch]):
             raise InvalidArgumentError(f"rank {rank} is out of range for world_size {world_size}")
         if window is not None and window <= 0:
             raise InvalidArgumentError(f"window must be positive, got {window}")
+        if memory_budget is not None and memory_budget <= 0:
+            raise InvalidArgumentError(f"memory_budget must be positive, got {memory_budget}")
         if decode not in (None, "rgb"):
             raise InvalidArgumentError(f'decode must be "rgb" or None, got {decode!r}')
         if size is not None:
@@ -246,6 +262,7 @@ class ShardedDataset(IterableDataset[Batch]):
         self.ordered = ordered
         self.columns = (id_col, label_col, data_col)
         self.window = window
+        self.memory_budget = memory_budget
         self.decode = decode
         self.size = size
         self.on_error = on_error
@@ -337,6 +354,7 @@ class ShardedDataset(IterableDataset[Batch]):
             start=self._start,
             ordered=self.ordered,
             window=self.window,
+            memory_budget=self.memory_budget,
             decode=self.decode,
             size=self.size,
             on_error=self.on_error,

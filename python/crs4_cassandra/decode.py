@@ -57,9 +57,8 @@ def decode_jpeg(
         except RuntimeError as e:
             where = f" in table {table!r}" if table else ""
             err = CorruptSampleError(f"sample {ids[i]}{where}: cannot decode the JPEG: {e}")
-            err.uuid = str(ids[i])
-            err.table = table
-            err.column = "data"
+            # The attributes the Rust side sets on the errors it raises.
+            err.__dict__.update(uuid=str(ids[i]), table=table, column="data")
             raise err from e
     return decoded
 

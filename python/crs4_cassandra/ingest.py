@@ -34,9 +34,10 @@ class IngestReport:
     split_file: SplitFile | None = None
 
     def summary(self) -> str:
+        classes = f" ({len(self.per_class)} classes)" if self.per_class else ""
         lines = [
-            f"wrote {self.written} samples into {self.table!r} "
-            f"({len(self.per_class)} classes), metadata into {self.metadata_table!r}"
+            f"wrote {self.written} samples into {self.table!r}{classes}, "
+            f"metadata into {self.metadata_table!r}"
         ]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} files that are not decodable images:")

@@ -111,8 +111,6 @@ class ShardedDataModule(pl.LightningDataModule):
         **dataset_kwargs: Any,
     ) -> None:
         super().__init__()
-        if dataset_kwargs.get("persistent_workers"):
-            raise InvalidArgumentError("persistent workers are not supported")
         self.split = split_file if isinstance(split_file, SplitFile) else SplitFile.load(split_file)
         url = store if store is not None else self.split.store
         if url is None:

@@ -61,6 +61,22 @@ pub struct NodeInfo {
     pub host_id: uuid::Uuid,
     pub token: i64,
     pub stats: NodeStats,
+    /// A down node closes its connections and every new one at once.
+    pub down: AtomicBool,
+    /// Extra response delay of this node only (a slow node), in ms.
+    pub delay_ms: AtomicU64,
+    /// Bumped to close this node's connections.
+    drop_tx: watch::Sender<u64>,
+}
+
+impl NodeInfo {
+    /// Takes the node down (closing its connections) or brings it back up.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+        if down {
+            self.drop_tx.send_modify(|g| *g += 1);
+        }
+    }
 }
 
 /// Fault knobs, changeable at runtime through the admin port.
@@ -143,7 +159,7 @@ impl Shared {
                 s.push(',');
             }
             s.push_str(&format!(
-                "{{\"node\":{i},\"address\":\"{}\",\"requests\":{},\"queries\":{},\"prepares\":{},\"executes\":{},\"batches\":{},\"errors\":{},\"injected_errors\":{},\"connections\":{},\"open_connections\":{}}}",
+                "{{\"node\":{i},\"address\":\"{}\",\"requests\":{},\"queries\":{},\"prepares\":{},\"executes\":{},\"batches\":{},\"errors\":{},\"injected_errors\":{},\"connections\":{},\"open_connections\":{},\"down\":{},\"node_delay_ms\":{}}}",
                 n.addr,
                 g(&st.requests),
                 g(&st.queries),
@@ -154,6 +170,8 @@ impl Shared {
                 g(&st.injected_errors),
                 g(&st.connections),
                 g(&st.open_connections),
+                n.down.load(Ordering::Relaxed),
+                g(&n.delay_ms),
             ));
         }
         s.push_str(&format!(
@@ -260,6 +278,9 @@ impl ServerBuilder {
                 // Even split of the ring: node i owns (token[i-1], token[i]].
                 token: i64::MIN.wrapping_add(step.wrapping_mul(i as i64 + 1)),
                 stats: NodeStats::default(),
+                down: AtomicBool::new(false),
+                delay_ms: AtomicU64::new(0),
+                drop_tx: watch::channel(0u64).0,
             })
             .collect();
         let (drop_tx, _) = watch::channel(0u64);
@@ -397,6 +418,11 @@ async fn accept_loop(
                 continue;
             }
         };
+        if shared.nodes[node].down.load(Ordering::SeqCst) {
+            // Closed before any byte is read: the client sees a refused session.
+            drop(sock);
+            continue;
+        }
         let _ = sock.set_nodelay(true);
         let shared = shared.clone();
         let tls = tls.clone();
@@ -430,6 +456,7 @@ where
     stats.connections.fetch_add(1, Ordering::Relaxed);
     stats.open_connections.fetch_add(1, Ordering::Relaxed);
     let mut drop_rx = shared.drop_tx.subscribe();
+    let mut node_drop_rx = shared.nodes[node].drop_tx.subscribe();
     let (rd, wr) = tokio::io::split(stream);
     let (tx, rx) = mpsc::channel::<Bytes>(4096);
     let writer = tokio::spawn(write_loop(wr, rx));
@@ -442,6 +469,7 @@ where
         let frame = tokio::select! {
             f = read_frame(&mut rd) => f,
             _ = drop_rx.changed() => break,
+            _ = node_drop_rx.changed() => break,
         };
         let (version, stream_id, op, body) = match frame {
             Ok(Some(f)) => f,
@@ -456,7 +484,7 @@ where
             let _ = tx.send(proto::error_frame(stream_id, &e)).await;
             continue;
         }
-        let delay = shared.knobs.delay_ms();
+        let delay = shared.knobs.delay_ms() + shared.nodes[node].delay_ms.load(Ordering::Relaxed);
         let reply = |frame: Bytes| {
             let tx = tx.clone();
             async move {
@@ -887,6 +915,14 @@ async fn admin_loop(l: TcpListener, shared: Arc<Shared>) {
     }
 }
 
+/// The node named by an admin argument (its index, 0-based).
+fn node_arg<'a>(shared: &'a Shared, arg: Option<&str>) -> Result<&'a NodeInfo, String> {
+    let n = shared.nodes.len();
+    arg.and_then(|a| a.parse::<usize>().ok())
+        .and_then(|i| shared.nodes.get(i))
+        .ok_or_else(|| format!("ERR expected a node index in 0..{n}"))
+}
+
 /// Executes one admin command line and returns the one-line reply.
 pub fn admin_command(shared: &Shared, line: &str) -> String {
     let mut parts = line.split_whitespace();
@@ -899,12 +935,28 @@ pub fn admin_command(shared: &Shared, line: &str) -> String {
             shared.drop_connections();
             "OK".into()
         }
-        ("delay", Some(ms)) => match ms.parse::<u64>() {
-            Ok(ms) => {
+        ("delay", Some(ms)) => match (ms.parse::<u64>(), arg2, parts.next()) {
+            (Ok(ms), None, _) => {
                 shared.knobs.set_delay_ms(ms);
                 "OK".into()
             }
-            Err(_) => "ERR delay expects milliseconds".into(),
+            (Ok(ms), Some(w), Some(k)) if w.eq_ignore_ascii_case("node") => {
+                match node_arg(shared, Some(k)) {
+                    Ok(n) => {
+                        n.delay_ms.store(ms, Ordering::Relaxed);
+                        "OK".into()
+                    }
+                    Err(e) => e,
+                }
+            }
+            _ => "ERR delay expects milliseconds, optionally followed by `node K`".into(),
+        },
+        ("node-down", k) | ("node-up", k) => match node_arg(shared, k) {
+            Ok(n) => {
+                n.set_down(cmd == "node-down");
+                "OK".into()
+            }
+            Err(e) => e,
         },
         ("error-rate", Some(r)) => match r.parse::<f64>() {
             Ok(r) if (0.0..=1.0).contains(&r) => {

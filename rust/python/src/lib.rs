@@ -388,7 +388,8 @@ impl Reader {
     #[pyo3(signature = (
         store, table, uuids, batch_size, *, label_type="int", id_col="id", label_col="label", data_col="data",
         world_size=1, rank=0, num_workers=1, worker_id=0, shuffle=true, seed=0, epoch=0, drop_last=false,
-        start=0, ordered=true, window=None, decode=None, size=None, on_error="raise"
+        start=0, ordered=true, window=None, decode=None, size=None, on_error="raise",
+        memory_budget=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -415,6 +416,7 @@ impl Reader {
         decode: Option<&str>,
         size: Option<(u32, u32)>,
         on_error: &str,
+        memory_budget: Option<usize>,
     ) -> PyResult<Self> {
         let spec = table_spec(table, label_type, id_col, label_col, data_col)?;
         let decode = decode_options(decode, size, on_error)?;
@@ -440,7 +442,10 @@ impl Reader {
             ..EngineOptions::default()
         };
         if let Some(w) = window {
-            options.window = w.max(1);
+            options.fixed_window(w);
+        }
+        if let Some(b) = memory_budget {
+            options.memory_budget = b;
         }
         let stream = py.detach(|| {
             let _guard = runtime().enter();

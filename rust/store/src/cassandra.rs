@@ -16,6 +16,7 @@ use futures::{StreamExt, TryStreamExt};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
+use scylla::client::PoolSize;
 use scylla::errors::{DbError, ExecutionError, NewSessionError, PrepareError, RequestAttemptError};
 use scylla::frame::response::result::{ColumnType, NativeType};
 use scylla::policies::retry::FallthroughRetryPolicy;
@@ -24,6 +25,7 @@ use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 use std::collections::HashMap;
 use std::fmt;
+use std::num::NonZeroUsize;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -68,6 +70,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "consistency",
     "max_in_flight",
     "replication",
+    "connections",
 ];
 
 /// Environment variable read for the password when none is given.
@@ -121,6 +124,8 @@ pub struct CassandraOptions {
     pub max_in_flight: usize,
     /// Replication clause used when ingest creates a keyspace.
     pub replication: String,
+    /// Connections per node (per shard on ScyllaDB).
+    pub connections: usize,
 }
 
 impl CassandraOptions {
@@ -183,8 +188,9 @@ impl CassandraOptions {
             retry_time_limit: Duration::from_secs(60),
             speculative_delay: None,
             consistency: Consistency::LocalOne,
-            max_in_flight: 1024,
+            max_in_flight: 4096,
             replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
+            connections: 4,
         })
     }
 
@@ -265,6 +271,7 @@ impl CassandraOptions {
                     }
                 }
                 "replication" => self.replication = text()?,
+                "connections" => self.connections = count()?.max(1),
                 _ => {
                     return Err(StoreError::InvalidArgument(format!(
                         "unknown Cassandra option {key:?}; known options: {}",
@@ -535,6 +542,9 @@ impl CassandraStore {
             .known_nodes(&o.hosts)
             .connection_timeout(o.connect_timeout)
             .fetch_schema_metadata(false)
+            .pool_size(PoolSize::PerShard(
+                NonZeroUsize::new(o.connections.max(1)).expect("positive"),
+            ))
             .default_execution_profile_handle(profile.build().into_handle());
         if let Some(user) = &o.username {
             let password = o

@@ -4,12 +4,14 @@
 //! Completion order never changes a batch's composition: each read fills the
 //! batch the plan assigned. Memory is bounded: at most `window` batches are
 //! being read or waiting to be reordered, plus `ready` finished ones queued for
-//! the consumer; their buffers come from a recycling [`ArenaPool`].
+//! the consumer; their buffers come from a recycling [`ArenaPool`]. The window
+//! tunes itself ([`WindowTuner`]) within a memory budget unless fixed.
 
 use crate::batch::{ArenaPool, Batch, BatchJob};
 use crate::decode::decode_stage;
 use crate::error::{Result, StoreError};
 use crate::runtime::runtime;
+use crate::tuner::{self, WindowTuner};
 use crate::TableReader;
 use crs4_cassandra_core::PlannedBatch;
 use std::collections::BTreeMap;
@@ -21,8 +23,13 @@ use uuid::Uuid;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EngineOptions {
-    /// Batch reads in flight (and awaiting reorder) at most.
+    /// Batch reads in flight (and awaiting reorder): the starting point when
+    /// `autotune`, else a fixed number.
     pub window: usize,
+    /// Grow the window while it raises throughput (see [`WindowTuner`]).
+    pub autotune: bool,
+    /// Bytes of batches in flight the tuner may use at most.
+    pub memory_budget: usize,
     /// Finished batches queued for the consumer at most.
     pub ready: usize,
     /// Deliver in plan order (true) or completion order (false).
@@ -41,11 +48,27 @@ pub struct DecodeOptions {
     pub skip_errors: bool,
 }
 
+/// Default bytes of batches in flight: enough to hide 100 ms of latency at
+/// several GB/s, small beside a training job's memory.
+pub const DEFAULT_MEMORY_BUDGET: usize = 512 << 20;
+/// Upper bound of the tuned window, whatever the budget.
+const MAX_WINDOW: usize = 256;
+
+impl EngineOptions {
+    /// A fixed window of `window` batch reads (no tuning), as an expert knob.
+    pub fn fixed_window(&mut self, window: usize) {
+        self.window = window.max(1);
+        self.autotune = false;
+    }
+}
+
 impl Default for EngineOptions {
     fn default() -> Self {
         let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
         Self {
-            window: (2 * cores).clamp(4, 32),
+            window: cores.clamp(2, 8),
+            autotune: true,
+            memory_budget: DEFAULT_MEMORY_BUDGET,
             ready: 2,
             ordered: true,
             decode: None,
@@ -136,15 +159,20 @@ impl FetchEngine {
         batches: Vec<PlannedBatch>,
         options: EngineOptions,
     ) -> BatchStream {
-        let window = options.window.max(1);
+        let tuner = if options.autotune {
+            let start = tuner::recall(&reader.spec().table).unwrap_or(options.window);
+            WindowTuner::auto(start, MAX_WINDOW, options.memory_budget)
+        } else {
+            WindowTuner::fixed(options.window)
+        };
         let (tx, rx) = mpsc::channel(options.ready.max(1));
         let remaining = batches.len();
-        let pool = ArenaPool::new(window + options.ready + 2);
+        let pool = ArenaPool::new(POOL_FREE);
         let driver = runtime().spawn(drive(
             reader,
             ids,
             batches,
-            window,
+            tuner,
             options.ordered,
             options.decode,
             pool,
@@ -158,18 +186,35 @@ impl FetchEngine {
     }
 }
 
+/// Free buffers a pool keeps for reuse; more are allocated when needed.
+const POOL_FREE: usize = 8;
+
+/// Sends a finished batch, telling the tuner its size and whether the consumer
+/// was waiting for it (nothing queued).
+async fn deliver(
+    tx: &mpsc::Sender<Result<Batch>>,
+    result: Result<Batch>,
+    tuner: &mut WindowTuner,
+) -> std::result::Result<(), ()> {
+    if let Ok(batch) = &result {
+        let bytes = batch.data.len() + batch.images.as_ref().map_or(0, |i| i.pixels.len());
+        tuner.on_batch(bytes, tx.capacity() == tx.max_capacity());
+    }
+    tx.send(result).await.map_err(drop)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     reader: Arc<dyn TableReader>,
     ids: Arc<[Uuid]>,
     batches: Vec<PlannedBatch>,
-    window: usize,
+    mut tuner: WindowTuner,
     ordered: bool,
     decode: Option<DecodeOptions>,
     pool: Arc<ArenaPool>,
     tx: mpsc::Sender<Result<Batch>>,
 ) {
-    let image_pool = ArenaPool::new(window + 2);
+    let image_pool = ArenaPool::new(POOL_FREE);
     let spec = Arc::new(reader.spec().clone());
     let mut pending = batches.into_iter().enumerate();
     let mut in_flight: JoinSet<(usize, Result<Batch>)> = JoinSet::new();
@@ -177,7 +222,7 @@ async fn drive(
     let mut next_seq = 0usize;
     let mut failed = false;
     loop {
-        while !failed && in_flight.len() + reorder.len() < window {
+        while !failed && in_flight.len() + reorder.len() < tuner.window() {
             let Some((seq, planned)) = pending.next() else {
                 break;
             };
@@ -206,6 +251,7 @@ async fn drive(
             });
         }
         let Some(joined) = in_flight.join_next().await else {
+            tuner.remember_for(&spec.table);
             return;
         };
         let (seq, result) = match joined {
@@ -220,7 +266,7 @@ async fn drive(
         if !ordered || result.is_err() {
             // An error is delivered at once: the consumer should not wait for
             // batches that will never complete the epoch.
-            if tx.send(result).await.is_err() || failed {
+            if deliver(&tx, result, &mut tuner).await.is_err() || failed {
                 return;
             }
             continue;
@@ -228,7 +274,7 @@ async fn drive(
         reorder.insert(seq, result);
         while let Some(result) = reorder.remove(&next_seq) {
             next_seq += 1;
-            if tx.send(result).await.is_err() {
+            if deliver(&tx, result, &mut tuner).await.is_err() {
                 return;
             }
         }

@@ -12,6 +12,7 @@ pub mod error;
 pub mod lmdb;
 pub mod local;
 pub mod runtime;
+pub mod tuner;
 
 use futures::future::BoxFuture;
 use std::sync::Arc;

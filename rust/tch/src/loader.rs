@@ -397,7 +397,7 @@ impl Loader {
             ..EngineOptions::default()
         };
         if let Some(w) = self.window {
-            options.window = w;
+            options.fixed_window(w);
         }
         if self.images != Images::Encoded {
             // Decoded on the engine's side, overlapping the reads of later batches.
