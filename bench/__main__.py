@@ -9,7 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-from . import cassandra_read, decode, latency, local_read, split_load
+from . import cassandra_read, decode, latency, local_read, memory, split_load
 from .common import HERE, folder_stats, image_folder, log, machine, write_json
 
 
@@ -40,8 +40,8 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=3, help="timed runs per loader (median)")
     ap.add_argument(
         "--only",
-        default="local,cassandra,split,decode",
-        help="comma-separated: local, cassandra, split, decode",
+        default="local,cassandra,latency,memory,split,decode",
+        help="comma-separated: local, cassandra, latency, memory, split, decode",
     )
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -82,10 +82,12 @@ def main() -> None:
         lines += [
             "## Reading over the CQL test server (loopback)",
             "",
-            f"{n} JPEGs, mean {mean / 1000:.0f} KB, batch {r['batch_size']}; the server runs on the "
-            "same 2 cores (its CPU use is shown); medians of runs after a warm-up run.",
+            f"{n} JPEGs (each read 5 times per epoch), mean {mean / 1000:.0f} KB, "
+            f"batch {r['batch_size']}; the server runs on the same 2 cores (its CPU use "
+            "is shown); medians of runs after a warm-up run.",
             "",
-            "| loader | samples/s | GB/s | server cores used | client CPU s per GB | vs Python driver |",
+            "| loader | samples/s | GB/s | server cores used | client CPU s per GB "
+            "| vs Python driver |",
             "|---|---:|---:|---:|---:|---:|",
         ]
         for row in rows:
@@ -116,6 +118,27 @@ def main() -> None:
         lines.append("")
         write_json("latency", r)
         plot_latency(r, HERE / "results.png")
+    if "memory" in only:
+        folder = image_folder(args.images, args.kb)
+        r = memory.run(folder)
+        lines += [
+            "## Memory over a full epoch",
+            "",
+            f"memory_budget {r['budget'] >> 20} MiB, batch {r['batch_size']}; "
+            "the dataset read once and five times per epoch. Anonymous memory is the "
+            "loader's own (peak growth over the process's baseline); file-backed is the "
+            "local store's memory map (page cache).",
+            "",
+            "| store | samples per epoch | peak anonymous growth (MiB) | peak file-backed (MiB) |",
+            "|---|---:|---:|---:|",
+        ]
+        for row in r["rows"]:  # type: ignore[attr-defined]
+            lines.append(
+                f"| {row['store']} | {row['samples']:,} | {row['anon_growth'] / 2**20:.0f} "
+                f"| {row['file_peak'] / 2**20:.0f} |"
+            )
+        lines.append("")
+        write_json("memory", r)
     if "split" in only:
         r = split_load.run()
         lines += [

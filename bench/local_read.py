@@ -49,13 +49,87 @@ def imagefolder_epoch(folder: Path, batch_size: int, workers: int) -> Iterator[t
         yield len(xs), sum(x.numel() for x in xs)
 
 
+def webdataset_shards(folder: Path, per_shard: int = 500) -> list[str]:
+    """The same files as WebDataset tar shards (cached under bench/data)."""
+    import io
+    import tarfile
+
+    out = DATA / f"wds-{folder.name}"
+    marker = out / ".complete"
+    files = sorted(folder.rglob("*.jpg"))
+    if not marker.exists():
+        out.mkdir(parents=True, exist_ok=True)
+        classes = sorted({f.parent.name for f in files})
+        for i in range(0, len(files), per_shard):
+            with tarfile.open(out / f"shard-{i // per_shard:05d}.tar", "w") as tar:
+                for j, f in enumerate(files[i : i + per_shard]):
+                    key = f"{i + j:08d}"
+                    for ext, payload in (
+                        ("jpg", f.read_bytes()),
+                        ("cls", str(classes.index(f.parent.name)).encode()),
+                    ):
+                        info = tarfile.TarInfo(f"{key}.{ext}")
+                        info.size = len(payload)
+                        tar.addfile(info, io.BytesIO(payload))
+        marker.write_text("ok")
+    return [str(p) for p in sorted(out.glob("shard-*.tar"))]
+
+
+def _to_tensors(samples: list[tuple[bytes, bytes]]) -> list[torch.Tensor]:
+    return [torch.frombuffer(bytearray(jpg), dtype=torch.uint8) for jpg, _ in samples]
+
+
+def webdataset_epoch(shards: list[str], batch_size: int, workers: int) -> Iterator[tuple[int, int]]:
+    import webdataset as wds
+
+    ds = (
+        wds.WebDataset(shards, shardshuffle=False, empty_check=False)
+        .to_tuple("jpg", "cls")
+        .batched(batch_size, collation_fn=_to_tensors, partial=True)
+    )
+    for xs in DataLoader(ds, batch_size=None, num_workers=workers):
+        yield len(xs), sum(x.numel() for x in xs)
+
+
+def dali_epoch(folder: Path, batch_size: int, threads: int) -> Iterator[tuple[int, int]]:
+    import numpy as np
+    from nvidia.dali import fn, pipeline_def
+
+    @pipeline_def(batch_size=batch_size, num_threads=threads, device_id=None)
+    def files() -> object:
+        jpegs, labels = fn.readers.file(
+            file_root=str(folder), random_shuffle=True, name="Reader", pad_last_batch=False
+        )
+        return jpegs, labels
+
+    pipe = files()
+    pipe.build()
+    total = pipe.epoch_size("Reader")
+    seen = 0
+    while seen < total:
+        jpegs, _ = pipe.run()
+        n = min(len(jpegs), total - seen)
+        xs = [torch.from_numpy(np.asarray(jpegs[i])) for i in range(n)]
+        seen += n
+        yield n, sum(x.numel() for x in xs)
+
+
 def run(folder: Path, runs: int, batch_size: int = 128) -> list[Measure]:
     url, split = build_store(folder)
+    shards = webdataset_shards(folder)
     return [
         measure("crs4_cassandra local store", lambda: ours_epoch(url, split, batch_size), runs),
         measure(
             "torchvision ImageFolder (raw bytes, 2 workers)",
             lambda: imagefolder_epoch(folder, batch_size, 2),
             runs,
+        ),
+        measure(
+            "WebDataset tar shards (2 workers)",
+            lambda: webdataset_epoch(shards, batch_size, 2),
+            runs,
+        ),
+        measure(
+            "DALI fn.readers.file (CPU, 2 threads)", lambda: dali_epoch(folder, batch_size, 2), runs
         ),
     ]

@@ -17,7 +17,9 @@ from . import _native
 from .errors import InvalidArgumentError, StateDictError
 from .splits import LABEL_TYPES, SplitFile, as_uuid_array
 
-STATE_VERSION = 1
+STATE_VERSION = 2
+# Versions load_state_dict reads (1 had no "consumed_positions").
+_READABLE_STATE_VERSIONS = (1, 2)
 
 
 class Batch:
@@ -173,7 +175,10 @@ def open_store(url: str, **options: Any) -> _native.Store:
       ``password_env``, the name of an environment variable; by default
       ``CRS4_CASSANDRA_PASSWORD`` is read), ``use_ssl``, ``ssl_certificate``
       (PEM to trust), ``ssl_own_certificate``, ``ssl_own_key``, ``ssl_verify``
-      (default True), ``connect_timeout``, ``request_timeout``, ``retries``,
+      (default True; ``ssl_verify=False`` turns certificate verification OFF,
+      which lets anyone on the network impersonate the server: it emits an
+      ``InsecureTLSWarning`` and is meant for tests only), ``connect_timeout``,
+      ``request_timeout``, ``retries``,
       ``retry_time_limit`` (seconds), ``speculative_delay`` (seconds),
       ``consistency``, ``max_in_flight``, ``replication`` (for keyspaces ingest
       creates). Passwords never appear in reprs, logs or error messages.
@@ -279,7 +284,12 @@ class ShardedDataset(IterableDataset[Batch]):
         self.store.check_table(table, label_type, id_col, label_col, data_col)
         self._epoch = 0
         self._start = 0
+        # Rank-local positions (counted from _start) consumed before a resume,
+        # out of order: not served again.
+        self._skip: list[int] = []
         self._yielded = 0
+        # Positions of the batches yielded by this process in this iteration.
+        self._positions: list[int] = []
 
     @classmethod
     def from_split(
@@ -323,9 +333,13 @@ class ShardedDataset(IterableDataset[Batch]):
         ``load_state_dict`` applies only to its own epoch."""
         if epoch != self._epoch:
             self._start = 0
+            self._skip = []
         self._epoch = int(epoch)
 
     def __len__(self) -> int:
+        return self._planned() - len(self._skip)
+
+    def _planned(self) -> int:
         return _native.batches_per_rank(
             self.num_samples, self.batch_size, self.world_size, self.drop_last, self._start
         )
@@ -358,11 +372,13 @@ class ShardedDataset(IterableDataset[Batch]):
             decode=self.decode,
             size=self.size,
             on_error=self.on_error,
+            skip=self._skip or None,
         )
 
     def __iter__(self) -> Iterator[Batch]:
         reader = self._reader()
         self._yielded = 0
+        self._positions = []
         self.skipped = []
         epoch = self._epoch
         try:
@@ -371,25 +387,64 @@ class ShardedDataset(IterableDataset[Batch]):
                 if batch.skipped.numel():
                     self.skipped.extend(batch.skipped.tolist())
                 self._yielded += 1
+                self._positions.append(batch.position)
                 yield batch
         finally:
             reader.close()
 
-    def state_dict(self, batches_consumed: int | None = None) -> dict[str, Any]:
-        """A plain, JSON-able state from which ``load_state_dict`` resumes the
-        epoch exactly where this rank stopped.
+    def state_dict(
+        self,
+        batches_consumed: int | None = None,
+        *,
+        consumed_positions: Any = None,
+    ) -> dict[str, Any]:
+        """A plain, versioned, JSON-able state from which ``load_state_dict``
+        resumes the epoch exactly where this rank stopped.
 
-        ``batches_consumed`` is how many batches this rank has taken in the
-        current epoch. It defaults to the count of batches this object yielded
-        in this process, which is exact when iterating without DataLoader
-        workers; with workers the main process never sees the iteration, so
-        pass the count of batches your loop received.
+        What was consumed is, by default, what this object yielded in this
+        process: exact without DataLoader workers, and inside workers (where
+        torchdata's ``StatefulDataLoader`` calls it). With a plain DataLoader
+        and workers the main process never sees the iteration: pass
+        ``batches_consumed``, the count of batches your loop received (batches
+        arrive in plan order when ``ordered=True``), or, with ``ordered=False``,
+        ``consumed_positions``, the ``Batch.position`` of every batch received.
+
+        The state holds ``consumed_samples``, a prefix of the epoch's global
+        order that every rank has consumed, and ``consumed_positions``, this
+        rank's batches consumed beyond it, out of order (``ordered=False``, or
+        one DataLoader worker's share). A state with ``consumed_positions``
+        resumes only on the same rank and world size; one without resumes on
+        any world size.
         """
-        consumed = self._yielded if batches_consumed is None else int(batches_consumed)
-        if not 0 <= consumed <= len(self):
+        planned = self._planned()
+        if consumed_positions is not None:
+            taken = {int(p) for p in consumed_positions}
+        elif batches_consumed is not None:
+            count = int(batches_consumed)
+            if not 0 <= count <= planned - len(self._skip):
+                raise InvalidArgumentError(
+                    f"batches_consumed={count} is outside 0..{planned - len(self._skip)} "
+                    "for this epoch"
+                )
+            skip = set(self._skip)
+            taken = set([q for q in range(planned) if q not in skip][:count])
+        else:
+            taken = set(self._positions)
+        bad = [q for q in taken if not 0 <= q < planned]
+        if bad:
             raise InvalidArgumentError(
-                f"batches_consumed={consumed} is outside 0..{len(self)} for this epoch"
+                f"consumed position {bad[0]} is outside 0..{planned - 1} for this epoch"
             )
+        taken |= set(self._skip)
+        prefix = 0
+        while prefix in taken:
+            prefix += 1
+        # Inside a DataLoader worker, batches are dealt to workers by position
+        # from the resume point: keep that dealing by folding only whole rounds.
+        info = get_worker_info()
+        if info is not None and info.num_workers > 1:
+            prefix -= prefix % info.num_workers
+        extra = sorted(q - prefix for q in taken if q >= prefix)
         return {
             "version": STATE_VERSION,
             "epoch": self._epoch,
@@ -401,21 +456,24 @@ class ShardedDataset(IterableDataset[Batch]):
             "uuids_fingerprint": self._fingerprint,
             "table": self.table,
             "world_size": self.world_size,
+            "rank": self.rank,
             "consumed_samples": _native.consumed_after(
                 self.num_samples,
                 self.batch_size,
                 self.world_size,
                 self.drop_last,
                 self._start,
-                consumed,
+                prefix,
             ),
+            "consumed_positions": extra,
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resumes from ``state_dict()``: the next iteration yields exactly the
-        batches that had not been consumed (on any world size: the remaining
-        samples are re-dealt over the current ranks)."""
-        if state.get("version") != STATE_VERSION:
+        batches that had not been consumed (on any world size when the state
+        has no ``consumed_positions``: the remaining samples are re-dealt over
+        the current ranks)."""
+        if state.get("version") not in _READABLE_STATE_VERSIONS:
             raise StateDictError(
                 f"unsupported state version {state.get('version')!r} (expected {STATE_VERSION})"
             )
@@ -437,6 +495,22 @@ class ShardedDataset(IterableDataset[Batch]):
         consumed = int(state["consumed_samples"])
         if not 0 <= consumed <= self.num_samples:
             raise StateDictError(f"consumed_samples={consumed} is out of range")
+        extra = [int(q) for q in state.get("consumed_positions", [])]
+        if extra:
+            saved = (state.get("rank"), state.get("world_size"))
+            if saved != (self.rank, self.world_size):
+                raise StateDictError(
+                    f"state has batches consumed out of order on rank {saved[0]} of "
+                    f"{saved[1]}: it resumes only there, not on rank {self.rank} of "
+                    f"{self.world_size} (save states with ordered=True to change world size)"
+                )
+            steps = _native.batches_per_rank(
+                self.num_samples, self.batch_size, self.world_size, self.drop_last, consumed
+            )
+            if not all(0 <= q < steps for q in extra) or len(set(extra)) != len(extra):
+                raise StateDictError(f"consumed_positions are out of range 0..{steps - 1}")
         self._epoch = int(state["epoch"])
         self._start = consumed
+        self._skip = sorted(extra)
         self._yielded = 0
+        self._positions = []

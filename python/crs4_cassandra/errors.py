@@ -83,8 +83,13 @@ class StateDictError(LoaderError, ValueError):
     """A state dict does not belong to this dataset (seed, split or batch size differ)."""
 
 
+class InsecureTLSWarning(UserWarning):
+    """TLS is on but the server's certificate is not verified (``ssl_verify=False``)."""
+
+
 __all__ = [
     "AuthenticationError",
+    "InsecureTLSWarning",
     "QueryError",
     "StoreConnectionError",
     "StoreTimeoutError",

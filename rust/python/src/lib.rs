@@ -284,6 +284,23 @@ fn open_store(
     }
     if url.starts_with("cassandra://") || url.starts_with("scylla://") {
         let opts = cassandra_options(url, options.as_ref())?;
+        if opts.use_ssl && !opts.ssl_verify {
+            // Loud on purpose: an unverified TLS peer can be anyone.
+            let category = py
+                .import("crs4_cassandra.errors")?
+                .getattr("InsecureTLSWarning")?;
+            let message = format!(
+                "ssl_verify=False: the certificate of the Cassandra server at {} is NOT verified; \
+                 anyone on the network path can impersonate it. Pass ssl_certificate= instead.",
+                opts.hosts.join(",")
+            );
+            PyErr::warn(
+                py,
+                &category,
+                &std::ffi::CString::new(message).expect("no NUL"),
+                1,
+            )?;
+        }
         let store = CassandraStore::new(opts).map_err(store_err)?;
         return Ok(Store {
             inner: Arc::new(store),
@@ -389,7 +406,7 @@ impl Reader {
         store, table, uuids, batch_size, *, label_type="int", id_col="id", label_col="label", data_col="data",
         world_size=1, rank=0, num_workers=1, worker_id=0, shuffle=true, seed=0, epoch=0, drop_last=false,
         start=0, ordered=true, window=None, decode=None, size=None, on_error="raise",
-        memory_budget=None
+        memory_budget=None, skip=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -417,6 +434,7 @@ impl Reader {
         size: Option<(u32, u32)>,
         on_error: &str,
         memory_budget: Option<usize>,
+        skip: Option<Vec<usize>>,
     ) -> PyResult<Self> {
         let spec = table_spec(table, label_type, id_col, label_col, data_col)?;
         let decode = decode_options(decode, size, on_error)?;
@@ -432,9 +450,14 @@ impl Reader {
             start,
         })
         .map_err(plan_err)?;
-        let batches = plan
+        let mut batches = plan
             .reader_batches(rank, num_workers, worker_id)
             .map_err(plan_err)?;
+        // Positions consumed out of order before a resume (ordered=False).
+        if let Some(skip) = skip.filter(|s| !s.is_empty()) {
+            let skip: std::collections::HashSet<usize> = skip.into_iter().collect();
+            batches.retain(|b| !skip.contains(&b.position));
+        }
         let reader = block(py, store.inner.open_table(&spec))?;
         let mut options = EngineOptions {
             ordered,

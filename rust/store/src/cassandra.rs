@@ -460,6 +460,18 @@ fn retriable(e: &ExecutionError) -> bool {
     }
 }
 
+/// Failures of the connection rather than of the request: a node restarting
+/// or unreachable. The driver reconnects in the background, so these are
+/// retried until `retry_time_limit`, whatever `retries` says.
+fn connection_level(e: &ExecutionError) -> bool {
+    matches!(
+        e,
+        ExecutionError::ConnectionPoolError(_)
+            | ExecutionError::EmptyPlan
+            | ExecutionError::LastAttemptError(RequestAttemptError::BrokenConnectionError(_))
+    )
+}
+
 fn is_auth_message(msg: &str) -> bool {
     let m = msg.to_ascii_lowercase();
     m.contains("authenticat") || m.contains("bad credentials") || m.contains("password")
@@ -621,7 +633,10 @@ impl CassandraStore {
         }
     }
 
-    /// Runs a request with retries and exponential backoff on transient errors.
+    /// Runs a request with retries and exponential backoff on transient errors:
+    /// server-side failures (overloaded, timeouts) at most `retries` times, lost
+    /// connections until `retry_time_limit` (a node restarting takes a while);
+    /// never past `retry_time_limit`.
     async fn retrying<T, F, Fut>(&self, table: &str, mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -632,21 +647,32 @@ impl CassandraStore {
         let mut delay = Duration::from_millis(20);
         let mut tries = 0u32;
         loop {
-            match attempt().await {
+            let e = match attempt().await {
                 Ok(v) => return Ok(v),
-                Err(e)
-                    if retriable(&e)
-                        && tries < self.opts.retries
-                        && Instant::now() + delay < deadline =>
-                {
-                    tries += 1;
-                    // Jitter spreads the retries of a whole window of requests.
-                    let jitter = (Instant::now().elapsed().subsec_nanos() % 1000) as f64 / 1000.0;
-                    tokio::time::sleep(delay.mul_f64(0.5 + jitter)).await;
-                    delay = (delay * 2).min(Duration::from_secs(2));
+                Err(e) => e,
+            };
+            let left = deadline.saturating_duration_since(Instant::now());
+            let again = retriable(&e)
+                && !left.is_zero()
+                && (connection_level(&e) || tries < self.opts.retries);
+            if !again {
+                let gave_up = tries > 0 && connection_level(&e);
+                let mut err = self.map_error(table, e, started);
+                if let (true, StoreError::Connection { message, .. }) = (gave_up, &mut err) {
+                    message.push_str(&format!(
+                        " (still failing after {:.1} s of retries; retry_time_limit={:.1} s)",
+                        started.elapsed().as_secs_f64(),
+                        self.opts.retry_time_limit.as_secs_f64()
+                    ));
                 }
-                Err(e) => return Err(self.map_error(table, e, started)),
+                return Err(err);
             }
+            tries += 1;
+            // Jitter spreads the retries of a whole window of requests.
+            let jitter = f64::from(started.elapsed().subsec_nanos() % 1000) / 1000.0;
+            tokio::time::sleep(delay.mul_f64(0.5 + jitter).min(left)).await;
+            let cap = if connection_level(&e) { 500 } else { 2000 };
+            delay = (delay * 2).min(Duration::from_millis(cap));
         }
     }
 
