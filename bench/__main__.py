@@ -9,7 +9,7 @@ import argparse
 import time
 from pathlib import Path
 
-from . import cassandra_read, decode, latency, local_read, memory, split_load
+from . import cassandra_read, decode, latency, local_read, memory, slow_node, split_load
 from .common import HERE, folder_stats, image_folder, log, machine, write_json
 
 
@@ -41,7 +41,7 @@ def main() -> None:
     ap.add_argument(
         "--only",
         default="local,cassandra,latency,memory,split,decode",
-        help="comma-separated: local, cassandra, latency, memory, split, decode",
+        help="comma-separated: local, cassandra, latency, memory, split, decode, slownode",
     )
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -167,6 +167,24 @@ def main() -> None:
             lines.append(f"| {m.name} | {m.samples_median:,.0f} | {m.samples_median / base:.2f}x |")
         lines.append("")
         write_json("decode", [m.__dict__ for m in ms])
+    if "slownode" in only:
+        r = slow_node.run()
+        slow = r["slow_ms"]
+        lines += [
+            "## A slow node (3 CQL test server nodes, one delayed)",
+            "",
+            f"{r['samples']} samples of {r['kb']} KB, batch {r['batch_size']}; samples/s with "
+            f"all nodes fast and with node 1 answering {slow} ms late.",
+            "",
+            f"| loader | all fast | node 1 +{slow} ms | kept |",
+            "|---|---:|---:|---:|",
+        ]
+        by = {(x["name"], x["slow_ms"]): x["samples_per_s"] for x in r["rows"]}
+        for name in dict.fromkeys(x["name"] for x in r["rows"]):
+            fast, late = by[(name, 0)], by[(name, slow)]
+            lines.append(f"| {name} | {fast:,.0f} | {late:,.0f} | {late / fast:.0%} |")
+        lines.append("")
+        write_json("slow_node", r)
     out = HERE / "results.md"
     lines = keep_other_sections(out, lines)
     out.write_text("\n".join(lines))

@@ -697,7 +697,9 @@ fn handle_request(
     body: &[u8],
 ) -> Bytes {
     let stats = &shared.nodes[node].stats;
-    let r = match op {
+    // The frame codec panics on some malformed bodies (slicing past the end):
+    // answer those with a protocol error instead of never answering.
+    let run = std::panic::AssertUnwindSafe(|| match op {
         opcode::QUERY => {
             stats.queries.fetch_add(1, Ordering::Relaxed);
             run_query(shared, node, state, body)
@@ -714,7 +716,9 @@ fn handle_request(
             stats.batches.fetch_add(1, Ordering::Relaxed);
             run_batch(shared, node, state, body)
         }
-    };
+    });
+    let r = std::panic::catch_unwind(run)
+        .unwrap_or_else(|_| Err(CqlError::Protocol("malformed request".into())));
     match r {
         Ok((outcome, skip_metadata)) => {
             let hint = match &outcome {
@@ -990,5 +994,168 @@ pub fn admin_command(shared: &Shared, line: &str) -> String {
             Err(e) => format!("ERR {e}"),
         },
         _ => format!("ERR unknown command: {line}"),
+    }
+}
+
+#[cfg(test)]
+mod frame_properties {
+    //! Random and mutated frames must never panic the frame reader or the
+    //! request handlers: a test instrument that crashes hides client bugs.
+    use super::*;
+    use proptest::prelude::*;
+    use std::sync::OnceLock;
+
+    fn rt() -> &'static tokio::runtime::Runtime {
+        static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+        RT.get_or_init(|| tokio::runtime::Runtime::new().expect("runtime"))
+    }
+
+    fn long_string(s: &str) -> Vec<u8> {
+        let mut v = (s.len() as i32).to_be_bytes().to_vec();
+        v.extend_from_slice(s.as_bytes());
+        v
+    }
+
+    fn query(q: &str) -> Vec<u8> {
+        let mut v = long_string(q);
+        v.extend_from_slice(&[0, 1, 0]); // consistency ONE, no flags
+        v
+    }
+
+    struct Fixture {
+        _handle: ServerHandle,
+        shared: Arc<Shared>,
+        state: ConnState,
+        execute: Vec<u8>,
+    }
+
+    fn fixture() -> &'static Fixture {
+        static F: OnceLock<Fixture> = OnceLock::new();
+        F.get_or_init(|| {
+            let handle = rt().block_on(Server::builder().port(0).start()).expect("server");
+            let shared = handle.shared().clone();
+            let state = ConnState {
+                keyspace: Mutex::new(None),
+            };
+            for q in [
+                "CREATE KEYSPACE ks WITH replication = {'class': 'SimpleStrategy', 'replication_factor': 1}",
+                "CREATE TABLE ks.t (id uuid PRIMARY KEY, label int, data blob)",
+                "INSERT INTO ks.t (id, label, data) VALUES (5bd6b5d4-5d5e-4c3b-9a47-0b7e0d1f2a3b, 1, 0xff)",
+            ] {
+                handle_request(&shared, 0, &state, 1, opcode::QUERY, &query(q));
+            }
+            let prepared = handle_request(
+                &shared,
+                0,
+                &state,
+                1,
+                opcode::PREPARE,
+                &long_string("SELECT label, data FROM ks.t WHERE id = ?"),
+            );
+            // RESULT body: kind (4) then the id as [short bytes].
+            let body = &prepared[proto::HEADER_LEN + 4..];
+            let id_len = u16::from_be_bytes([body[0], body[1]]) as usize;
+            let mut execute = body[..2 + id_len].to_vec();
+            execute.extend_from_slice(&[0, 1, 0x01, 0, 1, 0, 0, 0, 16]);
+            execute.extend_from_slice(&[0x5b; 16]);
+            Fixture {
+                _handle: handle,
+                shared,
+                state,
+                execute,
+            }
+        })
+    }
+
+    fn valid(op: u8) -> Vec<u8> {
+        match op {
+            opcode::QUERY => query("SELECT id, label, data FROM ks.t WHERE id IN (5bd6b5d4-5d5e-4c3b-9a47-0b7e0d1f2a3b) LIMIT 3"),
+            opcode::PREPARE => long_string("SELECT data FROM ks.t WHERE token(id) > ? AND token(id) <= ?"),
+            opcode::EXECUTE => fixture().execute.clone(),
+            _ => {
+                // An unlogged BATCH of one INSERT query string, no values.
+                let mut v = vec![1, 0, 1, 0];
+                v.extend_from_slice(&long_string(
+                    "INSERT INTO ks.t (id, data) VALUES (5bd6b5d4-5d5e-4c3b-9a47-0b7e0d1f2a3c, 0x01)",
+                ));
+                v.extend_from_slice(&[0, 0, 0, 1, 0]); // no values; ONE; no flags
+                v
+            }
+        }
+    }
+
+    fn handle(op: u8, body: &[u8]) {
+        quiet_panics();
+        let f = fixture();
+        let frame = handle_request(&f.shared, 0, &f.state, 3, op, body);
+        assert!(frame.len() >= proto::HEADER_LEN);
+    }
+
+    const OPS: [u8; 4] = [
+        opcode::QUERY,
+        opcode::PREPARE,
+        opcode::EXECUTE,
+        opcode::BATCH,
+    ];
+
+    fn quiet_panics() {
+        // Caught codec panics would print a backtrace per case.
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| std::panic::set_hook(Box::new(|_| {})));
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        #[test]
+        fn random_bodies_never_panic(
+            op in prop::sample::select(OPS.to_vec()),
+            body in proptest::collection::vec(any::<u8>(), 0..96),
+        ) {
+            handle(op, &body);
+        }
+
+        #[test]
+        fn mutated_valid_bodies_never_panic(
+            op in prop::sample::select(OPS.to_vec()),
+            edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>(), 0u8..3), 1..4),
+        ) {
+            let mut body = valid(op);
+            for (at, byte, how) in edits {
+                match how {
+                    0 if !body.is_empty() => { let i = at.index(body.len()); body[i] = byte; }
+                    1 => { let i = at.index(body.len() + 1); body.truncate(i); }
+                    _ => { let i = at.index(body.len() + 1); body.insert(i, byte); }
+                }
+            }
+            handle(op, &body);
+        }
+
+        #[test]
+        fn frame_reader_never_panics(
+            header in proptest::collection::vec(any::<u8>(), 0..12),
+            body in proptest::collection::vec(any::<u8>(), 0..64),
+        ) {
+            let mut bytes = header;
+            bytes.extend_from_slice(&body);
+            let mut rd: &[u8] = &bytes;
+            // Reads frames until the stream ends or an error: never panics,
+            // never loops without consuming input.
+            for _ in 0..8 {
+                match rt().block_on(read_frame(&mut rd)) {
+                    Ok(Some(_)) => {}
+                    _ => break,
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn valid_bodies_succeed() {
+        for op in OPS {
+            let f = fixture();
+            let frame = handle_request(&f.shared, 0, &f.state, 3, op, &valid(op));
+            assert_eq!(frame[4], opcode::RESULT, "op {op:#x}: {:?}", &frame[..]);
+        }
     }
 }

@@ -394,3 +394,78 @@ impl TableReader for LocalTable {
         &self.spec
     }
 }
+
+#[cfg(test)]
+mod record_properties {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn record(label: Option<&[u8]>, data: &[u8]) -> Vec<u8> {
+        let mut v = match label {
+            Some(l) => (l.len() as u32).to_le_bytes().to_vec(),
+            None => NULL_LABEL.to_le_bytes().to_vec(),
+        };
+        v.extend_from_slice(label.unwrap_or(&[]));
+        v.extend_from_slice(data);
+        v
+    }
+
+    fn check(value: &[u8]) {
+        let spec = TableSpec::new("t", LabelType::Int);
+        let id = Uuid::from_u128(7);
+        match split_record(&spec, id, value) {
+            // Whatever parses lies inside the record and is never empty data.
+            Ok((label, data)) => {
+                assert!(!data.is_empty());
+                assert!(4 + label.map_or(0, <[u8]>::len) + data.len() == value.len());
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                assert!(
+                    msg.contains(&id.to_string()) && msg.contains("\"t\""),
+                    "{msg}"
+                );
+            }
+        }
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(400))]
+
+        #[test]
+        fn arbitrary_records_never_panic(value in proptest::collection::vec(any::<u8>(), 0..64)) {
+            check(&value);
+        }
+
+        #[test]
+        fn valid_records_round_trip(
+            label in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+            data in proptest::collection::vec(any::<u8>(), 1..32),
+        ) {
+            let v = record(label.as_deref(), &data);
+            let spec = TableSpec::new("t", LabelType::Blob);
+            let (l, d) = split_record(&spec, Uuid::nil(), &v).unwrap();
+            prop_assert_eq!(l, label.as_deref());
+            prop_assert_eq!(d, &data[..]);
+        }
+
+        #[test]
+        fn mutated_records_fail_cleanly(
+            label in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..16)),
+            data in proptest::collection::vec(any::<u8>(), 0..32),
+            cut in any::<prop::sample::Index>(),
+            flip in any::<prop::sample::Index>(),
+            bits in 1u8..=255,
+            len_field in any::<u32>(),
+            which in 0u8..3,
+        ) {
+            let mut v = record(label.as_deref(), &data);
+            match which {
+                0 => v.truncate(cut.index(v.len() + 1)),
+                1 => { let i = flip.index(v.len()); v[i] ^= bits; }
+                _ => v[..4].copy_from_slice(&len_field.to_le_bytes()),
+            }
+            check(&v);
+        }
+    }
+}

@@ -36,7 +36,9 @@ use std::time::{Duration, Instant};
 const MIN_INTERVAL_BATCHES: usize = 4;
 /// And its minimum duration, so that fast local reads are not judged on noise.
 const MIN_INTERVAL: Duration = Duration::from_millis(50);
-const GROWTH: f64 = 2.0;
+const GROWTH: f64 = 1.5;
+/// Growth steps without gain before settling (one miss may be noise).
+const MAX_MISSES: u32 = 2;
 const GAIN: f64 = 1.05;
 const RETUNE_DROP: f64 = 0.7;
 
@@ -50,17 +52,20 @@ pub struct WindowTuner {
     interval_start: Instant,
     interval_batches: usize,
     interval_starved: usize,
-    last_rate: f64,
     growing: bool,
-    plateau_rate: f64,
+    best_rate: f64,
+    best_window: usize,
+    /// Growth steps in a row that did not beat the best rate.
+    misses: u32,
 }
 
 impl WindowTuner {
     /// A tuner starting at `initial`, growing up to `max_window` batches and
     /// `memory_budget` bytes of batches in flight.
     pub fn auto(initial: usize, max_window: usize, memory_budget: usize) -> Self {
+        let window = initial.clamp(1, max_window.max(1));
         Self {
-            window: initial.clamp(1, max_window.max(1)),
+            window,
             max_window: max_window.max(1),
             fixed: false,
             memory_budget,
@@ -68,9 +73,10 @@ impl WindowTuner {
             interval_start: Instant::now(),
             interval_batches: 0,
             interval_starved: 0,
-            last_rate: 0.0,
             growing: true,
-            plateau_rate: 0.0,
+            best_rate: 0.0,
+            best_window: window,
+            misses: 0,
         }
     }
 
@@ -83,7 +89,14 @@ impl WindowTuner {
     /// Records what was learned for the next reader of `table` in this process.
     pub fn remember_for(&self, table: &str) {
         if !self.fixed {
-            remember(table, self.window);
+            remember(
+                table,
+                if self.growing {
+                    self.window
+                } else {
+                    self.best_window
+                },
+            );
         }
     }
 
@@ -100,6 +113,13 @@ impl WindowTuner {
     /// nothing queued when it was delivered.
     pub fn on_batch(&mut self, bytes: usize, starved: bool) {
         self.on_batch_at(bytes, starved, Instant::now());
+    }
+
+    fn grow(&mut self) {
+        // Double while small, then finer steps so as not to overshoot far.
+        let factor = if self.window < 8 { 2.0 } else { GROWTH };
+        let next = (self.window as f64 * factor).ceil() as usize;
+        self.window = next.max(self.window + 1).min(self.max_window);
     }
 
     pub fn on_batch_at(&mut self, bytes: usize, starved: bool, now: Instant) {
@@ -126,20 +146,33 @@ impl WindowTuner {
         self.interval_starved = 0;
         if !starved {
             // The consumer sets the pace: more reads in flight would only cost memory.
-            self.last_rate = rate;
             return;
         }
         if self.growing {
-            if self.last_rate == 0.0 || rate > self.last_rate * GAIN {
-                self.window = ((self.window as f64 * GROWTH).ceil() as usize).min(self.max_window);
+            if rate > self.best_rate * GAIN {
+                self.best_rate = rate;
+                self.best_window = self.window;
+                self.misses = 0;
+                self.grow();
             } else {
-                self.growing = false;
-                self.plateau_rate = rate.max(self.last_rate);
+                self.misses += 1;
+                if self.misses >= MAX_MISSES || self.window >= self.max_window {
+                    // A plateau (or worse: too much in flight costs CPU and
+                    // memory traffic): settle on the best window seen.
+                    self.growing = false;
+                    self.window = self.best_window;
+                } else {
+                    self.grow();
+                }
             }
-        } else if rate < self.plateau_rate * RETUNE_DROP {
+        } else if rate < self.best_rate * RETUNE_DROP {
+            // Conditions changed (latency rose, a node slowed): search again.
             self.growing = true;
+            self.best_rate = rate;
+            self.best_window = self.window;
+            self.misses = 0;
+            self.grow();
         }
-        self.last_rate = rate;
     }
 }
 
@@ -183,6 +216,24 @@ mod tests {
         let mut t = WindowTuner::auto(2, 256, 10 << 20);
         simulate(&mut t, 0.2, 1000.0, 5000);
         assert_eq!(t.window(), 10);
+    }
+
+    #[test]
+    fn settles_near_the_best_window_when_too_much_in_flight_hurts() {
+        // Throughput peaks at 16 batches in flight and falls beyond.
+        let mut t = WindowTuner::auto(2, 256, usize::MAX);
+        let mut now = Instant::now();
+        for _ in 0..5000 {
+            let w = t.window() as f64;
+            let rate = if w <= 16.0 {
+                w * 10.0
+            } else {
+                160.0 * (16.0 / w).sqrt()
+            };
+            now += Duration::from_secs_f64(1.0 / rate);
+            t.on_batch_at(1 << 20, true, now);
+        }
+        assert!((12..=24).contains(&t.window()), "window {}", t.window());
     }
 
     #[test]

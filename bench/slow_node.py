@@ -1,0 +1,64 @@
+"""A slow node: three CQL test server nodes, one of them answering late
+(`delay MS node 1`). Plan-ordered delivery waits for every batch that touched
+the slow node; `ordered=False` lets the others through; speculative execution
+(`speculative_delay=`) re-sends a late read to another node."""
+
+from __future__ import annotations
+
+import sys
+import time
+import uuid
+
+import numpy as np
+
+import crs4_cassandra as cc
+from crs4_cassandra import _native
+
+from .common import HERE, log
+
+sys.path.insert(0, str(HERE.parent))
+from tests.cqlserver import CqlServer  # noqa: E402
+
+SLOW_MS = 200
+CONFIGS = (
+    ("ordered", {"ordered": True}, {}),
+    ("ordered=False", {"ordered": False}, {}),
+    ("ordered + speculative 20 ms", {"ordered": True}, {"speculative_delay": 0.02}),
+    ("ordered=False + speculative 20 ms", {"ordered": False}, {"speculative_delay": 0.02}),
+)
+
+
+def run(samples: int = 2000, kb: int = 32, batch_size: int = 64, seconds: float = 3.0) -> dict:
+    rng = np.random.default_rng(0)
+    rows = []
+    with CqlServer(nodes=3) as srv:
+        url = f"cassandra://127.0.0.1:{srv.port}/slow"
+        st = _native.open_store(url, create=True)
+        st.create_tables("t", "t_metadata", "int", overwrite=True)
+        ids = [uuid.uuid4().bytes for _ in range(samples)]
+        blob = rng.bytes(kb * 1024)
+        for i in range(0, samples, 500):
+            chunk = ids[i : i + 500]
+            st.put_samples("t", b"".join(chunk), [0] * len(chunk), [blob] * len(chunk))
+        uuids = np.frombuffer(b"".join(ids), dtype=np.uint8).reshape(-1, 16)
+        for slow in (0, SLOW_MS):
+            srv.admin(f"delay {slow} node 1")
+            for name, ds_kw, store_kw in CONFIGS:
+                store = cc.open_store(url, **store_kw)
+                ds = cc.ShardedDataset(store, "t", uuids, batch_size, **ds_kw)
+                list(ds)  # connect, warm up the tuner
+                t0, n, epoch = time.perf_counter(), 0, 1
+                while time.perf_counter() - t0 < seconds:
+                    ds.set_epoch(epoch)
+                    n += sum(len(b) for b in ds)
+                    epoch += 1
+                r = n / (time.perf_counter() - t0)
+                log(f"slow node {slow} ms, {name}: {r:,.0f} samples/s")
+                rows.append({"slow_ms": slow, "name": name, "samples_per_s": r})
+    return {
+        "samples": samples,
+        "kb": kb,
+        "batch_size": batch_size,
+        "slow_ms": SLOW_MS,
+        "rows": rows,
+    }
