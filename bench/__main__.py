@@ -125,7 +125,7 @@ def main() -> None:
             "## Memory over a full epoch",
             "",
             f"memory_budget {r['budget'] >> 20} MiB, batch {r['batch_size']}; "
-            "the dataset read once and five times per epoch. Anonymous memory is the "
+            "the dataset read 2 and 20 times per epoch. Anonymous memory is the "
             "loader's own (peak growth over the process's baseline); file-backed is the "
             "local store's memory map (page cache).",
             "",

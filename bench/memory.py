@@ -74,7 +74,7 @@ def run(folder: Path, budget: int = 64 << 20, batch: int = 128) -> dict[str, obj
 
     rows = []
     url, split = build_store(folder)
-    for tile in (1, 5):
+    for tile in (2, 20):
         m = measure(url, "bench", split, tile, budget, batch)
         rows.append({"store": "local", "tile": tile, **m})
         log(f"local, x{tile}: {m}")
@@ -82,7 +82,7 @@ def run(folder: Path, budget: int = 64 << 20, batch: int = 128) -> dict[str, obj
         curl = f"cassandra://127.0.0.1:{srv.port}/mem"
         cache = HERE / "data" / "mem.split"
         ingest_folder(folder, curl, "data", val_frac=0.0, split_file=cache, progress=False)
-        for tile in (1, 5):
+        for tile in (2, 20):
             m = measure(curl, "data", cache, tile, budget, batch)
             rows.append({"store": "cassandra", "tile": tile, **m})
             log(f"cassandra, x{tile}: {m}")

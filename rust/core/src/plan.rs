@@ -70,34 +70,56 @@ pub struct EpochPlan {
     steps: usize,
 }
 
-impl EpochPlan {
-    pub fn new(spec: PlanSpec) -> Result<Self, PlanError> {
-        if spec.batch_size == 0 {
+impl PlanSpec {
+    pub fn validate(&self) -> Result<(), PlanError> {
+        if self.batch_size == 0 {
             return Err(PlanError::BatchSize(0));
         }
-        if spec.world_size == 0 {
+        if self.world_size == 0 {
             return Err(PlanError::WorldSize(0));
         }
-        if spec.n > u32::MAX as usize {
-            return Err(PlanError::TooMany(spec.n));
+        if self.n > u32::MAX as usize {
+            return Err(PlanError::TooMany(self.n));
         }
-        if spec.start > spec.n {
+        if self.start > self.n {
             return Err(PlanError::Start {
-                start: spec.start,
-                n: spec.n,
+                start: self.start,
+                n: self.n,
             });
         }
+        Ok(())
+    }
+
+    /// Batches every rank serves from the resume point (the same for all
+    /// ranks), computed without building the permutation.
+    pub fn batches_per_rank(&self) -> Result<usize, PlanError> {
+        self.validate()?;
+        let remaining = self.n - self.start;
+        let per_step = self.world_size * self.batch_size;
+        Ok(if self.drop_last {
+            remaining / per_step
+        } else {
+            remaining.div_ceil(per_step)
+        })
+    }
+
+    /// The resume point after every rank has consumed `batches` batches.
+    pub fn resume_after(&self, batches: usize) -> Result<Resume, PlanError> {
+        let steps = self.batches_per_rank()?;
+        let served = batches.min(steps) * self.world_size * self.batch_size;
+        Ok(Resume {
+            consumed_samples: (self.start + served).min(self.n),
+        })
+    }
+}
+
+impl EpochPlan {
+    pub fn new(spec: PlanSpec) -> Result<Self, PlanError> {
+        let steps = spec.batches_per_rank()?;
         let order = if spec.shuffle {
             permutation(spec.n, spec.seed, spec.epoch)
         } else {
             (0..spec.n as u32).collect()
-        };
-        let remaining = spec.n - spec.start;
-        let per_step = spec.world_size * spec.batch_size;
-        let steps = if spec.drop_last {
-            remaining / per_step
-        } else {
-            remaining.div_ceil(per_step)
         };
         Ok(Self { spec, order, steps })
     }
@@ -179,10 +201,9 @@ impl EpochPlan {
 
     /// The resume point after every rank has consumed `batches` batches of this plan.
     pub fn resume_after(&self, batches: usize) -> Resume {
-        let served = batches.min(self.steps) * self.spec.world_size * self.spec.batch_size;
-        Resume {
-            consumed_samples: (self.spec.start + served).min(self.spec.n),
-        }
+        self.spec
+            .resume_after(batches)
+            .expect("the spec was validated when the plan was made")
     }
 }
 

@@ -577,10 +577,19 @@ where
                 let state = state.clone();
                 let tx = tx.clone();
                 tokio::spawn(async move {
-                    let frame = handle_request(&shared, node, &state, stream_id, op, &body);
+                    // The delay comes before the work, as if the request had
+                    // travelled a slow network: holding finished responses for
+                    // the delay instead would make this process keep every
+                    // in-flight blob in (cache-cold) memory, a cost that a real
+                    // network puts in its buffers, not in the server.
                     if delay > 0 {
                         tokio::time::sleep(Duration::from_millis(delay)).await;
+                        // A node that went down meanwhile never sees the request.
+                        if shared.nodes[node].down.load(Ordering::SeqCst) {
+                            return;
+                        }
                     }
+                    let frame = handle_request(&shared, node, &state, stream_id, op, &body);
                     let _ = tx.send(frame).await;
                 });
             }

@@ -1,6 +1,13 @@
 //! `crs4_cassandra._native`: conversion only. Logic lives in the core and store crates.
 
 mod errors;
+
+// Batch buffers are allocated on runtime threads and freed on Python's thread
+// (when the last tensor goes): glibc's per-thread arenas fragment under that
+// pattern, and the process's memory creeps up over an epoch. mimalloc returns
+// cross-thread frees to their owner and keeps the footprint flat.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod tensor;
 
 use crs4_cassandra_core::{EpochPlan, LabelType, PlanSpec, SplitFile};
@@ -312,6 +319,26 @@ fn open_store(
     )))
 }
 
+/// The parts of a plan that fix its shape (no shuffle needed to count batches).
+fn shape_spec(
+    n: usize,
+    batch_size: usize,
+    world_size: usize,
+    drop_last: bool,
+    start: usize,
+) -> PlanSpec {
+    PlanSpec {
+        n,
+        batch_size,
+        world_size,
+        drop_last,
+        shuffle: false,
+        seed: 0,
+        epoch: 0,
+        start,
+    }
+}
+
 /// Batches a rank serves in an epoch.
 #[pyfunction]
 #[pyo3(signature = (n, batch_size, world_size, drop_last, start=0))]
@@ -322,18 +349,9 @@ fn batches_per_rank(
     drop_last: bool,
     start: usize,
 ) -> PyResult<usize> {
-    let plan = EpochPlan::new(PlanSpec {
-        n,
-        batch_size,
-        world_size,
-        drop_last,
-        shuffle: false,
-        seed: 0,
-        epoch: 0,
-        start,
-    })
-    .map_err(plan_err)?;
-    Ok(plan.batches_per_rank())
+    shape_spec(n, batch_size, world_size, drop_last, start)
+        .batches_per_rank()
+        .map_err(plan_err)
 }
 
 /// Samples of the global order consumed once every rank has taken `batches` batches.
@@ -347,18 +365,10 @@ fn consumed_after(
     start: usize,
     batches: usize,
 ) -> PyResult<usize> {
-    let plan = EpochPlan::new(PlanSpec {
-        n,
-        batch_size,
-        world_size,
-        drop_last,
-        shuffle: false,
-        seed: 0,
-        epoch: 0,
-        start,
-    })
-    .map_err(plan_err)?;
-    Ok(plan.resume_after(batches).consumed_samples)
+    shape_spec(n, batch_size, world_size, drop_last, start)
+        .resume_after(batches)
+        .map(|r| r.consumed_samples)
+        .map_err(plan_err)
 }
 
 fn decode_options(

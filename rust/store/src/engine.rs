@@ -161,7 +161,12 @@ impl FetchEngine {
     ) -> BatchStream {
         let tuner = if options.autotune {
             let start = tuner::recall(&reader.spec().table).unwrap_or(options.window);
+            // Batches outside the window also hold memory: those queued for the
+            // consumer, the one it holds, and the pool's spare buffers.
+            let outside = options.ready + 1 + POOL_FREE;
             WindowTuner::auto(start, MAX_WINDOW, options.memory_budget)
+                .reserve(outside)
+                .learning_for(&reader.spec().table)
         } else {
             WindowTuner::fixed(options.window)
         };
@@ -187,7 +192,7 @@ impl FetchEngine {
 }
 
 /// Free buffers a pool keeps for reuse; more are allocated when needed.
-const POOL_FREE: usize = 8;
+const POOL_FREE: usize = 2;
 
 /// Sends a finished batch, telling the tuner its size and whether the consumer
 /// was waiting for it (nothing queued).
@@ -251,7 +256,6 @@ async fn drive(
             });
         }
         let Some(joined) = in_flight.join_next().await else {
-            tuner.remember_for(&spec.table);
             return;
         };
         let (seq, result) = match joined {

@@ -33,12 +33,14 @@ pub fn remember(table: &str, window: usize) {
 use std::time::{Duration, Instant};
 
 /// Batches a measurement interval spans at least.
-const MIN_INTERVAL_BATCHES: usize = 4;
+const MIN_INTERVAL_BATCHES: usize = 8;
 /// And its minimum duration, so that fast local reads are not judged on noise.
-const MIN_INTERVAL: Duration = Duration::from_millis(50);
+const MIN_INTERVAL: Duration = Duration::from_millis(200);
 const GROWTH: f64 = 1.5;
 /// Growth steps without gain before settling (one miss may be noise).
 const MAX_MISSES: u32 = 2;
+/// Settled intervals well below the best rate before searching again.
+const RETUNE_AFTER: u32 = 3;
 const GAIN: f64 = 1.05;
 const RETUNE_DROP: f64 = 0.7;
 
@@ -57,6 +59,15 @@ pub struct WindowTuner {
     best_window: usize,
     /// Growth steps in a row that did not beat the best rate.
     misses: u32,
+    /// Batches outside the window that the memory budget must also cover.
+    reserved: usize,
+    /// Consecutive settled intervals well below the best rate.
+    low_intervals: u32,
+    /// Whether the first interval (which includes connecting and the first
+    /// round trip) is over; its rate says nothing about the window.
+    warmed_up: bool,
+    /// Where to remember what was learned.
+    table: Option<String>,
 }
 
 impl WindowTuner {
@@ -77,7 +88,24 @@ impl WindowTuner {
             best_rate: 0.0,
             best_window: window,
             misses: 0,
+            reserved: 0,
+            low_intervals: 0,
+            warmed_up: false,
+            table: None,
         }
+    }
+
+    /// Counts `batches` held outside the window (queued, in use, pooled) against
+    /// the memory budget.
+    pub fn reserve(mut self, batches: usize) -> Self {
+        self.reserved = batches;
+        self
+    }
+
+    /// Remembers each decision for the next reader of `table` in this process.
+    pub fn learning_for(mut self, table: &str) -> Self {
+        self.table = Some(table.to_string());
+        self
     }
 
     pub fn fixed(window: usize) -> Self {
@@ -86,9 +114,24 @@ impl WindowTuner {
         t
     }
 
-    /// Records what was learned for the next reader of `table` in this process.
-    pub fn remember_for(&self, table: &str) {
-        if !self.fixed {
+    /// Batch reads that may be in flight now.
+    pub fn window(&self) -> usize {
+        if self.fixed || self.avg_batch_bytes <= 0.0 {
+            return self.window;
+        }
+        let by_memory = (self.memory_budget as f64 / self.avg_batch_bytes).floor() as usize;
+        self.window
+            .min(by_memory.saturating_sub(self.reserved).max(1))
+    }
+
+    /// Records a finished batch of `bytes`; `starved` if the consumer had
+    /// nothing queued when it was delivered.
+    pub fn on_batch(&mut self, bytes: usize, starved: bool) {
+        self.on_batch_at(bytes, starved, Instant::now());
+    }
+
+    fn remember(&self) {
+        if let Some(table) = &self.table {
             remember(
                 table,
                 if self.growing {
@@ -98,21 +141,6 @@ impl WindowTuner {
                 },
             );
         }
-    }
-
-    /// Batch reads that may be in flight now.
-    pub fn window(&self) -> usize {
-        if self.fixed || self.avg_batch_bytes <= 0.0 {
-            return self.window;
-        }
-        let by_memory = (self.memory_budget as f64 / self.avg_batch_bytes).floor() as usize;
-        self.window.min(by_memory.max(1))
-    }
-
-    /// Records a finished batch of `bytes`; `starved` if the consumer had
-    /// nothing queued when it was delivered.
-    pub fn on_batch(&mut self, bytes: usize, starved: bool) {
-        self.on_batch_at(bytes, starved, Instant::now());
     }
 
     fn grow(&mut self) {
@@ -134,9 +162,7 @@ impl WindowTuner {
         self.interval_batches += 1;
         self.interval_starved += starved as usize;
         let elapsed = now.duration_since(self.interval_start);
-        if self.interval_batches < MIN_INTERVAL_BATCHES.max(self.window / 2)
-            || elapsed < MIN_INTERVAL
-        {
+        if self.interval_batches < MIN_INTERVAL_BATCHES.max(self.window) || elapsed < MIN_INTERVAL {
             return;
         }
         let rate = self.interval_batches as f64 / elapsed.as_secs_f64();
@@ -144,9 +170,16 @@ impl WindowTuner {
         self.interval_start = now;
         self.interval_batches = 0;
         self.interval_starved = 0;
+        if !self.warmed_up {
+            self.warmed_up = true;
+            return;
+        }
         if !starved {
             // The consumer sets the pace: more reads in flight would only cost memory.
             return;
+        }
+        if !self.growing && rate >= self.best_rate * RETUNE_DROP {
+            self.low_intervals = 0;
         }
         if self.growing {
             if rate > self.best_rate * GAIN {
@@ -166,13 +199,21 @@ impl WindowTuner {
                 }
             }
         } else if rate < self.best_rate * RETUNE_DROP {
-            // Conditions changed (latency rose, a node slowed): search again.
+            // One slow interval is noise (a pause of the consumer, a busy core);
+            // several in a row mean conditions changed (latency rose, a node
+            // slowed): search again.
+            self.low_intervals += 1;
+            if self.low_intervals < RETUNE_AFTER {
+                return;
+            }
+            self.low_intervals = 0;
             self.growing = true;
             self.best_rate = rate;
             self.best_window = self.window;
             self.misses = 0;
             self.grow();
         }
+        self.remember();
     }
 }
 
