@@ -24,7 +24,9 @@ help:
 # from nothing when missing.
 env: $(VENV)/.complete
 
-$(VENV)/.complete: requirements-dev.txt
+# No prerequisite on requirements-dev.txt's mtime: the path already carries its
+# content hash, and a fresh clone's newer mtime must not rebuild a good env.
+$(VENV)/.complete:
 	rm -rf $(VENV)
 	mkdir -p $(ENV_CACHE)
 	$(PYTHON) -m venv $(VENV)
