@@ -100,6 +100,28 @@ def test_uuid_absent_from_the_table_is_named(store_url: str) -> None:
     assert str(ghost) in str(ei.value) and ei.value.uuid == str(ghost)  # type: ignore[attr-defined]
 
 
+def test_missing_empty_and_null_samples_are_skipped_and_reported(store_url: str) -> None:
+    labels: list[int | None] = list(range(9))
+    data = [bytes([i + 1]) * 10 for i in range(9)]
+    data[2] = b""  # empty data blob
+    labels[5] = None  # null label
+    ids = make(store_url, "t", "int", labels, data)
+    ghost = uuid.uuid4()
+    ids = np.concatenate([ids, np.frombuffer(ghost.bytes, np.uint8)[None]])  # index 9
+    ds = cc.ShardedDataset(store_url, "t", ids, 4, shuffle=False, on_error="skip")
+    batches = list(ds)
+    assert len(batches) == len(ds)  # every rank still gets its planned batch count
+    kept = sorted(i for b in batches for i in b.indices[~b.is_pad].tolist())
+    skipped = sorted(i for b in batches for i in b.skipped.tolist())
+    assert skipped == [2, 5, 9] and sorted(ds.skipped) == [2, 5, 9]
+    assert sorted(kept + skipped) == list(range(10))
+    for b in batches:
+        for s, i in zip(b.samples(), b.indices.tolist(), strict=True):
+            assert s.numpy().tobytes() == data[i]
+    reported = {str(u) for b in batches for u in b.skipped_ids}
+    assert reported == {uuid_at(ids, 2), uuid_at(ids, 5), str(ghost)}
+
+
 def test_corrupt_jpeg_raises_or_is_skipped_and_reported(store_url: str) -> None:
     data = [jpeg(i) for i in range(10)]
     data[3] = b"\xff\xd8\xff not really a jpeg"

@@ -472,6 +472,7 @@ impl Reader {
         let mut options = EngineOptions {
             ordered,
             decode,
+            skip_bad_samples: on_error == "skip",
             ..EngineOptions::default()
         };
         if let Some(w) = window {

@@ -36,6 +36,9 @@ pub struct EngineOptions {
     pub ordered: bool,
     /// Decode each batch's images after its read (on rayon, overlapping later reads).
     pub decode: Option<DecodeOptions>,
+    /// Leave samples that cannot be read (missing, empty, unreadable value) out
+    /// of their batch and report them in `Batch::skipped`, instead of failing.
+    pub skip_bad_samples: bool,
 }
 
 /// How the decode stage turns encoded images into pixels.
@@ -72,6 +75,7 @@ impl Default for EngineOptions {
             ready: 2,
             ordered: true,
             decode: None,
+            skip_bad_samples: false,
         }
     }
 }
@@ -180,6 +184,7 @@ impl FetchEngine {
             tuner,
             options.ordered,
             options.decode,
+            options.skip_bad_samples,
             pool,
             tx,
         ));
@@ -187,6 +192,45 @@ impl FetchEngine {
             rx,
             driver,
             remaining,
+        }
+    }
+}
+
+/// Reads a batch; with `skip_bad_samples`, a sample that cannot be read is
+/// left out and reported in `Batch::skipped`, and the rest is read again.
+/// (Re-reading costs one batch read per bad sample: they are rare.)
+async fn read_batch(
+    reader: Arc<dyn TableReader>,
+    mut job: BatchJob,
+    pool: Arc<ArenaPool>,
+    skip_bad_samples: bool,
+) -> Result<Batch> {
+    let mut skipped: Vec<(usize, Uuid)> = Vec::new();
+    loop {
+        match reader.clone().read_batch(job.clone(), pool.clone()).await {
+            Ok(mut batch) => {
+                for (index, id) in skipped {
+                    batch.skipped.push(index as i64);
+                    batch.skipped_ids.extend_from_slice(id.as_bytes());
+                }
+                return Ok(batch);
+            }
+            Err(e) if skip_bad_samples => {
+                let Some(slot) = e
+                    .bad_sample()
+                    .and_then(|bad| job.ids.iter().position(|&id| id == bad))
+                else {
+                    return Err(e);
+                };
+                // A pad repeats a real sample, which is reported once.
+                if !job.is_pad[slot] {
+                    skipped.push((job.indices[slot] as usize, job.ids[slot]));
+                }
+                job.ids.remove(slot);
+                job.indices.remove(slot);
+                job.is_pad.remove(slot);
+            }
+            Err(e) => return Err(e),
         }
     }
 }
@@ -216,6 +260,7 @@ async fn drive(
     mut tuner: WindowTuner,
     ordered: bool,
     decode: Option<DecodeOptions>,
+    skip_bad_samples: bool,
     pool: Arc<ArenaPool>,
     tx: mpsc::Sender<Result<Batch>>,
 ) {
@@ -237,7 +282,7 @@ async fn drive(
                 indices: planned.indices,
                 is_pad: planned.is_pad,
             };
-            let read = reader.clone().read_batch(job, pool.clone());
+            let read = read_batch(reader.clone(), job, pool.clone(), skip_bad_samples);
             let (spec, image_pool) = (spec.clone(), image_pool.clone());
             in_flight.spawn(async move {
                 let result = match (read.await, decode) {

@@ -69,4 +69,17 @@ pub enum StoreError {
     Internal(String),
 }
 
+impl StoreError {
+    /// The sample at fault, for errors that concern one sample only (missing,
+    /// empty, or with an unreadable value): those a skip policy may skip.
+    pub fn bad_sample(&self) -> Option<Uuid> {
+        match self {
+            Self::MissingSample { uuid, .. }
+            | Self::EmptyValue { uuid, .. }
+            | Self::BadValue { uuid, .. } => Some(*uuid),
+            _ => None,
+        }
+    }
+}
+
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -394,6 +394,7 @@ impl Loader {
         let mut options = EngineOptions {
             ordered: self.ordered,
             ready: self.prefetch,
+            skip_bad_samples: self.skip_errors,
             ..EngineOptions::default()
         };
         if let Some(w) = self.window {
