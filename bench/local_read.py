@@ -13,6 +13,7 @@ from torchvision.datasets import ImageFolder
 import crs4_cassandra as cc
 from crs4_cassandra.ingest import ingest_folder
 
+from . import streaming_read
 from .common import DATA, Measure, log, measure
 
 
@@ -132,4 +133,5 @@ def run(folder: Path, runs: int, batch_size: int = 128) -> list[Measure]:
         measure(
             "DALI fn.readers.file (CPU, 2 threads)", lambda: dali_epoch(folder, batch_size, 2), runs
         ),
+        streaming_read.run(folder, runs, batch_size),
     ]

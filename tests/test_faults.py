@@ -188,3 +188,27 @@ def test_slow_node_with_speculative_execution_keeps_the_epoch_fast() -> None:
         # Without speculation every batch touching node 1 waits 400 ms.
         assert slow > 1.0, slow
         assert fast < slow / 2, (fast, slow)
+
+
+@pytest.mark.parametrize("label_type", ["int", "blob"])
+@pytest.mark.parametrize("ordered", [True, False])
+def test_latency_keeps_every_byte_in_its_slot(label_type: str, ordered: bool) -> None:
+    # Samples of a batch arrive out of order over several connections; each
+    # must land in its own slot with its own label, whatever the window does.
+    with CqlServer() as srv:
+        url = f"cassandra://127.0.0.1:{srv.port}/ks"
+        uuids, data, labels = fill_table(url, "t", label_type, N, seed=3)
+        srv.admin("delay 15")
+        ds = cc.ShardedDataset(url, "t", uuids, 8, seed=5, label_type=label_type, ordered=ordered)
+        batches = list(ds)
+        assert_exactly_once(batches)
+        for b in batches:
+            for slot, (i, sample) in enumerate(zip(b.indices.tolist(), b.samples(), strict=True)):
+                assert sample.numpy().tobytes() == data[i]
+                if label_type == "int":
+                    assert int(b.labels[slot]) == labels[i]
+                else:
+                    assert b.label_samples()[slot].numpy().tobytes() == labels[i]
+        assert ds.current_window is not None and ds.current_window >= 1
+        fixed = cc.ShardedDataset(url, "t", uuids, 8, window=3)
+        assert len(list(fixed)) == len(fixed) and fixed.current_window == 3

@@ -158,6 +158,15 @@ def _images(
     return [flat[o[i] : o[i + 1]].view(h, w, 3) for i, (h, w) in enumerate(shapes)]
 
 
+DEFAULT_MEMORY_BUDGET = 1 << 30
+
+
+def _worker_share(memory_budget: int | None, num_workers: int) -> int:
+    """Each DataLoader worker prefetches on its own: they share the budget."""
+    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    return max(1, budget // max(1, num_workers))
+
+
 def _distributed() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -203,8 +212,10 @@ class ShardedDataset(IterableDataset[Batch]):
     ``Batch.skipped``.
 
     Prefetching tunes itself: the number of batch reads in flight grows while it
-    raises throughput, up to ``memory_budget`` bytes of batches (default 512 MiB).
-    ``window`` fixes that number instead (an expert knob, never required).
+    raises throughput, up to ``memory_budget`` bytes of batches (default 1 GiB,
+    shared by the DataLoader workers of a process). ``window`` fixes that number
+    instead (an expert knob, never required); ``current_window`` tells what the
+    tuner chose in this process.
     ``ordered=False`` delivers batches as they complete, so a slow read delays
     only its own batch (the batches themselves are the same).
     """
@@ -290,6 +301,8 @@ class ShardedDataset(IterableDataset[Batch]):
         self._yielded = 0
         # Positions of the batches yielded by this process in this iteration.
         self._positions: list[int] = []
+        # Batch reads in flight allowed when the last batch was delivered here.
+        self.current_window: int | None = None
 
     @classmethod
     def from_split(
@@ -368,7 +381,7 @@ class ShardedDataset(IterableDataset[Batch]):
             start=self._start,
             ordered=self.ordered,
             window=self.window,
-            memory_budget=self.memory_budget,
+            memory_budget=_worker_share(self.memory_budget, num_workers),
             decode=self.decode,
             size=self.size,
             on_error=self.on_error,
@@ -388,6 +401,7 @@ class ShardedDataset(IterableDataset[Batch]):
                     self.skipped.extend(batch.skipped.tolist())
                 self._yielded += 1
                 self._positions.append(batch.position)
+                self.current_window = reader.window
                 yield batch
         finally:
             reader.close()

@@ -465,6 +465,7 @@ where
         keyspace: Mutex::new(None),
     });
     let mut authenticated = shared.credentials.is_none();
+    let mut delay_line: Option<mpsc::UnboundedSender<Delayed>> = None;
     loop {
         let frame = tokio::select! {
             f = read_frame(&mut rd) => f,
@@ -573,22 +574,39 @@ where
                     reply(proto::error_frame(stream_id, &e)).await;
                     continue;
                 }
-                let shared = shared.clone();
-                let state = state.clone();
-                let tx = tx.clone();
-                tokio::spawn(async move {
+                if delay > 0 {
                     // The delay comes before the work, as if the request had
                     // travelled a slow network: holding finished responses for
                     // the delay instead would make this process keep every
                     // in-flight blob in (cache-cold) memory, a cost that a real
-                    // network puts in its buffers, not in the server.
-                    if delay > 0 {
-                        tokio::time::sleep(Duration::from_millis(delay)).await;
-                        // A node that went down meanwhile never sees the request.
-                        if shared.nodes[node].down.load(Ordering::SeqCst) {
-                            return;
-                        }
-                    }
+                    // network puts in its buffers, not in the server. Like a
+                    // network path, the delay line keeps the connection's
+                    // order: requests come out one by one, spaced as they went
+                    // in, not all at once when their timers fire together.
+                    let line = delay_line.get_or_insert_with(|| {
+                        let (line_tx, line_rx) = mpsc::unbounded_channel();
+                        tokio::spawn(run_delay_line(
+                            line_rx,
+                            shared.clone(),
+                            node,
+                            state.clone(),
+                            tx.clone(),
+                        ));
+                        line_tx
+                    });
+                    let due = tokio::time::Instant::now() + Duration::from_millis(delay);
+                    let _ = line.send(Delayed {
+                        due,
+                        stream_id,
+                        op,
+                        body,
+                    });
+                    continue;
+                }
+                let shared = shared.clone();
+                let state = state.clone();
+                let tx = tx.clone();
+                tokio::spawn(async move {
                     let frame = handle_request(&shared, node, &state, stream_id, op, &body);
                     let _ = tx.send(frame).await;
                 });
@@ -601,6 +619,35 @@ where
     }
     writer.abort();
     stats.open_connections.fetch_sub(1, Ordering::Relaxed);
+}
+
+/// A request on its way through the delay line.
+struct Delayed {
+    due: tokio::time::Instant,
+    stream_id: i16,
+    op: u8,
+    body: Vec<u8>,
+}
+
+/// Serves a connection's delayed requests in arrival order, each when due.
+async fn run_delay_line(
+    mut rx: mpsc::UnboundedReceiver<Delayed>,
+    shared: Arc<Shared>,
+    node: usize,
+    state: Arc<ConnState>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    while let Some(r) = rx.recv().await {
+        tokio::time::sleep_until(r.due).await;
+        // A node that went down meanwhile never sees the request.
+        if shared.nodes[node].down.load(Ordering::SeqCst) {
+            continue;
+        }
+        let frame = handle_request(&shared, node, &state, r.stream_id, r.op, &r.body);
+        if tx.send(frame).await.is_err() {
+            return;
+        }
+    }
 }
 
 fn check_plain(token: &[u8], creds: &Option<(String, String)>) -> bool {

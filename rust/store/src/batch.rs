@@ -1,5 +1,6 @@
 //! Batches and the arena pool their bytes live in.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use uuid::Uuid;
 
@@ -9,30 +10,44 @@ use uuid::Uuid;
 #[derive(Debug)]
 pub struct ArenaPool {
     free: Mutex<Vec<Vec<u8>>>,
-    max_free: usize,
+    max_free: AtomicUsize,
 }
 
 impl ArenaPool {
     pub fn new(max_free: usize) -> Arc<Self> {
         Arc::new(Self {
             free: Mutex::new(Vec::new()),
-            max_free,
+            max_free: AtomicUsize::new(max_free),
         })
     }
 
-    /// An empty buffer with room for at least `capacity` bytes.
+    /// Keeps up to `max_free` released buffers for reuse. The fetch engine sets
+    /// it to the number of batches it may hold at once: buffers cycle between
+    /// reads and the consumer without returning to the allocator, whose fresh
+    /// pages would otherwise be zeroed by the kernel on first touch (as costly
+    /// as the copy that fills them).
+    pub fn set_max_free(&self, max_free: usize) {
+        self.max_free.store(max_free, Ordering::Relaxed);
+        let mut free = self.free.lock().expect("arena pool poisoned");
+        free.truncate(max_free);
+    }
+
+    /// An empty buffer with room for at least `capacity` bytes: the smallest
+    /// free one that fits, else a new one with some headroom (batch sizes vary,
+    /// and a buffer that fits the next one avoids a reallocation).
     pub fn take(self: &Arc<Self>, capacity: usize) -> PooledBuf {
         let reused = {
             let mut free = self.free.lock().expect("arena pool poisoned");
-            // Prefer a buffer already big enough; otherwise grow any.
-            match free.iter().position(|b| b.capacity() >= capacity) {
-                Some(i) => Some(free.swap_remove(i)),
-                None => free.pop(),
-            }
+            let best = free
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= capacity)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| free.swap_remove(i))
         };
-        let mut buf = reused.unwrap_or_default();
+        let mut buf = reused.unwrap_or_else(|| Vec::with_capacity(capacity + capacity / 8));
         buf.clear();
-        buf.reserve(capacity);
         PooledBuf {
             buf,
             pool: Arc::downgrade(self),
@@ -41,8 +56,12 @@ impl ArenaPool {
 
     fn give_back(&self, buf: Vec<u8>) {
         let mut free = self.free.lock().expect("arena pool poisoned");
-        if free.len() < self.max_free {
-            free.push(buf);
+        free.push(buf);
+        if free.len() > self.max_free.load(Ordering::Relaxed) {
+            // Keep the larger buffers: they fit more requests.
+            if let Some(i) = (0..free.len()).min_by_key(|&i| free[i].capacity()) {
+                free.swap_remove(i);
+            }
         }
     }
 }
@@ -225,4 +244,32 @@ pub(crate) fn compact_ragged(
     }
     buf.truncate(end);
     (end, out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuses_the_smallest_buffer_that_fits() {
+        let pool = ArenaPool::new(4);
+        let (big, small) = (pool.take(1 << 20), pool.take(1 << 10));
+        let (big_ptr, small_ptr) = (big.as_ptr(), small.as_ptr());
+        drop((big, small));
+        // A small request must not take the big buffer a batch needs next.
+        assert_eq!(pool.take(100).as_ptr(), small_ptr);
+        assert_eq!(pool.take(1 << 19).as_ptr(), big_ptr);
+    }
+
+    #[test]
+    fn keeps_at_most_max_free_and_the_largest() {
+        let pool = ArenaPool::new(1);
+        let (a, b) = (pool.take(10), pool.take(1000));
+        let b_ptr = b.as_ptr();
+        drop((a, b));
+        assert_eq!(pool.free.lock().unwrap().len(), 1);
+        assert_eq!(pool.take(1).as_ptr(), b_ptr);
+        pool.set_max_free(0);
+        assert!(pool.free.lock().unwrap().is_empty());
+    }
 }

@@ -12,6 +12,7 @@ use crate::error::{Result, StoreError};
 use crate::{LabelType, LabelValue, MetadataRow, SampleRow, SampleStore, TableReader, TableSpec};
 use bytes::Bytes;
 use futures::future::{BoxFuture, FutureExt};
+use futures::stream::FuturesOrdered;
 use futures::{StreamExt, TryStreamExt};
 use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
@@ -27,6 +28,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::num::NonZeroUsize;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{Mutex, Semaphore};
@@ -188,7 +190,7 @@ impl CassandraOptions {
             retry_time_limit: Duration::from_secs(60),
             speculative_delay: None,
             consistency: Consistency::LocalOne,
-            max_in_flight: 4096,
+            max_in_flight: 16384,
             replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
             connections: 4,
         })
@@ -749,6 +751,7 @@ impl CassandraStore {
             }
         }
         Ok(Arc::new(CassandraTable {
+            largest_batch: AtomicUsize::new(0),
             store: self.clone(),
             statement,
             spec: TableSpec { table, ..spec },
@@ -768,6 +771,9 @@ pub struct CassandraTable {
     store: Arc<CassandraStore>,
     statement: PreparedStatement,
     spec: TableSpec,
+    /// Largest batch (data bytes) read so far: the next batch's buffer is
+    /// reserved at this size, so that samples can be copied in as they arrive.
+    largest_batch: AtomicUsize,
 }
 
 type Fetched = (Option<Label>, Bytes);
@@ -848,31 +854,28 @@ impl TableReader for CassandraTable {
         async move {
             let session = self.store.session().await?;
             // Every sample of the batch in flight at once (bounded by the store's
-            // semaphore); results land by slot, whatever the completion order.
-            let fetched: Vec<Fetched> = futures::future::try_join_all(
-                job.ids.iter().map(|&id| self.fetch_one(&session, id)),
-            )
-            .await?;
-            let total = fetched.iter().map(|(_, d)| d.len()).sum();
+            // semaphore). Results come back in slot order: each sample is copied
+            // into the batch buffer as soon as every sample before it is in,
+            // while its bytes are still in cache, not after the batch's slowest
+            // sample arrives (by then a window of batches has gone through the
+            // cache and the copy would run from main memory).
+            let mut fetches: FuturesOrdered<_> = job
+                .ids
+                .iter()
+                .map(|&id| self.fetch_one(&session, id))
+                .collect();
+            let reserve = self.largest_batch.load(Ordering::Relaxed);
             let labels = match self.spec.label_type {
-                LabelType::Int => Labels::Int(Vec::with_capacity(fetched.len())),
-                LabelType::Blob => {
-                    let n = fetched
-                        .iter()
-                        .map(|(l, _)| match l {
-                            Some(Label::Blob(b)) => b.len(),
-                            _ => 0,
-                        })
-                        .sum();
-                    Labels::Blob {
-                        data: pool.take(n),
-                        offsets: vec![0],
-                    }
-                }
+                LabelType::Int => Labels::Int(Vec::with_capacity(job.ids.len())),
+                LabelType::Blob => Labels::Blob {
+                    data: pool.take(0),
+                    offsets: vec![0],
+                },
                 LabelType::None => Labels::None,
             };
-            let mut batch = Batch::from_job(&job, pool.take(total), labels);
-            for (label, data) in fetched {
+            let mut batch = Batch::from_job(&job, pool.take(reserve), labels);
+            while let Some(fetched) = fetches.next().await {
+                let (label, data) = fetched?;
                 batch.data.extend_from_slice(&data);
                 batch.offsets.push(batch.data.len() as i64);
                 match (&mut batch.labels, label) {
@@ -884,6 +887,8 @@ impl TableReader for CassandraTable {
                     _ => {}
                 }
             }
+            self.largest_batch
+                .fetch_max(batch.data.len(), Ordering::Relaxed);
             Ok(batch)
         }
         .boxed()

@@ -15,6 +15,7 @@ use crate::tuner::{self, WindowTuner};
 use crate::TableReader;
 use crs4_cassandra_core::PlannedBatch;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::mpsc;
@@ -51,9 +52,18 @@ pub struct DecodeOptions {
     pub skip_errors: bool,
 }
 
-/// Default bytes of batches in flight: enough to hide 100 ms of latency at
-/// several GB/s, small beside a training job's memory.
-pub const DEFAULT_MEMORY_BUDGET: usize = 512 << 20;
+/// Default bytes of batches in flight. Hiding a round trip takes throughput
+/// times the time a whole batch takes to arrive, which under load is well above
+/// the network's round trip (a batch waits for its slowest sample): at 1.5 GB/s
+/// and 100 ms of added latency, about 1 GB. Small beside a training host's memory.
+pub const DEFAULT_MEMORY_BUDGET: usize = 1 << 30;
+/// Batch reads a stream starts with; each delivered batch allows
+/// `SLOW_START_STEP` more, up to the window (the window quadruples every round
+/// trip, like TCP's slow start), so that the first batch of an epoch does not
+/// queue behind a whole window of reads (at 100 ms of latency and a window of
+/// 64, 0.14 s to the first batch instead of 0.8 s).
+const SLOW_START: usize = 8;
+const SLOW_START_STEP: usize = 3;
 /// Upper bound of the tuned window, whatever the budget.
 const MAX_WINDOW: usize = 256;
 
@@ -85,6 +95,7 @@ pub struct BatchStream {
     rx: mpsc::Receiver<Result<Batch>>,
     driver: tokio::task::JoinHandle<()>,
     remaining: usize,
+    window: Arc<AtomicUsize>,
 }
 
 // Returned once per batch and moved straight on: boxing would only add an allocation.
@@ -143,6 +154,11 @@ impl BatchStream {
     pub fn remaining(&self) -> usize {
         self.remaining
     }
+
+    /// Batch reads the stream allows in flight now (the tuner's current choice).
+    pub fn window(&self) -> usize {
+        self.window.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for BatchStream {
@@ -177,7 +193,9 @@ impl FetchEngine {
         let (tx, rx) = mpsc::channel(options.ready.max(1));
         let remaining = batches.len();
         let pool = ArenaPool::new(POOL_FREE);
+        let window = Arc::new(AtomicUsize::new(tuner.window()));
         let driver = runtime().spawn(drive(
+            window.clone(),
             reader,
             ids,
             batches,
@@ -192,6 +210,7 @@ impl FetchEngine {
             rx,
             driver,
             remaining,
+            window,
         }
     }
 }
@@ -244,16 +263,19 @@ async fn deliver(
     tx: &mpsc::Sender<Result<Batch>>,
     result: Result<Batch>,
     tuner: &mut WindowTuner,
+    ramp: &mut usize,
 ) -> std::result::Result<(), ()> {
     if let Ok(batch) = &result {
         let bytes = batch.data.len() + batch.images.as_ref().map_or(0, |i| i.pixels.len());
         tuner.on_batch(bytes, tx.capacity() == tx.max_capacity());
+        *ramp = ramp.saturating_add(SLOW_START_STEP);
     }
     tx.send(result).await.map_err(drop)
 }
 
 #[allow(clippy::too_many_arguments)]
 async fn drive(
+    shown_window: Arc<AtomicUsize>,
     reader: Arc<dyn TableReader>,
     ids: Arc<[Uuid]>,
     batches: Vec<PlannedBatch>,
@@ -271,8 +293,19 @@ async fn drive(
     let mut reorder: BTreeMap<usize, Result<Batch>> = BTreeMap::new();
     let mut next_seq = 0usize;
     let mut failed = false;
+    let mut ramp = SLOW_START;
+    let mut pooled = 0;
     loop {
-        while !failed && in_flight.len() + reorder.len() < tuner.window() {
+        let window = tuner.window().min(ramp);
+        if window != pooled {
+            // Every buffer the stream may hold at once stays pooled: in flight,
+            // queued for the consumer, held by it, and spare.
+            pooled = window;
+            pool.set_max_free(window + 1 + POOL_FREE + tx.max_capacity());
+            image_pool.set_max_free(window + 1 + POOL_FREE + tx.max_capacity());
+            shown_window.store(window, Ordering::Relaxed);
+        }
+        while !failed && in_flight.len() + reorder.len() < window {
             let Some((seq, planned)) = pending.next() else {
                 break;
             };
@@ -315,7 +348,7 @@ async fn drive(
         if !ordered || result.is_err() {
             // An error is delivered at once: the consumer should not wait for
             // batches that will never complete the epoch.
-            if deliver(&tx, result, &mut tuner).await.is_err() || failed {
+            if deliver(&tx, result, &mut tuner, &mut ramp).await.is_err() || failed {
                 return;
             }
             continue;
@@ -323,7 +356,7 @@ async fn drive(
         reorder.insert(seq, result);
         while let Some(result) = reorder.remove(&next_seq) {
             next_seq += 1;
-            if deliver(&tx, result, &mut tuner).await.is_err() {
+            if deliver(&tx, result, &mut tuner, &mut ramp).await.is_err() {
                 return;
             }
         }

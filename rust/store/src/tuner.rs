@@ -2,8 +2,9 @@
 //!
 //! The window starts small and grows while two things hold: the consumer is
 //! waiting for batches (so more concurrency could help), and the last growth
-//! raised throughput by more than 5%. It stops at a plateau, and never exceeds
-//! what the memory budget allows at the observed batch size. If throughput later
+//! raised throughput by more than 10%. At a plateau it settles on the smallest
+//! window measured within 5% of the best rate, and it never exceeds what the
+//! memory budget allows at the observed batch size. If throughput later
 //! falls well below the plateau while the consumer waits (latency rose, a node
 //! slowed down), it starts growing again. A fixed window disables all of this.
 //!
@@ -35,14 +36,20 @@ use std::time::{Duration, Instant};
 /// Batches a measurement interval spans at least.
 const MIN_INTERVAL_BATCHES: usize = 8;
 /// And its minimum duration, so that fast local reads are not judged on noise.
-const MIN_INTERVAL: Duration = Duration::from_millis(200);
+const MIN_INTERVAL: Duration = Duration::from_millis(500);
 const GROWTH: f64 = 1.5;
 /// Growth steps without gain before settling (one miss may be noise).
 const MAX_MISSES: u32 = 2;
 /// Settled intervals well below the best rate before searching again.
 const RETUNE_AFTER: u32 = 3;
-const GAIN: f64 = 1.05;
+/// A growth step must raise throughput by this much to count: CPU-bound
+/// reads fluctuate by several percent from interval to interval.
+const GAIN: f64 = 1.1;
 const RETUNE_DROP: f64 = 0.7;
+/// Settling picks the smallest window measured within this fraction of the
+/// best rate: at equal throughput, fewer reads in flight use less memory and
+/// cache (and a noisy interval must not leave the window large).
+const NEAR_BEST: f64 = 0.95;
 
 #[derive(Debug, Clone)]
 pub struct WindowTuner {
@@ -57,6 +64,8 @@ pub struct WindowTuner {
     growing: bool,
     best_rate: f64,
     best_window: usize,
+    /// (window, rate) of each interval judged in the current search.
+    tried: Vec<(usize, f64)>,
     /// Growth steps in a row that did not beat the best rate.
     misses: u32,
     /// Batches outside the window that the memory budget must also cover.
@@ -66,6 +75,9 @@ pub struct WindowTuner {
     /// Whether the first interval (which includes connecting and the first
     /// round trip) is over; its rate says nothing about the window.
     warmed_up: bool,
+    /// The window just changed: the interval under way mixes the old and new
+    /// windows and is not judged.
+    settling: bool,
     /// Where to remember what was learned.
     table: Option<String>,
 }
@@ -87,10 +99,12 @@ impl WindowTuner {
             growing: true,
             best_rate: 0.0,
             best_window: window,
+            tried: Vec::new(),
             misses: 0,
             reserved: 0,
             low_intervals: 0,
             warmed_up: false,
+            settling: false,
             table: None,
         }
     }
@@ -116,12 +130,20 @@ impl WindowTuner {
 
     /// Batch reads that may be in flight now.
     pub fn window(&self) -> usize {
-        if self.fixed || self.avg_batch_bytes <= 0.0 {
+        if self.fixed {
             return self.window;
         }
+        self.window.min(self.memory_cap())
+    }
+
+    /// The most batches in flight the memory budget allows at the observed
+    /// batch size.
+    fn memory_cap(&self) -> usize {
+        if self.avg_batch_bytes <= 0.0 {
+            return self.max_window;
+        }
         let by_memory = (self.memory_budget as f64 / self.avg_batch_bytes).floor() as usize;
-        self.window
-            .min(by_memory.saturating_sub(self.reserved).max(1))
+        by_memory.saturating_sub(self.reserved).max(1)
     }
 
     /// Records a finished batch of `bytes`; `starved` if the consumer had
@@ -143,11 +165,27 @@ impl WindowTuner {
         }
     }
 
-    fn grow(&mut self) {
+    /// Sets the window; the next interval, while reads at the new window
+    /// are still filling the pipeline, is not measured.
+    fn set_window(&mut self, window: usize) {
+        if window != self.window {
+            self.window = window;
+            self.settling = true;
+        }
+    }
+
+    /// Grows the window; false if the memory budget or the bound allow no more.
+    fn grow(&mut self) -> bool {
         // Double while small, then finer steps so as not to overshoot far.
         let factor = if self.window < 8 { 2.0 } else { GROWTH };
         let next = (self.window as f64 * factor).ceil() as usize;
-        self.window = next.max(self.window + 1).min(self.max_window);
+        let cap = self.memory_cap().min(self.max_window);
+        let next = next.max(self.window + 1).min(cap);
+        if next <= self.window {
+            return false;
+        }
+        self.set_window(next);
+        true
     }
 
     pub fn on_batch_at(&mut self, bytes: usize, starved: bool, now: Instant) {
@@ -162,7 +200,10 @@ impl WindowTuner {
         self.interval_batches += 1;
         self.interval_starved += starved as usize;
         let elapsed = now.duration_since(self.interval_start);
-        if self.interval_batches < MIN_INTERVAL_BATCHES.max(self.window) || elapsed < MIN_INTERVAL {
+        // Two windows' worth of batches: with a long round trip, the rate over
+        // a single window swings with the phase of the reads in flight.
+        let needed = MIN_INTERVAL_BATCHES.max(2 * self.window());
+        if self.interval_batches < needed || elapsed < MIN_INTERVAL {
             return;
         }
         let rate = self.interval_batches as f64 / elapsed.as_secs_f64();
@@ -174,6 +215,10 @@ impl WindowTuner {
             self.warmed_up = true;
             return;
         }
+        if self.settling {
+            self.settling = false;
+            return;
+        }
         if !starved {
             // The consumer sets the pace: more reads in flight would only cost memory.
             return;
@@ -182,20 +227,31 @@ impl WindowTuner {
             self.low_intervals = 0;
         }
         if self.growing {
+            self.tried.push((self.window, rate));
             if rate > self.best_rate * GAIN {
                 self.best_rate = rate;
                 self.best_window = self.window;
                 self.misses = 0;
-                self.grow();
+                if !self.grow() {
+                    // At the memory budget: stay.
+                    self.growing = false;
+                }
             } else {
                 self.misses += 1;
-                if self.misses >= MAX_MISSES || self.window >= self.max_window {
+                if self.misses >= MAX_MISSES || !self.grow() {
                     // A plateau (or worse: too much in flight costs CPU and
-                    // memory traffic): settle on the best window seen.
+                    // memory traffic): settle on the smallest window that did
+                    // about as well as the best.
                     self.growing = false;
-                    self.window = self.best_window;
-                } else {
-                    self.grow();
+                    let best = self.tried.iter().map(|&(_, r)| r).fold(0.0, f64::max);
+                    self.best_window = self
+                        .tried
+                        .iter()
+                        .filter(|&&(_, r)| r >= best * NEAR_BEST)
+                        .map(|&(w, _)| w)
+                        .min()
+                        .unwrap_or(self.best_window);
+                    self.set_window(self.best_window);
                 }
             }
         } else if rate < self.best_rate * RETUNE_DROP {
@@ -207,11 +263,11 @@ impl WindowTuner {
                 return;
             }
             self.low_intervals = 0;
-            self.growing = true;
             self.best_rate = rate;
             self.best_window = self.window;
             self.misses = 0;
-            self.grow();
+            self.tried.clear();
+            self.growing = self.grow();
         }
         self.remember();
     }
@@ -275,6 +331,23 @@ mod tests {
             t.on_batch_at(1 << 20, true, now);
         }
         assert!((12..=24).contains(&t.window()), "window {}", t.window());
+    }
+
+    #[test]
+    fn a_noisy_plateau_settles_on_a_small_window() {
+        // The consumer's ceiling is reached at 4 batches in flight; beyond, the
+        // rate only wobbles by a few percent from interval to interval.
+        let mut t = WindowTuner::auto(2, 256, usize::MAX);
+        let mut now = Instant::now();
+        let mut seed = 7u64;
+        for _ in 0..20_000 {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            let wobble = 1.0 + ((seed >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 0.08;
+            let rate = (t.window() as f64 * 50.0).min(200.0) * wobble;
+            now += Duration::from_secs_f64(1.0 / rate);
+            t.on_batch_at(1 << 20, true, now);
+        }
+        assert!(!t.growing && t.window() <= 6, "window {}", t.window());
     }
 
     #[test]
