@@ -210,5 +210,5 @@ def test_latency_keeps_every_byte_in_its_slot(label_type: str, ordered: bool) ->
                 else:
                     assert b.label_samples()[slot].numpy().tobytes() == labels[i]
         assert ds.current_window is not None and ds.current_window >= 1
-        fixed = cc.ShardedDataset(url, "t", uuids, 8, window=3)
+        fixed = cc.ShardedDataset(url, "t", uuids, 8, label_type=label_type, window=3)
         assert len(list(fixed)) == len(fixed) and fixed.current_window == 3

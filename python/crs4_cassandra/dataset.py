@@ -158,12 +158,9 @@ def _images(
     return [flat[o[i] : o[i + 1]].view(h, w, 3) for i, (h, w) in enumerate(shapes)]
 
 
-DEFAULT_MEMORY_BUDGET = 1 << 30
-
-
 def _worker_share(memory_budget: int | None, num_workers: int) -> int:
     """Each DataLoader worker prefetches on its own: they share the budget."""
-    budget = DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
+    budget = _native.DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
     return max(1, budget // max(1, num_workers))
 
 

@@ -188,6 +188,20 @@ impl WindowTuner {
         true
     }
 
+    /// Ends a search on the smallest window that did about as well as the best.
+    fn settle(&mut self) {
+        self.growing = false;
+        let best = self.tried.iter().map(|&(_, r)| r).fold(0.0, f64::max);
+        self.best_window = self
+            .tried
+            .iter()
+            .filter(|&&(_, r)| r >= best * NEAR_BEST)
+            .map(|&(w, _)| w)
+            .min()
+            .unwrap_or(self.best_window);
+        self.set_window(self.best_window);
+    }
+
     pub fn on_batch_at(&mut self, bytes: usize, starved: bool, now: Instant) {
         self.avg_batch_bytes = if self.avg_batch_bytes == 0.0 {
             bytes as f64
@@ -233,25 +247,15 @@ impl WindowTuner {
                 self.best_window = self.window;
                 self.misses = 0;
                 if !self.grow() {
-                    // At the memory budget: stay.
-                    self.growing = false;
+                    // At the memory budget.
+                    self.settle();
                 }
             } else {
                 self.misses += 1;
                 if self.misses >= MAX_MISSES || !self.grow() {
                     // A plateau (or worse: too much in flight costs CPU and
-                    // memory traffic): settle on the smallest window that did
-                    // about as well as the best.
-                    self.growing = false;
-                    let best = self.tried.iter().map(|&(_, r)| r).fold(0.0, f64::max);
-                    self.best_window = self
-                        .tried
-                        .iter()
-                        .filter(|&&(_, r)| r >= best * NEAR_BEST)
-                        .map(|&(w, _)| w)
-                        .min()
-                        .unwrap_or(self.best_window);
-                    self.set_window(self.best_window);
+                    // memory traffic).
+                    self.settle();
                 }
             }
         } else if rate < self.best_rate * RETUNE_DROP {
@@ -341,7 +345,9 @@ mod tests {
         let mut now = Instant::now();
         let mut seed = 7u64;
         for _ in 0..20_000 {
-            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
             let wobble = 1.0 + ((seed >> 33) as f64 / (1u64 << 31) as f64 - 0.5) * 0.08;
             let rate = (t.window() as f64 * 50.0).min(200.0) * wobble;
             now += Duration::from_secs_f64(1.0 / rate);
