@@ -5,7 +5,6 @@ from os import PathLike
 from typing import Any, final
 
 __all__ = [
-    "DEFAULT_MEMORY_BUDGET",
     "ArenaTensor",
     "NativeBatch",
     "Reader",
@@ -117,8 +116,6 @@ class Reader:
     @property
     def window(self) -> int: ...
     def close(self) -> None: ...
-
-DEFAULT_MEMORY_BUDGET: int
 
 def open_store(url: str, create: bool = False, options: dict[str, Any] | None = None) -> Store: ...
 def batches_per_rank(

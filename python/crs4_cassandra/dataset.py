@@ -158,12 +158,6 @@ def _images(
     return [flat[o[i] : o[i + 1]].view(h, w, 3) for i, (h, w) in enumerate(shapes)]
 
 
-def _worker_share(memory_budget: int | None, num_workers: int) -> int:
-    """Each DataLoader worker prefetches on its own: they share the budget."""
-    budget = _native.DEFAULT_MEMORY_BUDGET if memory_budget is None else memory_budget
-    return max(1, budget // max(1, num_workers))
-
-
 def _distributed() -> tuple[int, int]:
     if torch.distributed.is_available() and torch.distributed.is_initialized():
         return torch.distributed.get_rank(), torch.distributed.get_world_size()
@@ -378,7 +372,7 @@ class ShardedDataset(IterableDataset[Batch]):
             start=self._start,
             ordered=self.ordered,
             window=self.window,
-            memory_budget=_worker_share(self.memory_budget, num_workers),
+            memory_budget=self.memory_budget,
             decode=self.decode,
             size=self.size,
             on_error=self.on_error,

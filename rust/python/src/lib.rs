@@ -479,9 +479,9 @@ impl Reader {
         if let Some(w) = window {
             options.fixed_window(w);
         }
-        if let Some(b) = memory_budget {
-            options.memory_budget = b;
-        }
+        // Each DataLoader worker prefetches on its own: they share the budget.
+        let budget = memory_budget.unwrap_or(options.memory_budget);
+        options.memory_budget = (budget / num_workers.max(1)).max(1);
         let stream = py.detach(|| {
             let _guard = runtime().enter();
             FetchEngine::start(reader, ids, batches, options)
@@ -738,10 +738,6 @@ fn keep_freed_memory_briefly() {
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     keep_freed_memory_briefly();
-    m.add(
-        "DEFAULT_MEMORY_BUDGET",
-        crs4_cassandra_store::engine::DEFAULT_MEMORY_BUDGET,
-    )?;
     m.add_function(wrap_pyfunction!(open_store, m)?)?;
     m.add_function(wrap_pyfunction!(batches_per_rank, m)?)?;
     m.add_function(wrap_pyfunction!(consumed_after, m)?)?;

@@ -181,9 +181,7 @@ impl FetchEngine {
     ) -> BatchStream {
         let tuner = if options.autotune {
             let start = tuner::recall(&reader.spec().table).unwrap_or(options.window);
-            // Batches outside the window also hold memory: those queued for the
-            // consumer, the one it holds, and the pool's spare buffers.
-            let outside = options.ready + 1 + POOL_FREE;
+            let outside = held_outside_window(options.ready);
             WindowTuner::auto(start, MAX_WINDOW, options.memory_budget)
                 .reserve(outside)
                 .learning_for(&reader.spec().table)
@@ -254,8 +252,15 @@ async fn read_batch(
     }
 }
 
-/// Free buffers a pool keeps for reuse; more are allocated when needed.
+/// Spare buffers a pool keeps beyond those in use.
 const POOL_FREE: usize = 2;
+
+/// Batches a stream holds outside its window of reads, which the memory
+/// budget must also cover: those queued for the consumer (`ready`), the one
+/// it holds, and the pool's spares.
+fn held_outside_window(ready: usize) -> usize {
+    ready + 1 + POOL_FREE
+}
 
 /// Sends a finished batch, telling the tuner its size and whether the consumer
 /// was waiting for it (nothing queued).
@@ -301,8 +306,9 @@ async fn drive(
             // Every buffer the stream may hold at once stays pooled: in flight,
             // queued for the consumer, held by it, and spare.
             pooled = window;
-            pool.set_max_free(window + 1 + POOL_FREE + tx.max_capacity());
-            image_pool.set_max_free(window + 1 + POOL_FREE + tx.max_capacity());
+            let held = window + held_outside_window(tx.max_capacity());
+            pool.set_max_free(held);
+            image_pool.set_max_free(held);
             shown_window.store(window, Ordering::Relaxed);
         }
         while !failed && in_flight.len() + reorder.len() < window {
