@@ -294,6 +294,11 @@ class ShardedDataset(IterableDataset[Batch]):
         self._positions: list[int] = []
         # Batch reads in flight allowed when the last batch was delivered here.
         self.current_window: int | None = None
+        # (pid, epoch) of the last iteration started by this object.
+        self._last_iterated: tuple[int, int] | None = None
+        # A reader whose epoch is over and which is already reading the next
+        # one: (pid, arguments, epoch, reader).
+        self._ahead: tuple[int, dict[str, Any], int, _native.Reader] | None = None
 
     @classmethod
     def from_split(
@@ -316,6 +321,10 @@ class ShardedDataset(IterableDataset[Batch]):
         # that were themselves spawned, as DDP ranks often are) do not inherit
         # the process group: resolve the rank here, in the rank's process.
         state = self.__dict__.copy()
+        # A copy starts afresh: a read-ahead belongs to this process, and a
+        # copy sent to a worker each epoch would only guess wrong.
+        state["_ahead"] = None
+        state["_last_iterated"] = None
         if state["_rank"] is None:
             state["_rank"], state["_world_size"] = _distributed()
         return state
@@ -348,15 +357,16 @@ class ShardedDataset(IterableDataset[Batch]):
             self.num_samples, self.batch_size, self.world_size, self.drop_last, self._start
         )
 
-    def _reader(self) -> _native.Reader:
+    def _reader_args(self) -> dict[str, Any]:
+        """What the native reader is built from, but the epoch and resume point."""
         info = get_worker_info()
         num_workers, worker_id = (info.num_workers, info.id) if info is not None else (1, 0)
         id_col, label_col, data_col = self.columns
-        return _native.Reader(
-            self.store,
-            self.table,
-            self._uuid_bytes,
-            self.batch_size,
+        return dict(
+            store=self.store,
+            table=self.table,
+            uuids=self._uuid_bytes,
+            batch_size=self.batch_size,
             label_type=self.label_type,
             id_col=id_col,
             label_col=label_col,
@@ -367,24 +377,63 @@ class ShardedDataset(IterableDataset[Batch]):
             worker_id=worker_id,
             shuffle=self.shuffle,
             seed=self.seed,
-            epoch=self._epoch,
             drop_last=self.drop_last,
-            start=self._start,
             ordered=self.ordered,
             window=self.window,
             memory_budget=self.memory_budget,
             decode=self.decode,
             size=self.size,
             on_error=self.on_error,
-            skip=self._skip or None,
         )
 
+    def _reader(self) -> _native.Reader:
+        """A native reader of the current epoch, from the resume point."""
+        return _native.Reader(
+            **self._reader_args(), epoch=self._epoch, start=self._start, skip=self._skip or None
+        )
+
+    def _guess_next_epoch(self, pid: int, epoch: int) -> int | None:
+        """The epoch the next iteration will most likely read: after epochs
+        e-1 and e, e+1 (a loop calling set_epoch); after e and e, e again (no
+        set_epoch, or persistent workers). No guess on a first iteration: a
+        DataLoader worker that is not persistent iterates a fresh copy each
+        epoch and would only waste reads."""
+        last = self._last_iterated
+        if last is None or last[0] != pid or epoch - last[1] not in (0, 1):
+            return None
+        return epoch + (epoch - last[1])
+
+    def _take_ahead(self, pid: int, args: dict[str, Any], epoch: int) -> _native.Reader | None:
+        """The reader already reading this epoch, if the last iteration guessed it."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is None:
+            return None
+        a_pid, a_args, a_epoch, reader = ahead
+        if a_pid != pid:
+            return None  # inherited through fork: its reads belong to the parent
+        if (a_epoch, a_args) == (epoch, args) and self._start == 0 and not self._skip:
+            if reader.next_epoch():
+                return reader
+        reader.close()
+        return None
+
     def __iter__(self) -> Iterator[Batch]:
-        reader = self._reader()
+        pid = os.getpid()
+        args = self._reader_args()
+        epoch = self._epoch
+        then = self._guess_next_epoch(pid, epoch)
+        self._last_iterated = (pid, epoch)
+        reader = self._take_ahead(pid, args, epoch)
+        if reader is None:
+            reader = _native.Reader(**args, epoch=epoch, start=self._start, skip=self._skip or None)
+        if then is not None:
+            # Its reads start once this epoch's are all issued: the window
+            # stays full across the boundary instead of draining and refilling.
+            reader.read_next(then)
         self._yielded = 0
         self._positions = []
         self.skipped = []
-        epoch = self._epoch
+        finished = False
         try:
             for nb in reader:
                 batch = Batch.from_native(nb, epoch, self.size)
@@ -394,8 +443,13 @@ class ShardedDataset(IterableDataset[Batch]):
                 self._positions.append(batch.position)
                 self.current_window = reader.window
                 yield batch
+            finished = True
         finally:
-            reader.close()
+            if finished and then is not None and reader.has_next_epoch:
+                # Keep the reads of the guessed epoch going for the next iteration.
+                self._ahead = (pid, args, then, reader)
+            else:
+                reader.close()
 
     def state_dict(
         self,

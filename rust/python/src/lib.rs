@@ -10,7 +10,7 @@ mod errors;
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 mod tensor;
 
-use crs4_cassandra_core::{EpochPlan, LabelType, PlanSpec, SplitFile};
+use crs4_cassandra_core::{EpochPlan, LabelType, PlanSpec, PlannedBatch, SplitFile};
 use crs4_cassandra_store::cassandra::{CassandraOptions, CassandraStore, OptionValue};
 use crs4_cassandra_store::engine::Next;
 use crs4_cassandra_store::local::LocalStore;
@@ -402,12 +402,30 @@ fn decode_options(
     }
 }
 
+/// One reader's share of an epoch plan: a rank's, or a DataLoader worker's of a rank.
+#[derive(Clone)]
+struct Share {
+    plan: PlanSpec,
+    rank: usize,
+    num_workers: usize,
+    worker_id: usize,
+}
+
+impl Share {
+    fn batches(&self) -> PyResult<Vec<PlannedBatch>> {
+        EpochPlan::new(self.plan.clone())
+            .and_then(|plan| plan.reader_batches(self.rank, self.num_workers, self.worker_id))
+            .map_err(plan_err)
+    }
+}
+
 /// Iterates the batches of one reader (a rank, or a DataLoader worker of a rank).
 #[pyclass(module = "crs4_cassandra._native")]
 struct Reader {
     stream: Option<BatchStream>,
     label_type: LabelType,
     window: usize,
+    share: Share,
 }
 
 #[pymethods]
@@ -450,20 +468,22 @@ impl Reader {
         let spec = table_spec(table, label_type, id_col, label_col, data_col)?;
         let decode = decode_options(decode, size, on_error)?;
         let ids: Arc<[Uuid]> = uuids_from_bytes(&uuids)?.into();
-        let plan = EpochPlan::new(PlanSpec {
-            n: ids.len(),
-            batch_size,
-            world_size,
-            drop_last,
-            shuffle,
-            seed,
-            epoch,
-            start,
-        })
-        .map_err(plan_err)?;
-        let mut batches = plan
-            .reader_batches(rank, num_workers, worker_id)
-            .map_err(plan_err)?;
+        let share = Share {
+            plan: PlanSpec {
+                n: ids.len(),
+                batch_size,
+                world_size,
+                drop_last,
+                shuffle,
+                seed,
+                epoch,
+                start,
+            },
+            rank,
+            num_workers,
+            worker_id,
+        };
+        let mut batches = share.batches()?;
         // Positions consumed out of order before a resume (ordered=False).
         if let Some(skip) = skip.filter(|s| !s.is_empty()) {
             let skip: std::collections::HashSet<usize> = skip.into_iter().collect();
@@ -490,7 +510,46 @@ impl Reader {
             window: stream.window(),
             stream: Some(stream),
             label_type: spec.label_type,
+            share,
         })
+    }
+
+    /// Reads `epoch` (from its beginning) after the epochs already planned,
+    /// as soon as their last reads are issued, so that the window of reads
+    /// stays full across the boundary.
+    fn read_next(&mut self, epoch: u64) -> PyResult<()> {
+        let share = Share {
+            plan: PlanSpec {
+                epoch,
+                start: 0,
+                ..self.share.plan.clone()
+            },
+            ..self.share.clone()
+        };
+        let batches = share.batches()?;
+        if let Some(stream) = self.stream.as_mut() {
+            stream.read_next(batches);
+        }
+        Ok(())
+    }
+
+    /// Whether the reader is reading a next epoch (see `read_next`) after this one.
+    #[getter]
+    fn has_next_epoch(&self) -> bool {
+        self.stream
+            .as_ref()
+            .is_some_and(BatchStream::has_next_epoch)
+    }
+
+    /// Once this epoch is fully delivered, moves on to the next one given to
+    /// `read_next`, whose reads are already under way; false (and the reader
+    /// is closed) if there is none.
+    fn next_epoch(&mut self) -> bool {
+        let moved = self.stream.as_mut().is_some_and(BatchStream::next_epoch);
+        if !moved {
+            self.stream = None;
+        }
+        moved
     }
 
     /// Batch reads the prefetcher allows in flight now (the last value once
@@ -518,7 +577,9 @@ impl Reader {
                     }));
                 }
                 Ok(Next::End) => {
-                    self.stream = None;
+                    if !stream.has_next_epoch() {
+                        self.stream = None;
+                    }
                     return Ok(None);
                 }
                 Ok(Next::Pending) => {

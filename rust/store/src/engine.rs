@@ -1,6 +1,14 @@
 //! The fetch engine: keeps a bounded window of batch reads in flight and
 //! delivers finished batches in plan order (`ordered`) or as they complete.
 //!
+//! A stream may carry the plans of several epochs back to back
+//! ([`BatchStream::read_next`]): the reads of the next epoch start as soon as
+//! the current one has issued its last read,
+//! so the window stays full across the boundary instead of draining and
+//! refilling (a round trip lost at each end of every epoch). No batch of an
+//! epoch is delivered before every batch of the previous one, in either
+//! delivery order.
+//!
 //! Completion order never changes a batch's composition: each read fills the
 //! batch the plan assigned. Memory is bounded: at most `window` batches are
 //! being read or waiting to be reordered, plus `ready` finished ones queued for
@@ -14,7 +22,8 @@ use crate::runtime::runtime;
 use crate::tuner::{self, WindowTuner};
 use crate::TableReader;
 use crs4_cassandra_core::PlannedBatch;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
+use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,10 +101,18 @@ impl Default for EngineOptions {
 
 /// Finished batches, in delivery order. Dropping it stops the background work.
 pub struct BatchStream {
-    rx: mpsc::Receiver<Result<Batch>>,
-    driver: tokio::task::JoinHandle<()>,
+    rx: ManuallyDrop<mpsc::Receiver<Result<Batch>>>,
+    driver: ManuallyDrop<tokio::task::JoinHandle<()>>,
+    /// Plans of later epochs, for the driver.
+    plans: ManuallyDrop<mpsc::UnboundedSender<Vec<PlannedBatch>>>,
+    /// Batches of the current epoch not yet delivered.
     remaining: usize,
+    /// Batch counts of the epochs read after the current one.
+    queued_epochs: VecDeque<usize>,
     window: Arc<AtomicUsize>,
+    /// The process that started it: a forked child inherits the memory of
+    /// the stream but not the runtime's threads, and must not touch either.
+    pid: u32,
 }
 
 // Returned once per batch and moved straight on: boxing would only add an allocation.
@@ -122,11 +139,11 @@ impl BatchStream {
                 Ok(Next::Batch(batch))
             }
             Ok(Some(Err(e))) => {
-                self.remaining = 0;
+                self.stop();
                 Err(e)
             }
             Ok(None) => {
-                self.remaining = 0;
+                self.stop();
                 Err(StoreError::Internal(
                     "the fetch task ended before delivering every batch".into(),
                 ))
@@ -139,10 +156,10 @@ impl BatchStream {
             return None;
         }
         let item = self.rx.recv().await;
-        self.remaining = match &item {
-            Some(Ok(_)) => self.remaining - 1,
-            _ => 0,
-        };
+        match &item {
+            Some(Ok(_)) => self.remaining -= 1,
+            _ => self.stop(),
+        }
         Some(item.unwrap_or_else(|| {
             Err(StoreError::Internal(
                 "the fetch task ended before delivering every batch".into(),
@@ -150,9 +167,46 @@ impl BatchStream {
         }))
     }
 
-    /// Batches not yet delivered.
+    /// Batches of the current epoch not yet delivered.
     pub fn remaining(&self) -> usize {
         self.remaining
+    }
+
+    fn stop(&mut self) {
+        self.remaining = 0;
+        self.queued_epochs.clear();
+    }
+
+    /// Reads the batches of `plan` (a next epoch's share) once every read of
+    /// the epochs before it has been issued, keeping the window full across
+    /// the boundary; [`BatchStream::next_epoch`] moves on to them.
+    pub fn read_next(&mut self, plan: Vec<PlannedBatch>) {
+        let n = plan.len();
+        // A driver that is gone (after an error) takes no more plans.
+        if self.plans.send(plan).is_ok() {
+            self.queued_epochs.push_back(n);
+        }
+    }
+
+    /// Whether the plan of a next epoch is being read after the current one.
+    pub fn has_next_epoch(&self) -> bool {
+        !self.queued_epochs.is_empty()
+    }
+
+    /// Once the current epoch is fully delivered, moves on to the next epoch
+    /// the stream was started with; false if there is none (or the current
+    /// one is not over).
+    pub fn next_epoch(&mut self) -> bool {
+        if self.remaining > 0 {
+            return false;
+        }
+        match self.queued_epochs.pop_front() {
+            Some(n) => {
+                self.remaining = n;
+                true
+            }
+            None => false,
+        }
     }
 
     /// Batch reads the stream allows in flight now (the tuner's current choice).
@@ -163,8 +217,20 @@ impl BatchStream {
 
 impl Drop for BatchStream {
     fn drop(&mut self) {
+        if self.pid != std::process::id() {
+            // Inherited through fork: the runtime that owns the driver and the
+            // channel has no threads here, and a lock it held at the fork may
+            // never be released. Leave both alone.
+            return;
+        }
         // Aborting the driver drops its JoinSet, which aborts every read in flight.
         self.driver.abort();
+        // SAFETY: dropped once, here, and never used again.
+        unsafe {
+            ManuallyDrop::drop(&mut self.driver);
+            ManuallyDrop::drop(&mut self.rx);
+            ManuallyDrop::drop(&mut self.plans);
+        }
     }
 }
 
@@ -189,6 +255,7 @@ impl FetchEngine {
             WindowTuner::fixed(options.window)
         };
         let (tx, rx) = mpsc::channel(options.ready.max(1));
+        let (plans, plans_rx) = mpsc::unbounded_channel();
         let remaining = batches.len();
         let pool = ArenaPool::new(POOL_FREE);
         let window = Arc::new(AtomicUsize::new(tuner.window()));
@@ -197,6 +264,7 @@ impl FetchEngine {
             reader,
             ids,
             batches,
+            plans_rx,
             tuner,
             options.ordered,
             options.decode,
@@ -205,10 +273,13 @@ impl FetchEngine {
             tx,
         ));
         BatchStream {
-            rx,
-            driver,
+            rx: ManuallyDrop::new(rx),
+            driver: ManuallyDrop::new(driver),
             remaining,
+            plans: ManuallyDrop::new(plans),
+            queued_epochs: VecDeque::new(),
             window,
+            pid: std::process::id(),
         }
     }
 }
@@ -278,12 +349,36 @@ async fn deliver(
     tx.send(result).await.map_err(drop)
 }
 
+/// Which finished batch may go to the consumer next, if any: in plan order the
+/// next one (or an error of the epoch under way, which ends it at once); in
+/// completion order any of the epoch under way (`..end`).
+fn next_deliverable(
+    held: &BTreeMap<usize, Result<Batch>>,
+    ordered: bool,
+    next_seq: usize,
+    end: usize,
+) -> Option<usize> {
+    if ordered {
+        if held.contains_key(&next_seq) {
+            return Some(next_seq);
+        }
+        // An error is delivered at once: the consumer should not wait for
+        // batches that will never complete the epoch.
+        return held
+            .range(..end)
+            .find(|(_, r)| r.is_err())
+            .map(|(&seq, _)| seq);
+    }
+    held.range(..end).next().map(|(&seq, _)| seq)
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn drive(
     shown_window: Arc<AtomicUsize>,
     reader: Arc<dyn TableReader>,
     ids: Arc<[Uuid]>,
     batches: Vec<PlannedBatch>,
+    mut plans: mpsc::UnboundedReceiver<Vec<PlannedBatch>>,
     mut tuner: WindowTuner,
     ordered: bool,
     decode: Option<DecodeOptions>,
@@ -293,14 +388,30 @@ async fn drive(
 ) {
     let image_pool = ArenaPool::new(POOL_FREE);
     let spec = Arc::new(reader.spec().clone());
-    let mut pending = batches.into_iter().enumerate();
+    // Where each epoch's batches end in the sequence of all of them.
+    let mut epoch_ends: VecDeque<usize> = VecDeque::from([batches.len()]);
+    let mut pending: VecDeque<PlannedBatch> = batches.into();
+    let mut issued = 0usize;
     let mut in_flight: JoinSet<(usize, Result<Batch>)> = JoinSet::new();
-    let mut reorder: BTreeMap<usize, Result<Batch>> = BTreeMap::new();
+    // Finished batches not yet delivered: out of order, or of a later epoch.
+    let mut held: BTreeMap<usize, Result<Batch>> = BTreeMap::new();
     let mut next_seq = 0usize;
+    let mut delivered = 0usize;
     let mut failed = false;
     let mut ramp = SLOW_START;
     let mut pooled = 0;
+    // Queues a later epoch's plan after everything planned so far.
+    let add_plan = |plan: Vec<PlannedBatch>,
+                    issued: usize,
+                    pending: &mut VecDeque<PlannedBatch>,
+                    epoch_ends: &mut VecDeque<usize>| {
+        epoch_ends.push_back(issued + pending.len() + plan.len());
+        pending.extend(plan);
+    };
     loop {
+        while let Ok(plan) = plans.try_recv() {
+            add_plan(plan, issued, &mut pending, &mut epoch_ends);
+        }
         let window = tuner.window().min(ramp);
         if window != pooled {
             // Every buffer the stream may hold at once stays pooled: in flight,
@@ -311,10 +422,12 @@ async fn drive(
             image_pool.set_max_free(held);
             shown_window.store(window, Ordering::Relaxed);
         }
-        while !failed && in_flight.len() + reorder.len() < window {
-            let Some((seq, planned)) = pending.next() else {
+        while !failed && in_flight.len() + held.len() < window {
+            let Some(planned) = pending.pop_front() else {
                 break;
             };
+            let seq = issued;
+            issued += 1;
             let job = BatchJob {
                 position: planned.position,
                 ids: planned.indices.iter().map(|&i| ids[i as usize]).collect(),
@@ -339,32 +452,179 @@ async fn drive(
                 (seq, result)
             });
         }
+        if in_flight.is_empty() {
+            // Everything planned is read and delivered: wait for a next epoch
+            // (the stream's owner may still add one), or for the end.
+            match plans.recv().await {
+                Some(plan) => {
+                    add_plan(plan, issued, &mut pending, &mut epoch_ends);
+                    continue;
+                }
+                None => return,
+            }
+        }
         let Some(joined) = in_flight.join_next().await else {
-            return;
+            continue;
         };
         let (seq, result) = match joined {
             Ok(done) => done,
             Err(e) if e.is_cancelled() => return,
-            Err(e) => (
-                next_seq,
-                Err(StoreError::Internal(format!("a batch read panicked: {e}"))),
-            ),
+            Err(e) => {
+                let e = StoreError::Internal(format!("a batch read panicked: {e}"));
+                let _ = deliver(&tx, Err(e), &mut tuner, &mut ramp).await;
+                return;
+            }
         };
         failed |= result.is_err();
-        if !ordered || result.is_err() {
-            // An error is delivered at once: the consumer should not wait for
-            // batches that will never complete the epoch.
-            if deliver(&tx, result, &mut tuner, &mut ramp).await.is_err() || failed {
+        held.insert(seq, result);
+        loop {
+            // Epochs with nothing left to deliver (an empty share included) are over.
+            while epoch_ends.front().is_some_and(|&end| end <= delivered) {
+                epoch_ends.pop_front();
+            }
+            let end = epoch_ends.front().copied().unwrap_or(usize::MAX);
+            let Some(seq) = next_deliverable(&held, ordered, next_seq, end) else {
+                break;
+            };
+            let result = held.remove(&seq).expect("picked from the held batches");
+            let stop = result.is_err();
+            if deliver(&tx, result, &mut tuner, &mut ramp).await.is_err() || stop {
                 return;
             }
-            continue;
+            next_seq += (seq == next_seq) as usize;
+            delivered += 1;
         }
-        reorder.insert(seq, result);
-        while let Some(result) = reorder.remove(&next_seq) {
-            next_seq += 1;
-            if deliver(&tx, result, &mut tuner, &mut ramp).await.is_err() {
-                return;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::batch::Labels;
+    use crate::TableSpec;
+    use crs4_cassandra_core::{EpochPlan, PlanSpec};
+    use futures::future::BoxFuture;
+
+    /// A table whose reads take a few milliseconds each, varying with the
+    /// batch, so that they finish out of order; sample `i` is `i`'s bytes.
+    struct Jittery(TableSpec);
+
+    impl TableReader for Jittery {
+        fn read_batch(
+            self: Arc<Self>,
+            job: BatchJob,
+            pool: Arc<ArenaPool>,
+        ) -> BoxFuture<'static, Result<Batch>> {
+            Box::pin(async move {
+                let jitter = (job.indices[0] as u64 * 7919) % 11;
+                tokio::time::sleep(Duration::from_millis(jitter)).await;
+                let mut batch = Batch::from_job(&job, pool.take(4 * job.ids.len()), Labels::None);
+                for &i in &job.indices {
+                    batch.data.extend_from_slice(&i.to_le_bytes());
+                    batch.offsets.push(batch.data.len() as i64);
+                }
+                Ok(batch)
+            })
+        }
+
+        fn spec(&self) -> &TableSpec {
+            &self.0
+        }
+    }
+
+    fn plan(epoch: u64) -> Vec<PlannedBatch> {
+        EpochPlan::new(PlanSpec {
+            n: 1000,
+            batch_size: 10,
+            world_size: 1,
+            drop_last: false,
+            shuffle: true,
+            seed: 3,
+            epoch,
+            start: 0,
+        })
+        .unwrap()
+        .reader_batches(0, 1, 0)
+        .unwrap()
+    }
+
+    fn stream(ordered: bool, epochs: &[u64]) -> BatchStream {
+        let reader = Arc::new(Jittery(TableSpec::new("t", crate::LabelType::None)));
+        let ids: Arc<[Uuid]> = (0..1000u128).map(Uuid::from_u128).collect();
+        let mut options = EngineOptions {
+            ordered,
+            ..EngineOptions::default()
+        };
+        options.fixed_window(16);
+        let _guard = runtime().enter();
+        let mut s = FetchEngine::start(reader, ids, plan(epochs[0]), options);
+        for &e in &epochs[1..] {
+            s.read_next(plan(e));
+        }
+        s
+    }
+
+    /// The batches of the stream's current epoch, as (position, sample indices).
+    fn drain(s: &mut BatchStream) -> Vec<(usize, Vec<u32>)> {
+        let mut out = Vec::new();
+        while let Next::Batch(b) = s.next_blocking(Duration::from_secs(10)).unwrap() {
+            let indices = (0..b.len())
+                .map(|i| u32::from_le_bytes(b.sample(i).try_into().unwrap()))
+                .collect();
+            out.push((b.position, indices));
+        }
+        out
+    }
+
+    #[test]
+    fn chained_epochs_deliver_each_epoch_whole_and_alone() {
+        for ordered in [true, false] {
+            let mut s = stream(ordered, &[4, 5, 5]);
+            for (k, epoch) in [4u64, 5, 5].into_iter().enumerate() {
+                if k > 0 {
+                    assert!(s.next_epoch(), "epoch {k} of the stream");
+                }
+                let mut got = drain(&mut s);
+                let want: Vec<(usize, Vec<u32>)> = plan(epoch)
+                    .into_iter()
+                    .map(|b| (b.position, b.indices))
+                    .collect();
+                if !ordered {
+                    got.sort();
+                }
+                assert_eq!(got, want, "ordered={ordered}, epoch {epoch}");
             }
+            assert!(!s.next_epoch() && !s.has_next_epoch());
+            assert!(matches!(s.next_blocking(Duration::ZERO), Ok(Next::End)));
+        }
+    }
+
+    #[test]
+    fn next_epoch_waits_for_the_current_one_to_end() {
+        let mut s = stream(true, &[0, 1]);
+        assert!(s.has_next_epoch());
+        assert!(!s.next_epoch(), "the first epoch has not been read yet");
+        assert_eq!(drain(&mut s).len(), 100);
+        assert!(s.next_epoch());
+        assert_eq!(s.remaining(), 100);
+    }
+
+    #[test]
+    fn a_plan_added_after_the_reads_are_over_is_read() {
+        for ordered in [true, false] {
+            let mut s = stream(ordered, &[0]);
+            assert_eq!(drain(&mut s).len(), 100);
+            // The driver has nothing left to read; it waits for more.
+            std::thread::sleep(Duration::from_millis(50));
+            s.read_next(Vec::new());
+            s.read_next(plan(1));
+            assert!(s.next_epoch());
+            assert!(drain(&mut s).is_empty(), "an empty share is an empty epoch");
+            assert!(s.next_epoch());
+            let mut got = drain(&mut s);
+            got.sort();
+            assert_eq!(got.len(), 100);
+            assert_eq!(got[0].0, 0);
         }
     }
 }
