@@ -333,17 +333,14 @@ fn held_outside_window(ready: usize) -> usize {
     ready + 1 + POOL_FREE
 }
 
-/// Sends a finished batch, telling the tuner its size and whether the consumer
-/// was waiting for it (nothing queued).
+/// Sends a finished batch to the consumer; each one delivered lets the slow
+/// start allow more reads.
 async fn deliver(
     tx: &mpsc::Sender<Result<Batch>>,
     result: Result<Batch>,
-    tuner: &mut WindowTuner,
     ramp: &mut usize,
 ) -> std::result::Result<(), ()> {
-    if let Ok(batch) = &result {
-        let bytes = batch.data.len() + batch.images.as_ref().map_or(0, |i| i.pixels.len());
-        tuner.on_batch(bytes, tx.capacity() == tx.max_capacity());
+    if result.is_ok() {
         *ramp = ramp.saturating_add(SLOW_START_STEP);
     }
     tx.send(result).await.map_err(drop)
@@ -471,11 +468,19 @@ async fn drive(
             Err(e) if e.is_cancelled() => return,
             Err(e) => {
                 let e = StoreError::Internal(format!("a batch read panicked: {e}"));
-                let _ = deliver(&tx, Err(e), &mut tuner, &mut ramp).await;
+                let _ = deliver(&tx, Err(e), &mut ramp).await;
                 return;
             }
         };
         failed |= result.is_err();
+        if let Ok(batch) = &result {
+            // The tuner counts reads as they complete, not as they are
+            // delivered: in plan order, one late batch holds back those after
+            // it and delivery comes in bursts a window long. The consumer is
+            // waiting if nothing is queued for it.
+            let bytes = batch.data.len() + batch.images.as_ref().map_or(0, |i| i.pixels.len());
+            tuner.on_batch(bytes, tx.capacity() == tx.max_capacity());
+        }
         held.insert(seq, result);
         loop {
             // Epochs with nothing left to deliver (an empty share included) are over.
@@ -488,7 +493,7 @@ async fn drive(
             };
             let result = held.remove(&seq).expect("picked from the held batches");
             let stop = result.is_err();
-            if deliver(&tx, result, &mut tuner, &mut ramp).await.is_err() || stop {
+            if deliver(&tx, result, &mut ramp).await.is_err() || stop {
                 return;
             }
             next_seq += (seq == next_seq) as usize;

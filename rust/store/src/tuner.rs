@@ -36,7 +36,7 @@ use std::time::{Duration, Instant};
 /// Batches a measurement interval spans at least.
 const MIN_INTERVAL_BATCHES: usize = 8;
 /// And its minimum duration, so that fast local reads are not judged on noise.
-const MIN_INTERVAL: Duration = Duration::from_millis(500);
+const MIN_INTERVAL: Duration = Duration::from_millis(250);
 const GROWTH: f64 = 1.5;
 /// Growth steps without gain before settling (one miss may be noise).
 const MAX_MISSES: u32 = 2;
@@ -214,11 +214,19 @@ impl WindowTuner {
         self.interval_batches += 1;
         self.interval_starved += starved as usize;
         let elapsed = now.duration_since(self.interval_start);
-        // Two windows' worth of batches: with a long round trip, the rate over
-        // a single window swings with the phase of the reads in flight.
-        let needed = MIN_INTERVAL_BATCHES.max(2 * self.window());
-        if self.interval_batches < needed || elapsed < MIN_INTERVAL {
-            return;
+        if self.settling {
+            // The window just changed: once a window's worth of batches has
+            // arrived, the reads it allowed are under way and measuring can start.
+            if self.interval_batches < self.window() {
+                return;
+            }
+        } else {
+            // Two windows' worth of batches: with a long round trip, the rate
+            // over a single window swings with the phase of the reads in flight.
+            let needed = MIN_INTERVAL_BATCHES.max(2 * self.window());
+            if self.interval_batches < needed || elapsed < MIN_INTERVAL {
+                return;
+            }
         }
         let rate = self.interval_batches as f64 / elapsed.as_secs_f64();
         let starved = self.interval_starved * 2 > self.interval_batches;
@@ -301,6 +309,27 @@ mod tests {
         assert!(
             t.window() >= 40 && t.window() <= 90,
             "window {}",
+            t.window()
+        );
+    }
+
+    #[test]
+    fn finds_a_long_round_trips_window_within_seconds() {
+        // 100 ms per batch read: 40 in flight needed for 400 batches/s. Each
+        // step waits for the reads it allowed to arrive (a round trip), then
+        // measures a quarter of a second: a few seconds in all, not a minute.
+        let mut t = WindowTuner::auto(2, 256, usize::MAX);
+        let start = Instant::now();
+        let mut now = start;
+        while t.window() < 40 && now - start < Duration::from_secs(60) {
+            let rate = (t.window() as f64 / 0.1).min(400.0);
+            now += Duration::from_secs_f64(1.0 / rate);
+            t.on_batch_at(1 << 20, true, now);
+        }
+        let took = now - start;
+        assert!(
+            took < Duration::from_secs(4),
+            "window {} after {took:?}",
             t.window()
         );
     }
