@@ -108,8 +108,10 @@ def main() -> None:
             "",
             f"samples/s at each added delay, batch {r['batch_size']}, epochs of "
             f"{r['samples_per_epoch']:,} samples, whole epochs over at least 8 s after a "
-            "warm-up epoch; 'auto' is the default (no knobs); fixed windows are batch "
-            "reads in flight. The server shares the machine's cores with the loader.",
+            f"warm-up epoch (auto: the median of {r['auto_runs']} such runs; fixed: one); "
+            "'auto' is the default (no knobs); fixed windows are batch reads in flight. "
+            "Epochs follow one another with set_epoch, so from the third on the next "
+            "epoch is read ahead. The server shares the machine's cores with the loader.",
             "",
             "| loader | " + " | ".join(f"{d} ms" for d in delays) + " | 100 ms vs 0 ms |",
             "|---|" + "---:|" * (len(delays) + 1),
@@ -184,7 +186,8 @@ def main() -> None:
             "## A slow node (3 CQL test server nodes, one delayed)",
             "",
             f"{r['samples']} samples of {r['kb']} KB, batch {r['batch_size']}; samples/s with "
-            f"all nodes fast and with node 1 answering {slow} ms late.",
+            f"all nodes fast and with node 1 answering {slow} ms late, over 3 s after "
+            f"{r['warm_up_s']:.0f} s of warm-up epochs.",
             "",
             f"| loader | all fast | node 1 +{slow} ms | kept |",
             "|---|---:|---:|---:|",

@@ -28,6 +28,11 @@ CONFIGS = (
 )
 
 
+# Epochs here are short (32 batches): warm up for some seconds, as a job's
+# first minutes would, so that the self-tuning window has found its size.
+WARM_UP_S = 2.0
+
+
 def run(samples: int = 2000, kb: int = 32, batch_size: int = 64, seconds: float = 3.0) -> dict:
     rng = np.random.default_rng(0)
     rows = []
@@ -46,8 +51,12 @@ def run(samples: int = 2000, kb: int = 32, batch_size: int = 64, seconds: float 
             for name, ds_kw, store_kw in CONFIGS:
                 store = cc.open_store(url, **store_kw)
                 ds = cc.ShardedDataset(store, "t", uuids, batch_size, **ds_kw)
-                list(ds)  # connect, warm up the tuner
-                t0, n, epoch = time.perf_counter(), 0, 1
+                t0, epoch = time.perf_counter(), 0
+                while time.perf_counter() - t0 < WARM_UP_S:  # connect, tune the window
+                    ds.set_epoch(epoch)
+                    list(ds)
+                    epoch += 1
+                t0, n = time.perf_counter(), 0
                 while time.perf_counter() - t0 < seconds:
                     ds.set_epoch(epoch)
                     n += sum(len(b) for b in ds)
@@ -60,5 +69,6 @@ def run(samples: int = 2000, kb: int = 32, batch_size: int = 64, seconds: float 
         "kb": kb,
         "batch_size": batch_size,
         "slow_ms": SLOW_MS,
+        "warm_up_s": WARM_UP_S,
         "rows": rows,
     }
