@@ -89,6 +89,19 @@ def test_a_broken_off_epoch_keeps_nothing_for_the_next(
     assert epoch_of(ds) == fresh(url, all_uuids, 3)
 
 
+def test_close_stops_the_reads_ahead(local_store: tuple[str, Path], all_uuids: np.ndarray) -> None:
+    url = local_store[0]
+    ds = cc.ShardedDataset(url, "shapes", all_uuids, 8, seed=4)
+    for epoch in range(2):
+        ds.set_epoch(epoch)
+        epoch_of(ds)
+    assert ds._ahead is not None
+    ds.close()
+    assert ds._ahead is None
+    ds.set_epoch(2)
+    assert epoch_of(ds) == fresh(url, all_uuids, 2)
+
+
 def test_persistent_workers_read_their_next_epoch_ahead(
     local_store: tuple[str, Path], all_uuids: np.ndarray
 ) -> None:

@@ -209,6 +209,11 @@ class ShardedDataset(IterableDataset[Batch]):
     tuner chose in this process.
     ``ordered=False`` delivers batches as they complete, so a slow read delays
     only its own batch (the batches themselves are the same).
+
+    From its third iteration in a process, the dataset guesses the next epoch
+    (e+1 after e-1 and e, e again after e and e) and starts reading it as the
+    current one ends, so a round trip is not lost at each epoch boundary; a
+    wrong guess is dropped. ``close()`` stops such reads ahead.
     """
 
     def __init__(
@@ -450,6 +455,13 @@ class ShardedDataset(IterableDataset[Batch]):
                 self._ahead = (pid, args, then, reader)
             else:
                 reader.close()
+
+    def close(self) -> None:
+        """Stops the reads of a next epoch started ahead (see the class
+        docstring) and frees their memory; the dataset stays usable."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None and ahead[0] == os.getpid():
+            ahead[3].close()
 
     def state_dict(
         self,
