@@ -391,10 +391,13 @@ class ShardedDataset(IterableDataset[Batch]):
             on_error=self.on_error,
         )
 
-    def _reader(self) -> _native.Reader:
+    def _reader(self, args: dict[str, Any] | None = None) -> _native.Reader:
         """A native reader of the current epoch, from the resume point."""
         return _native.Reader(
-            **self._reader_args(), epoch=self._epoch, start=self._start, skip=self._skip or None
+            **(args or self._reader_args()),
+            epoch=self._epoch,
+            start=self._start,
+            skip=self._skip or None,
         )
 
     def _guess_next_epoch(self, pid: int, epoch: int) -> int | None:
@@ -429,8 +432,8 @@ class ShardedDataset(IterableDataset[Batch]):
         then = self._guess_next_epoch(pid, epoch)
         self._last_iterated = (pid, epoch)
         reader = self._take_ahead(pid, args, epoch)
-        if reader is None:
-            reader = _native.Reader(**args, epoch=epoch, start=self._start, skip=self._skip or None)
+        if reader is None:  # (not `or`: a reader's truth is its length)
+            reader = self._reader(args)
         if then is not None:
             # Its reads start once this epoch's are all issued: the window
             # stays full across the boundary instead of draining and refilling.

@@ -518,14 +518,8 @@ impl Reader {
     /// as soon as their last reads are issued, so that the window of reads
     /// stays full across the boundary.
     fn read_next(&mut self, epoch: u64) -> PyResult<()> {
-        let share = Share {
-            plan: PlanSpec {
-                epoch,
-                start: 0,
-                ..self.share.plan.clone()
-            },
-            ..self.share.clone()
-        };
+        let mut share = self.share.clone();
+        (share.plan.epoch, share.plan.start) = (epoch, 0);
         let batches = share.batches()?;
         if let Some(stream) = self.stream.as_mut() {
             stream.read_next(batches);

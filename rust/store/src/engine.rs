@@ -348,16 +348,17 @@ async fn deliver(
 
 /// Which finished batch may go to the consumer next, if any: in plan order the
 /// next one (or an error of the epoch under way, which ends it at once); in
-/// completion order any of the epoch under way (`..end`).
+/// completion order any of the epoch under way (`..end`). In plan order the
+/// `delivered` batches so far are those numbered below it.
 fn next_deliverable(
     held: &BTreeMap<usize, Result<Batch>>,
     ordered: bool,
-    next_seq: usize,
+    delivered: usize,
     end: usize,
 ) -> Option<usize> {
     if ordered {
-        if held.contains_key(&next_seq) {
-            return Some(next_seq);
+        if held.contains_key(&delivered) {
+            return Some(delivered);
         }
         // An error is delivered at once: the consumer should not wait for
         // batches that will never complete the epoch.
@@ -392,7 +393,6 @@ async fn drive(
     let mut in_flight: JoinSet<(usize, Result<Batch>)> = JoinSet::new();
     // Finished batches not yet delivered: out of order, or of a later epoch.
     let mut held: BTreeMap<usize, Result<Batch>> = BTreeMap::new();
-    let mut next_seq = 0usize;
     let mut delivered = 0usize;
     let mut failed = false;
     let mut ramp = SLOW_START;
@@ -488,7 +488,7 @@ async fn drive(
                 epoch_ends.pop_front();
             }
             let end = epoch_ends.front().copied().unwrap_or(usize::MAX);
-            let Some(seq) = next_deliverable(&held, ordered, next_seq, end) else {
+            let Some(seq) = next_deliverable(&held, ordered, delivered, end) else {
                 break;
             };
             let result = held.remove(&seq).expect("picked from the held batches");
@@ -496,7 +496,6 @@ async fn drive(
             if deliver(&tx, result, &mut ramp).await.is_err() || stop {
                 return;
             }
-            next_seq += (seq == next_seq) as usize;
             delivered += 1;
         }
     }
