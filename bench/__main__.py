@@ -126,6 +126,16 @@ def main() -> None:
             "| auto: time to an epoch's first batch (s) | "
             + " | ".join(f"{firsts[d]:.2f}" for d in delays)
             + " | |",
+        ]
+        cpu = r["auto_cpu_per_1k"]
+        both = {d: cpu[d]["client_ms"] + cpu[d]["server_ms"] for d in delays}
+        lines += [
+            "| auto: CPU ms per 1,000 samples, loader + server | "
+            + " | ".join(f"{cpu[d]['client_ms']:.0f} + {cpu[d]['server_ms']:.0f}" for d in delays)
+            + f" | {both[100] / both[0]:.0%} |",
+            "| auto: loader's page faults per 1,000 samples | "
+            + " | ".join(f"{cpu[d]['faults']:.0f}" for d in delays)
+            + " | |",
             "",
         ]
         write_json("latency", r)

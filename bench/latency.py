@@ -4,6 +4,8 @@ fixed windows of a few sizes (like cassandra-dali-plugin's prefetch_buffers)."""
 
 from __future__ import annotations
 
+import os
+import resource
 import statistics
 import sys
 import time
@@ -33,6 +35,16 @@ REPEATS = 50
 AUTO_RUNS = 3
 
 
+def cpu_now(server_pid: int) -> tuple[float, float, int]:
+    """CPU seconds used so far by this process and by the server, and this
+    process's minor page faults."""
+    ru = resource.getrusage(resource.RUSAGE_SELF)
+    stat = Path(f"/proc/{server_pid}/stat").read_text()
+    fields = stat[stat.rindex(")") + 2 :].split()  # from the state (field 3) on
+    server = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return ru.ru_utime + ru.ru_stime, server, ru.ru_minflt
+
+
 def rate(
     ds: cc.ShardedDataset, min_seconds: float, epoch: int = 1
 ) -> tuple[float, list[float], int]:
@@ -56,6 +68,9 @@ def run(folder: Path, batch_size: int = 128, seconds: float = 8.0) -> dict[str, 
     rows: dict[str, dict[int, float]] = {}
     windows: dict[int, int | None] = {}
     first_batch: dict[str, dict[int, float]] = {}
+    # The default's CPU per 1,000 samples at each delay: this process (client),
+    # the server, and this process's page faults, over all its timed runs.
+    auto_cpu: dict[int, dict[str, float]] = {}
     with CqlServer() as srv:
         url = f"cassandra://127.0.0.1:{srv.port}/lat"
         report = ingest_folder(folder, url, "data", val_frac=0.0, progress=False)
@@ -73,10 +88,22 @@ def run(folder: Path, batch_size: int = 128, seconds: float = 8.0) -> dict[str, 
                 for _ in ds:  # warm-up epoch (and the tuner's learning, for auto)
                     pass
                 runs, firsts, epoch = [], [], 1
+                samples = 0.0
+                before = cpu_now(srv.proc.pid)
                 for _ in range(AUTO_RUNS if window is None else 1):
+                    t0 = time.perf_counter()
                     r, f, epoch = rate(ds, seconds, epoch)
+                    samples += r * (time.perf_counter() - t0)
                     runs.append(r)
                     firsts += f
+                after = cpu_now(srv.proc.pid)
+                if window is None:
+                    k = samples / 1000
+                    auto_cpu[delay] = {
+                        "client_ms": (after[0] - before[0]) / k * 1e3,
+                        "server_ms": (after[1] - before[1]) / k * 1e3,
+                        "faults": (after[2] - before[2]) / k,
+                    }
                 r = statistics.median(runs)
                 rows.setdefault(name, {})[delay] = r
                 first_batch.setdefault(name, {})[delay] = statistics.median(firsts)
@@ -94,4 +121,5 @@ def run(folder: Path, batch_size: int = 128, seconds: float = 8.0) -> dict[str, 
         "rows": rows,
         "auto_window": windows,
         "first_batch_s": first_batch,
+        "auto_cpu_per_1k": auto_cpu,
     }

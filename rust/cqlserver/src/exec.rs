@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::cql::{self, InValues, Op, Parsed, Rel, Select, Selector, Stmt, Term};
 use crate::error::CqlError;
-use crate::proto::{put_bytes, put_short_bytes, put_string};
+use crate::proto::{put_bytes, put_short_bytes, put_string, FrameBuf, SHARE_MIN};
 use crate::server::Shared;
 use crate::store::{is_system_keyspace, token_of, Column, Row, RowKey, Table, TableSchema};
 use crate::system;
@@ -987,12 +987,17 @@ fn write_specs(out: &mut BytesMut, specs: &[ColSpec], global: bool) {
 }
 
 /// Upper bound on the encoded size, so the frame is allocated once.
+/// Bytes the frame's own buffer needs (cells sent by reference not included).
 pub fn rows_size_hint(rows: &Rows) -> usize {
     let mut n = 64 + rows.specs.len() * 48;
     for r in &rows.rows {
         for p in &rows.proj {
             n += 4 + match p {
-                Proj::Cell(i) => r[*i].as_ref().map_or(0, |b| b.len()),
+                Proj::Cell(i) => {
+                    r[*i]
+                        .as_ref()
+                        .map_or(0, |b| if b.len() >= SHARE_MIN { 0 } else { b.len() })
+                }
                 Proj::Token(_) => 8,
             };
         }
@@ -1000,7 +1005,45 @@ pub fn rows_size_hint(rows: &Rows) -> usize {
     n + rows.paging_state.as_ref().map_or(0, |p| p.len() + 4)
 }
 
-pub fn encode_outcome(out: &mut BytesMut, o: &Outcome, skip_metadata: bool) {
+pub fn encode_outcome(frame: &mut FrameBuf, o: &Outcome, skip_metadata: bool) {
+    match o {
+        Outcome::Rows(rows) => encode_rows(frame, rows, skip_metadata),
+        other => encode_other(&mut frame.buf, other),
+    }
+}
+
+/// A ROWS result; large cells go by reference.
+fn encode_rows(frame: &mut FrameBuf, rows: &Rows, skip_metadata: bool) {
+    let out = &mut frame.buf;
+    out.put_i32(KIND_ROWS);
+    write_metadata(
+        out,
+        &rows.specs,
+        rows.paging_state.as_deref(),
+        skip_metadata,
+    );
+    out.put_i32(rows.rows.len() as i32);
+    for r in &rows.rows {
+        for p in &rows.proj {
+            match p {
+                Proj::Cell(i) => match &r[*i] {
+                    Some(cell) if cell.len() >= SHARE_MIN => {
+                        frame.buf.put_i32(cell.len() as i32);
+                        frame.put_shared(cell);
+                    }
+                    cell => put_bytes(&mut frame.buf, cell.as_deref()),
+                },
+                Proj::Token(i) => {
+                    let t = r[*i].as_ref().map_or(0, |k| token_of(k));
+                    frame.buf.put_i32(8);
+                    frame.buf.put_i64(t);
+                }
+            }
+        }
+    }
+}
+
+fn encode_other(out: &mut BytesMut, o: &Outcome) {
     match o {
         Outcome::Void => out.put_i32(KIND_VOID),
         Outcome::SetKeyspace(ks) => {
@@ -1021,28 +1064,7 @@ pub fn encode_outcome(out: &mut BytesMut, o: &Outcome, skip_metadata: bool) {
                 put_string(out, n);
             }
         }
-        Outcome::Rows(rows) => {
-            out.put_i32(KIND_ROWS);
-            write_metadata(
-                out,
-                &rows.specs,
-                rows.paging_state.as_deref(),
-                skip_metadata,
-            );
-            out.put_i32(rows.rows.len() as i32);
-            for r in &rows.rows {
-                for p in &rows.proj {
-                    match p {
-                        Proj::Cell(i) => put_bytes(out, r[*i].as_deref()),
-                        Proj::Token(i) => {
-                            let t = r[*i].as_ref().map_or(0, |k| token_of(k));
-                            out.put_i32(8);
-                            out.put_i64(t);
-                        }
-                    }
-                }
-            }
-        }
+        Outcome::Rows(_) => unreachable!("encode_rows"),
         Outcome::Prepared(p) => {
             out.put_i32(KIND_PREPARED);
             put_short_bytes(out, &p.id);

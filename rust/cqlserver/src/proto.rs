@@ -1,6 +1,9 @@
-//! Response frame building. Responses are written by hand into one buffer
-//! per frame so that blob cells are copied exactly once, from the table into
-//! the outgoing frame.
+//! Response frame building. Responses are written by hand; a large cell is
+//! not copied into the frame but referenced ([`FrameBuf::put_shared`]) and
+//! written to the socket straight from the table (vectored writes), as a
+//! database's own zero-copy send path would: the server's CPU then goes to
+//! serving requests, not to copying blobs that the client under test shares
+//! the machine's cores with.
 
 use bytes::{BufMut, Bytes, BytesMut};
 
@@ -24,27 +27,76 @@ pub mod opcode {
     pub const AUTH_SUCCESS: u8 = 0x10;
 }
 
-/// A frame under construction: header space is reserved up front and the
-/// body length is patched in by `finish`.
+/// Cells at least this long are sent by reference instead of copied.
+pub const SHARE_MIN: usize = 4096;
+
+/// A response frame: the header, then the body in pieces (written out with
+/// vectored I/O), some of which may be cells shared with the table.
+#[derive(Debug, Clone)]
+pub struct Frame {
+    head: [u8; HEADER_LEN],
+    body: Vec<Bytes>,
+}
+
+impl Frame {
+    /// Header and body pieces, in order.
+    pub fn chunks(&self) -> impl Iterator<Item = &[u8]> {
+        std::iter::once(&self.head[..]).chain(self.body.iter().map(|b| &b[..]))
+    }
+
+    pub fn len(&self) -> usize {
+        self.chunks().map(<[u8]>::len).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        false
+    }
+
+    /// The whole frame in one buffer (a copy).
+    pub fn to_vec(&self) -> Vec<u8> {
+        self.chunks().flatten().copied().collect()
+    }
+}
+
+/// A frame under construction: small fields go into `buf`, large cells are
+/// appended by reference with `put_shared`; `finish` writes the header.
 pub struct FrameBuf {
+    head: [u8; HEADER_LEN],
     pub buf: BytesMut,
+    body: Vec<Bytes>,
 }
 
 impl FrameBuf {
     pub fn new(stream: i16, op: u8, capacity: usize) -> FrameBuf {
-        let mut buf = BytesMut::with_capacity(HEADER_LEN + capacity);
-        buf.put_u8(VERSION_RESPONSE_V4);
-        buf.put_u8(0);
-        buf.put_i16(stream);
-        buf.put_u8(op);
-        buf.put_i32(0);
-        FrameBuf { buf }
+        let mut head = [0u8; HEADER_LEN];
+        head[0] = VERSION_RESPONSE_V4;
+        head[2..4].copy_from_slice(&stream.to_be_bytes());
+        head[4] = op;
+        FrameBuf {
+            head,
+            buf: BytesMut::with_capacity(capacity),
+            body: Vec::new(),
+        }
     }
 
-    pub fn finish(mut self) -> Bytes {
-        let len = (self.buf.len() - HEADER_LEN) as i32;
-        self.buf[5..9].copy_from_slice(&len.to_be_bytes());
-        self.buf.freeze()
+    /// Appends `bytes` without copying them.
+    pub fn put_shared(&mut self, bytes: &Bytes) {
+        if !self.buf.is_empty() {
+            self.body.push(self.buf.split().freeze());
+        }
+        self.body.push(bytes.clone());
+    }
+
+    pub fn finish(mut self) -> Frame {
+        if !self.buf.is_empty() {
+            self.body.push(self.buf.freeze());
+        }
+        let len: usize = self.body.iter().map(Bytes::len).sum();
+        self.head[5..9].copy_from_slice(&(len as i32).to_be_bytes());
+        Frame {
+            head: self.head,
+            body: self.body,
+        }
     }
 }
 
@@ -78,13 +130,13 @@ pub fn put_string_multimap(out: &mut BytesMut, entries: &[(&str, &[&str])]) {
     }
 }
 
-pub fn simple_frame(stream: i16, op: u8, body: &[u8]) -> Bytes {
+pub fn simple_frame(stream: i16, op: u8, body: &[u8]) -> Frame {
     let mut f = FrameBuf::new(stream, op, body.len());
     f.buf.put_slice(body);
     f.finish()
 }
 
-pub fn error_frame(stream: i16, err: &crate::error::CqlError) -> Bytes {
+pub fn error_frame(stream: i16, err: &crate::error::CqlError) -> Frame {
     let mut f = FrameBuf::new(stream, opcode::ERROR, 64);
     err.encode_body(&mut f.buf);
     f.finish()

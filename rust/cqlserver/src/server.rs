@@ -13,6 +13,7 @@ use cassandra_protocol::frame::message_request::RequestBody;
 use cassandra_protocol::frame::{Opcode, Version};
 use cassandra_protocol::query::QueryValues;
 use cassandra_protocol::types::value::Value;
+use std::io::IoSlice;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, watch};
@@ -21,7 +22,7 @@ use tokio::task::JoinHandle;
 use crate::cql;
 use crate::error::{CqlError, ErrorKind, ServerError};
 use crate::exec::{self, Bound_, Ctx, Outcome, Prepared};
-use crate::proto::{self, opcode, FrameBuf};
+use crate::proto::{self, opcode, Frame, FrameBuf};
 use crate::store::Catalog;
 
 const MAX_FRAME: usize = 256 * 1024 * 1024;
@@ -458,7 +459,7 @@ where
     let mut drop_rx = shared.drop_tx.subscribe();
     let mut node_drop_rx = shared.nodes[node].drop_tx.subscribe();
     let (rd, wr) = tokio::io::split(stream);
-    let (tx, rx) = mpsc::channel::<Bytes>(4096);
+    let (tx, rx) = mpsc::channel::<Frame>(4096);
     let writer = tokio::spawn(write_loop(wr, rx));
     let mut rd = BufReader::with_capacity(64 * 1024, rd);
     let state = Arc::new(ConnState {
@@ -486,7 +487,7 @@ where
             continue;
         }
         let delay = shared.knobs.delay_ms() + shared.nodes[node].delay_ms.load(Ordering::Relaxed);
-        let reply = |frame: Bytes| {
+        let reply = |frame: Frame| {
             let tx = tx.clone();
             async move {
                 if delay > 0 {
@@ -635,7 +636,7 @@ async fn run_delay_line(
     shared: Arc<Shared>,
     node: usize,
     state: Arc<ConnState>,
-    tx: mpsc::Sender<Bytes>,
+    tx: mpsc::Sender<Frame>,
 ) {
     while let Some(r) = rx.recv().await {
         tokio::time::sleep_until(r.due).await;
@@ -659,18 +660,34 @@ fn check_plain(token: &[u8], creds: &Option<(String, String)>) -> bool {
     user == u.as_bytes() && pass == p.as_bytes()
 }
 
-async fn write_loop<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::Receiver<Bytes>) {
+/// Pieces of queued frames written per system call at most (within IOV_MAX).
+const WRITE_SLICES: usize = 256;
+
+async fn write_loop<W: AsyncWrite + Unpin>(wr: W, mut rx: mpsc::Receiver<Frame>) {
+    // Passes large writes through; buffers small pieces for a writer
+    // without vectored writes (TLS).
     let mut w = tokio::io::BufWriter::with_capacity(64 * 1024, wr);
+    let mut frames: Vec<Frame> = Vec::new();
     while let Some(frame) = rx.recv().await {
-        if w.write_all(&frame).await.is_err() {
-            return;
-        }
-        // Coalesce whatever is already queued, then flush once.
+        // Whatever is already queued goes out with it, in as few writes as
+        // the pieces allow; large cells are written from the table's memory.
+        frames.push(frame);
         while let Ok(f) = rx.try_recv() {
-            if w.write_all(&f).await.is_err() {
-                return;
+            frames.push(f);
+        }
+        let chunks: Vec<&[u8]> = frames.iter().flat_map(Frame::chunks).collect();
+        for group in chunks.chunks(WRITE_SLICES) {
+            let mut slices: Vec<IoSlice> = group.iter().map(|c| IoSlice::new(c)).collect();
+            let mut rest = &mut slices[..];
+            while !rest.is_empty() {
+                match w.write_vectored(rest).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => IoSlice::advance_slices(&mut rest, n),
+                }
             }
         }
+        drop(chunks);
+        frames.clear();
         if w.flush().await.is_err() {
             return;
         }
@@ -751,7 +768,7 @@ fn handle_request(
     stream: i16,
     op: u8,
     body: &[u8],
-) -> Bytes {
+) -> Frame {
     let stats = &shared.nodes[node].stats;
     // The frame codec panics on some malformed bodies (slicing past the end):
     // answer those with a protocol error instead of never answering.
@@ -782,7 +799,7 @@ fn handle_request(
                 _ => 256,
             };
             let mut f = FrameBuf::new(stream, opcode::RESULT, hint);
-            exec::encode_outcome(&mut f.buf, &outcome, skip_metadata);
+            exec::encode_outcome(&mut f, &outcome, skip_metadata);
             f.finish()
         }
         Err(e) => {
@@ -1109,6 +1126,7 @@ mod frame_properties {
                 &long_string("SELECT label, data FROM ks.t WHERE id = ?"),
             );
             // RESULT body: kind (4) then the id as [short bytes].
+            let prepared = prepared.to_vec();
             let body = &prepared[proto::HEADER_LEN + 4..];
             let id_len = u16::from_be_bytes([body[0], body[1]]) as usize;
             let mut execute = body[..2 + id_len].to_vec();
@@ -1210,7 +1228,7 @@ mod frame_properties {
     fn valid_bodies_succeed() {
         for op in OPS {
             let f = fixture();
-            let frame = handle_request(&f.shared, 0, &f.state, 3, op, &valid(op));
+            let frame = handle_request(&f.shared, 0, &f.state, 3, op, &valid(op)).to_vec();
             assert_eq!(frame[4], opcode::RESULT, "op {op:#x}: {:?}", &frame[..]);
         }
     }

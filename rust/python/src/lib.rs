@@ -778,15 +778,22 @@ fn write_split_file(
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 /// Batch buffers and the driver's response buffers are freed and allocated
-/// again within milliseconds, at a rate of GB/s. With mimalloc's default 10 ms
-/// purge delay that memory goes back to the OS between uses, and every reuse
-/// page-faults on pages the kernel must zero first: a fifth of the reading
-/// process's CPU time at 100 ms of latency (measured with perf). Memory idle
-/// for a second is still returned.
+/// again within milliseconds, at a rate of GB/s. mimalloc purges (hands back to
+/// the OS) whatever was freed when a purge delay runs out, and every reuse of
+/// purged memory page-faults on pages the kernel must zero first, 2 MiB at a
+/// time where mimalloc uses transparent huge pages. With its default 10 ms
+/// delay that was a fifth of the reading process's CPU time at 100 ms of
+/// latency; at 1 s, still 700 faults per 1,000 samples of 110 KB, most of them
+/// in the socket reads of the driver (measured with perf). At 10 s they fall
+/// to about 140. Memory idle for 10 s is still returned; `MIMALLOC_PURGE_DELAY`
+/// in the environment overrides this.
 fn keep_freed_memory_briefly() {
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
     // SAFETY: sets an integer option; mimalloc reads options atomically.
     unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 1000);
+        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000);
     }
 }
 

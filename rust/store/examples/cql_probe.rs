@@ -7,8 +7,10 @@
 //! cql_probe HOST:PORT load 2000        # 2000 blobs of 110 KB into p.d (driver modes)
 //! cql_probe HOST:PORT steady K [SECS]  # driver: K requests always in flight
 //! cql_probe HOST:PORT burst K          # driver: K requests at once
+//! cql_probe HOST:PORT batches K [SECS] # driver: K batches of $BS requests in flight
 //! cql_probe HOST:PORT eload            # 2000 samples of 110 KB into table e.d (engine mode)
-//! cql_probe HOST:PORT engine W [SECS]  # fetch engine, batches of $BS (128), window W (0: auto)
+//! cql_probe HOST:PORT engine W [SECS]  # fetch engine, batches of $BS (128), window W (0: auto),
+//!                                      # in plan order unless ORDERED=0; batch read times
 //! ```
 
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -79,6 +81,43 @@ async fn main() {
             (t.elapsed(), d.len())
         }
     };
+    if mode == "batches" {
+        // k batches of $BS requests in flight; a batch ends with its last reply
+        let bs: usize = std::env::var("BS").map_or(128, |s| s.parse().unwrap());
+        let batch = |b: usize| {
+            let futs: Vec<_> = (0..bs).map(|j| issue(b * bs + j)).collect();
+            async move {
+                let t = Instant::now();
+                futures::future::join_all(futs).await;
+                t.elapsed()
+            }
+        };
+        let mut inflight = FuturesUnordered::new();
+        let mut b = 0;
+        while b < k {
+            inflight.push(batch(b));
+            b += 1;
+        }
+        let mut n = 0usize;
+        while let Some(l) = inflight.next().await {
+            lat.push(l);
+            n += bs;
+            if t0.elapsed().as_secs_f64() < secs {
+                inflight.push(batch(b));
+                b += 1;
+            }
+        }
+        lat.sort();
+        let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
+        println!(
+            "batches {k}x{bs}: {:.0}/s batch p10 {:?} p50 {:?} p90 {:?}",
+            n as f64 / t0.elapsed().as_secs_f64(),
+            p(0.1),
+            p(0.5),
+            p(0.9)
+        );
+        return;
+    }
     if mode == "burst" {
         for i in 0..k {
             futs.push(issue(i));
@@ -162,7 +201,9 @@ async fn engine(addr: &str, mode: &str, window: usize, secs: f64) {
         }
         return;
     }
-    let reader = store.clone().open_table_async(spec).await.unwrap();
+    let inner = store.clone().open_table_async(spec).await.unwrap();
+    let lat = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader: Arc<dyn TableReader> = Arc::new(Timed(inner, lat.clone()));
     let bs: usize = std::env::var("BS").map_or(128, |s| s.parse().unwrap());
     let ids: Arc<[uuid::Uuid]> = ids.into();
     let nb = (secs * 20000.0 / bs as f64) as usize;
@@ -177,6 +218,7 @@ async fn engine(addr: &str, mode: &str, window: usize, secs: f64) {
     if window > 0 {
         opts.fixed_window(window);
     }
+    opts.ordered = std::env::var("ORDERED").map_or(true, |v| v != "0");
     let t0 = std::time::Instant::now();
     let mut st = FetchEngine::start(reader, ids, batches, opts);
     let mut n = 0usize;
@@ -188,9 +230,46 @@ async fn engine(addr: &str, mode: &str, window: usize, secs: f64) {
         }
         n += b.offsets.len() - 1;
     }
+    let mut lat = lat.lock().unwrap().clone();
+    lat.sort();
+    let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
     println!(
-        "engine window {window}: {:.0}/s first {:?}",
+        "engine window {window}: {:.0}/s first {:?}; batch read p10 {:?} p50 {:?} p90 {:?} p99 {:?}",
         n as f64 / t0.elapsed().as_secs_f64(),
-        first.unwrap()
+        first.unwrap(),
+        p(0.1),
+        p(0.5),
+        p(0.9),
+        p(0.99)
     );
+}
+
+/// A table reader that records how long each batch read takes.
+struct Timed(
+    Arc<dyn crs4_cassandra_store::TableReader>,
+    Arc<std::sync::Mutex<Vec<Duration>>>,
+);
+
+impl crs4_cassandra_store::TableReader for Timed {
+    fn read_batch(
+        self: Arc<Self>,
+        job: crs4_cassandra_store::BatchJob,
+        pool: Arc<crs4_cassandra_store::ArenaPool>,
+    ) -> futures::future::BoxFuture<
+        'static,
+        crs4_cassandra_store::Result<crs4_cassandra_store::Batch>,
+    > {
+        use futures::FutureExt;
+        async move {
+            let t = Instant::now();
+            let r = self.0.clone().read_batch(job, pool).await;
+            self.1.lock().unwrap().push(t.elapsed());
+            r
+        }
+        .boxed()
+    }
+
+    fn spec(&self) -> &crs4_cassandra_store::TableSpec {
+        self.0.spec()
+    }
 }
