@@ -47,9 +47,10 @@ def cpu_now(server_pid: int) -> tuple[float, float, int]:
 
 def rate(
     ds: cc.ShardedDataset, min_seconds: float, epoch: int = 1
-) -> tuple[float, list[float], int]:
+) -> tuple[float, int, list[float], int]:
     """samples/s over whole epochs (from `epoch` on) lasting at least
-    `min_seconds`, the time to each epoch's first batch, and the next epoch."""
+    `min_seconds`, the samples read, the time to each epoch's first batch,
+    and the next epoch."""
     t0 = time.perf_counter()
     n = 0
     firsts: list[float] = []
@@ -61,7 +62,7 @@ def rate(
                 firsts.append(time.perf_counter() - start)
             n += len(b)
         epoch += 1
-    return n / (time.perf_counter() - t0), firsts, epoch
+    return n / (time.perf_counter() - t0), n, firsts, epoch
 
 
 def run(folder: Path, batch_size: int = 128, seconds: float = 8.0) -> dict[str, object]:
@@ -88,12 +89,11 @@ def run(folder: Path, batch_size: int = 128, seconds: float = 8.0) -> dict[str, 
                 for _ in ds:  # warm-up epoch (and the tuner's learning, for auto)
                     pass
                 runs, firsts, epoch = [], [], 1
-                samples = 0.0
+                samples = 0
                 before = cpu_now(srv.proc.pid)
                 for _ in range(AUTO_RUNS if window is None else 1):
-                    t0 = time.perf_counter()
-                    r, f, epoch = rate(ds, seconds, epoch)
-                    samples += r * (time.perf_counter() - t0)
+                    r, n, f, epoch = rate(ds, seconds, epoch)
+                    samples += n
                     runs.append(r)
                     firsts += f
                 after = cpu_now(srv.proc.pid)

@@ -986,8 +986,8 @@ fn write_specs(out: &mut BytesMut, specs: &[ColSpec], global: bool) {
     }
 }
 
-/// Upper bound on the encoded size, so the frame is allocated once.
-/// Bytes the frame's own buffer needs (cells sent by reference not included).
+/// Upper bound on the bytes the frame's own buffer needs (cells sent by
+/// reference not included), so that it is allocated once.
 pub fn rows_size_hint(rows: &Rows) -> usize {
     let mut n = 64 + rows.specs.len() * 48;
     for r in &rows.rows {
@@ -1006,45 +1006,9 @@ pub fn rows_size_hint(rows: &Rows) -> usize {
 }
 
 pub fn encode_outcome(frame: &mut FrameBuf, o: &Outcome, skip_metadata: bool) {
+    let out = &mut frame.buf;
     match o {
         Outcome::Rows(rows) => encode_rows(frame, rows, skip_metadata),
-        other => encode_other(&mut frame.buf, other),
-    }
-}
-
-/// A ROWS result; large cells go by reference.
-fn encode_rows(frame: &mut FrameBuf, rows: &Rows, skip_metadata: bool) {
-    let out = &mut frame.buf;
-    out.put_i32(KIND_ROWS);
-    write_metadata(
-        out,
-        &rows.specs,
-        rows.paging_state.as_deref(),
-        skip_metadata,
-    );
-    out.put_i32(rows.rows.len() as i32);
-    for r in &rows.rows {
-        for p in &rows.proj {
-            match p {
-                Proj::Cell(i) => match &r[*i] {
-                    Some(cell) if cell.len() >= SHARE_MIN => {
-                        frame.buf.put_i32(cell.len() as i32);
-                        frame.put_shared(cell);
-                    }
-                    cell => put_bytes(&mut frame.buf, cell.as_deref()),
-                },
-                Proj::Token(i) => {
-                    let t = r[*i].as_ref().map_or(0, |k| token_of(k));
-                    frame.buf.put_i32(8);
-                    frame.buf.put_i64(t);
-                }
-            }
-        }
-    }
-}
-
-fn encode_other(out: &mut BytesMut, o: &Outcome) {
-    match o {
         Outcome::Void => out.put_i32(KIND_VOID),
         Outcome::SetKeyspace(ks) => {
             out.put_i32(KIND_SET_KEYSPACE);
@@ -1064,7 +1028,6 @@ fn encode_other(out: &mut BytesMut, o: &Outcome) {
                 put_string(out, n);
             }
         }
-        Outcome::Rows(_) => unreachable!("encode_rows"),
         Outcome::Prepared(p) => {
             out.put_i32(KIND_PREPARED);
             put_short_bytes(out, &p.id);
@@ -1081,6 +1044,36 @@ fn encode_other(out: &mut BytesMut, o: &Outcome) {
                 None => {
                     out.put_i32(0x0004);
                     out.put_i32(0);
+                }
+            }
+        }
+    }
+}
+
+/// A ROWS result; large cells go by reference.
+fn encode_rows(frame: &mut FrameBuf, rows: &Rows, skip_metadata: bool) {
+    frame.buf.put_i32(KIND_ROWS);
+    write_metadata(
+        &mut frame.buf,
+        &rows.specs,
+        rows.paging_state.as_deref(),
+        skip_metadata,
+    );
+    frame.buf.put_i32(rows.rows.len() as i32);
+    for r in &rows.rows {
+        for p in &rows.proj {
+            match p {
+                Proj::Cell(i) => match &r[*i] {
+                    Some(cell) if cell.len() >= SHARE_MIN => {
+                        frame.buf.put_i32(cell.len() as i32);
+                        frame.put_shared(cell);
+                    }
+                    cell => put_bytes(&mut frame.buf, cell.as_deref()),
+                },
+                Proj::Token(i) => {
+                    let t = r[*i].as_ref().map_or(0, |k| token_of(k));
+                    frame.buf.put_i32(8);
+                    frame.buf.put_i64(t);
                 }
             }
         }

@@ -44,14 +44,6 @@ impl Frame {
         std::iter::once(&self.head[..]).chain(self.body.iter().map(|b| &b[..]))
     }
 
-    pub fn len(&self) -> usize {
-        self.chunks().map(<[u8]>::len).sum()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
     /// The whole frame in one buffer (a copy).
     pub fn to_vec(&self) -> Vec<u8> {
         self.chunks().flatten().copied().collect()

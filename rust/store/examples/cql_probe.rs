@@ -108,7 +108,7 @@ async fn main() {
             }
         }
         lat.sort();
-        let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
+        let p = |q: f64| percentile(&lat, q);
         println!(
             "batches {k}x{bs}: {:.0}/s batch p10 {:?} p50 {:?} p90 {:?}",
             n as f64 / t0.elapsed().as_secs_f64(),
@@ -162,7 +162,7 @@ async fn main() {
     }
     let dt = tw.unwrap().elapsed().as_secs_f64();
     lat.sort();
-    let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
+    let p = |q: f64| percentile(&lat, q);
     println!(
         "steady {k}: {:.0}/s  lat p10 {:?} p50 {:?} p90 {:?} p99 {:?} (done {done})",
         counted as f64 / dt,
@@ -232,7 +232,7 @@ async fn engine(addr: &str, mode: &str, window: usize, secs: f64) {
     }
     let mut lat = lat.lock().unwrap().clone();
     lat.sort();
-    let p = |q: f64| lat[((lat.len() - 1) as f64 * q) as usize];
+    let p = |q: f64| percentile(&lat, q);
     println!(
         "engine window {window}: {:.0}/s first {:?}; batch read p10 {:?} p50 {:?} p90 {:?} p99 {:?}",
         n as f64 / t0.elapsed().as_secs_f64(),
@@ -242,6 +242,11 @@ async fn engine(addr: &str, mode: &str, window: usize, secs: f64) {
         p(0.9),
         p(0.99)
     );
+}
+
+/// The `q` quantile of sorted durations.
+fn percentile(sorted: &[Duration], q: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * q) as usize]
 }
 
 /// A table reader that records how long each batch read takes.
