@@ -1,6 +1,7 @@
 //! `crs4_cassandra._native`: conversion only. Logic lives in the core and store crates.
 
 mod errors;
+mod memory;
 
 // Batch buffers are allocated on runtime threads and freed on Python's thread
 // (when the last tensor goes): glibc's per-thread arenas fragment under that
@@ -422,10 +423,30 @@ impl Share {
 /// Iterates the batches of one reader (a rank, or a DataLoader worker of a rank).
 #[pyclass(module = "crs4_cassandra._native")]
 struct Reader {
-    stream: Option<BatchStream>,
+    stream: Option<Open>,
     label_type: LabelType,
     window: usize,
     share: Share,
+}
+
+/// A reader's stream, with the hold on freed memory it keeps while open
+/// (released after the stream, whose reads free the most).
+struct Open {
+    stream: BatchStream,
+    _hold: memory::Hold,
+}
+
+impl std::ops::Deref for Open {
+    type Target = BatchStream;
+    fn deref(&self) -> &BatchStream {
+        &self.stream
+    }
+}
+
+impl std::ops::DerefMut for Open {
+    fn deref_mut(&mut self) -> &mut BatchStream {
+        &mut self.stream
+    }
 }
 
 #[pymethods]
@@ -508,7 +529,10 @@ impl Reader {
         });
         Ok(Self {
             window: stream.window(),
-            stream: Some(stream),
+            stream: Some(Open {
+                stream,
+                _hold: memory::Hold::new(),
+            }),
             label_type: spec.label_type,
             share,
         })
@@ -530,16 +554,14 @@ impl Reader {
     /// Whether the reader is reading a next epoch (see `read_next`) after this one.
     #[getter]
     fn has_next_epoch(&self) -> bool {
-        self.stream
-            .as_ref()
-            .is_some_and(BatchStream::has_next_epoch)
+        self.stream.as_ref().is_some_and(|s| s.has_next_epoch())
     }
 
     /// Once this epoch is fully delivered, moves on to the next one given to
     /// `read_next`, whose reads are already under way; false (and the reader
     /// is closed) if there is none.
     fn next_epoch(&mut self) -> bool {
-        let moved = self.stream.as_mut().is_some_and(BatchStream::next_epoch);
+        let moved = self.stream.as_mut().is_some_and(|s| s.next_epoch());
         if !moved {
             self.stream = None;
         }
@@ -773,33 +795,9 @@ fn write_split_file(
     py.detach(|| file.save(Path::new(&path))).map_err(split_err)
 }
 
-/// mimalloc v3's `mi_option_purge_delay` (see its `mimalloc.h`): milliseconds
-/// before freed memory is handed back to the OS.
-const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
-
-/// Batch buffers and the driver's response buffers are freed and allocated
-/// again within milliseconds, at a rate of GB/s. mimalloc purges (hands back to
-/// the OS) whatever was freed when a purge delay runs out, and every reuse of
-/// purged memory page-faults on pages the kernel must zero first, 2 MiB at a
-/// time where mimalloc uses transparent huge pages. With its default 10 ms
-/// delay that was a fifth of the reading process's CPU time at 100 ms of
-/// latency; at 1 s, still 700 faults per 1,000 samples of 110 KB, most of them
-/// in the socket reads of the driver (measured with perf). At 10 s they fall
-/// to about 140. Memory idle for 10 s is still returned; `MIMALLOC_PURGE_DELAY`
-/// in the environment overrides this.
-fn keep_freed_memory_briefly() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
-        return;
-    }
-    // SAFETY: sets an integer option; mimalloc reads options atomically.
-    unsafe {
-        libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 10_000);
-    }
-}
-
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    keep_freed_memory_briefly();
+    memory::init();
     m.add_function(wrap_pyfunction!(open_store, m)?)?;
     m.add_function(wrap_pyfunction!(batches_per_rank, m)?)?;
     m.add_function(wrap_pyfunction!(consumed_after, m)?)?;
