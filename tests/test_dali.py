@@ -15,7 +15,7 @@ from torch.utils.dlpack import from_dlpack
 
 import crs4_cassandra as cc
 from crs4_cassandra import _native
-from crs4_cassandra.dali import decode_npy_batch, reader
+from crs4_cassandra.dali import _shard_counts, _Source, decode_npy_batch, reader
 from crs4_cassandra.errors import InvalidArgumentError
 from crs4_cassandra.synthetic import SHAPES, shape_image
 
@@ -154,6 +154,39 @@ def test_without_loop_forever_epochs_end_with_stop_iteration(
         it.reset()
         # Without reader_name the iterator cannot trim: the pads come through.
         assert len(seen) == 192 and set(seen) == set(range(N))
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("loop_forever", [True, False])
+def test_the_next_epoch_is_read_ahead_on_the_same_reader(
+    shapes_table: tuple[str, np.ndarray, list[bytes]], loop_forever: bool
+) -> None:
+    """The source queues each next epoch behind the current one on one native
+    reader, and still serves, epoch after epoch, what a fresh reader of that
+    epoch would: here shard 2 of 4, whose last batch of each epoch is pads
+    only (read, not served)."""
+    url, ids, _ = shapes_table
+    batch, shards, shard = 16, 4, 2
+    real, batches = _shard_counts(N, batch, shards, shard, False)
+    assert (real, batches) == (32, 2) and _native.batches_per_rank(N, batch, shards, False) == 3
+
+    def dataset() -> cc.ShardedDataset:
+        return cc.ShardedDataset(url, "shapes", ids, batch, seed=7, rank=shard, world_size=shards)
+
+    src = _Source(dataset(), batches, True, loop_forever, "int32", keep_alive=4)
+    readers = []
+    for epoch in range(3):
+        if epoch and not loop_forever:
+            with pytest.raises(StopIteration):
+                src()
+        served = [src()[1][:, 0].tolist() for _ in range(batches)]
+        readers.append(src._it)
+        assert src._it.has_next_epoch, "the next epoch is queued"
+        fresh = dataset()
+        fresh.set_epoch(epoch)
+        want = [b.labels.tolist() for b in fresh]
+        assert len(want) == 3 and served == want[:batches], f"epoch {epoch}"
+    assert readers[0] is readers[1] is readers[2]
 
 
 @pytest.mark.timeout(60)

@@ -74,8 +74,11 @@ class _Source:
     """The ``external_source`` callback: one batch per call, epoch after epoch.
 
     With ``loop_forever`` the next epoch starts right after the last batch of
-    the previous one (like the plugin), so DALI prefetches across the epoch
-    boundary; otherwise each epoch ends with StopIteration.
+    the previous one (like the plugin); otherwise each epoch ends with
+    StopIteration and the next call starts the next one. Either way the next
+    epoch's reads are queued behind the current one's on the same native
+    reader, so that they start as soon as this epoch's are all issued and the
+    window of reads stays full across the boundary.
     """
 
     def __init__(
@@ -99,23 +102,39 @@ class _Source:
         # batches (and so their arenas) referenced until well past that.
         self._alive: collections.deque[_native.NativeBatch] = collections.deque(maxlen=keep_alive)
 
-    def _start_epoch(self) -> None:
-        self.dataset.set_epoch(self.epoch if self.shuffle_every_epoch else 0)
-        self._it = iter(self.dataset._reader())
+    def _plan_epoch(self, epoch: int) -> int:
+        """The epoch of the plan (the shuffle) that epoch ``epoch`` serves."""
+        return epoch if self.shuffle_every_epoch else 0
+
+    def _open(self) -> None:
+        """A reader of the current epoch, with the next one queued behind it."""
+        self.dataset.set_epoch(self._plan_epoch(self.epoch))
+        self._it = self.dataset._reader()
+        self._it.read_next(self._plan_epoch(self.epoch + 1))
         self._served = 0
+
+    def _end_epoch(self) -> None:
+        it = self._it
+        # A shard's batches of pads only come last; they are read (the
+        # plan has them) but not served, as the epoch size tells DALI.
+        for _ in it:
+            pass
+        self.epoch += 1
+        if it.next_epoch():
+            it.read_next(self._plan_epoch(self.epoch + 1))
+            self._served = 0
+        else:
+            self._it = None
 
     def _next_native(self) -> _native.NativeBatch:
         while True:
             if self._it is None:
-                self._start_epoch()
+                self._open()
             if self._served < self.batches:
                 nb: _native.NativeBatch = next(self._it)
                 self._served += 1
                 return nb
-            # Batches of pads only are never read: the iterator never asks for them.
-            self._it.close()
-            self._it = None
-            self.epoch += 1
+            self._end_epoch()
             if not self.loop_forever:
                 raise StopIteration
 
