@@ -22,6 +22,7 @@ use scylla::errors::{DbError, ExecutionError, NewSessionError, PrepareError, Req
 use scylla::frame::response::result::{ColumnType, NativeType};
 use scylla::policies::retry::FallthroughRetryPolicy;
 use scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
+use scylla::serialize::row::SerializeRow;
 use scylla::statement::prepared::PreparedStatement;
 use scylla::statement::Consistency;
 use std::collections::HashMap;
@@ -902,6 +903,59 @@ impl TableReader for CassandraTable {
 /// Concurrent writes during ingest.
 const WRITE_WINDOW: usize = 64;
 
+/// A prepared INSERT with what it needs to run (with retries).
+#[derive(Clone)]
+struct Insert {
+    store: Arc<CassandraStore>,
+    session: Arc<Session>,
+    statement: PreparedStatement,
+    table: Arc<str>,
+}
+
+impl Insert {
+    async fn run(&self, values: impl SerializeRow) -> Result<()> {
+        self.store
+            .retrying(&self.table, || {
+                self.session.execute_unpaged(&self.statement, &values)
+            })
+            .await
+            .map(drop)
+    }
+}
+
+impl CassandraStore {
+    /// Inserts every row into `columns` of `table`, `WRITE_WINDOW` at a time;
+    /// `write` binds a row's values. The first error ends it.
+    async fn insert_rows<R, F, Fut>(
+        self: &Arc<Self>,
+        table: &str,
+        columns: &str,
+        rows: Vec<R>,
+        write: F,
+    ) -> Result<()>
+    where
+        F: Fn(R, Insert) -> Fut,
+        Fut: std::future::Future<Output = Result<()>>,
+    {
+        let table = self.qualify(table)?;
+        let session = self.session().await?;
+        let marks = vec!["?"; columns.split(',').count()].join(", ");
+        let cql = format!("INSERT INTO {table} ({columns}) VALUES ({marks})");
+        let insert = Insert {
+            store: self.clone(),
+            statement: self.prepare(&table, cql).await?,
+            session,
+            table: table.into(),
+        };
+        futures::stream::iter(rows)
+            .map(|row| write(row, insert.clone()))
+            .buffer_unordered(WRITE_WINDOW)
+            .try_collect::<Vec<()>>()
+            .await
+            .map(drop)
+    }
+}
+
 impl SampleStore for Arc<CassandraStore> {
     fn url(&self) -> String {
         self.opts.url()
@@ -975,53 +1029,23 @@ impl SampleStore for Arc<CassandraStore> {
     fn put_samples(&self, table: &str, rows: Vec<SampleRow>) -> BoxFuture<'static, Result<()>> {
         let (this, table) = (self.clone(), table.to_string());
         async move {
-            let table = this.qualify(&table)?;
-            let session = this.session().await?;
             let with_label = rows.iter().any(|r| !matches!(r.label, LabelValue::None));
-            let cql = if with_label {
-                format!("INSERT INTO {table} (id, label, data) VALUES (?, ?, ?)")
+            let columns = if with_label {
+                "id, label, data"
             } else {
-                format!("INSERT INTO {table} (id, data) VALUES (?, ?)")
+                "id, data"
             };
-            let insert = this.prepare(&table, cql).await?;
-            futures::stream::iter(rows)
-                .map(|row| {
-                    let (this, session, insert, table) = (&this, &session, &insert, &table);
-                    async move {
-                        match row.label {
-                            LabelValue::Int(l) => {
-                                this.retrying(table, || {
-                                    session.execute_unpaged(insert, (row.id, l, &row.data))
-                                })
-                                .await
-                            }
-                            LabelValue::Blob(ref b) => {
-                                this.retrying(table, || {
-                                    session.execute_unpaged(insert, (row.id, b, &row.data))
-                                })
-                                .await
-                            }
-                            LabelValue::None if with_label => {
-                                this.retrying(table, || {
-                                    session
-                                        .execute_unpaged(insert, (row.id, None::<i32>, &row.data))
-                                })
-                                .await
-                            }
-                            LabelValue::None => {
-                                this.retrying(table, || {
-                                    session.execute_unpaged(insert, (row.id, &row.data))
-                                })
-                                .await
-                            }
-                        }
-                        .map(drop)
+            this.insert_rows(&table, columns, rows, |row, insert| async move {
+                match &row.label {
+                    LabelValue::Int(l) => insert.run((row.id, l, &row.data)).await,
+                    LabelValue::Blob(b) => insert.run((row.id, b, &row.data)).await,
+                    LabelValue::None if with_label => {
+                        insert.run((row.id, None::<i32>, &row.data)).await
                     }
-                })
-                .buffer_unordered(WRITE_WINDOW)
-                .try_collect::<Vec<()>>()
-                .await
-                .map(drop)
+                    LabelValue::None => insert.run((row.id, &row.data)).await,
+                }
+            })
+            .await
         }
         .boxed()
     }
@@ -1029,29 +1053,13 @@ impl SampleStore for Arc<CassandraStore> {
     fn put_metadata(&self, table: &str, rows: Vec<MetadataRow>) -> BoxFuture<'static, Result<()>> {
         let (this, table) = (self.clone(), table.to_string());
         async move {
-            let table = this.qualify(&table)?;
-            let session = this.session().await?;
-            let insert = this
-                .prepare(
-                    &table,
-                    format!("INSERT INTO {table} (id, label, label_name, path, split) VALUES (?, ?, ?, ?, ?)"),
-                )
-                .await?;
-            futures::stream::iter(rows)
-                .map(|r| {
-                    let (this, session, insert, table) = (&this, &session, &insert, &table);
-                    async move {
-                        this.retrying(table, || {
-                            session.execute_unpaged(insert, (r.id, r.label, &r.label_name, &r.path, &r.split))
-                        })
-                        .await
-                        .map(drop)
-                    }
-                })
-                .buffer_unordered(WRITE_WINDOW)
-                .try_collect::<Vec<()>>()
-                .await
-                .map(drop)
+            let columns = "id, label, label_name, path, split";
+            this.insert_rows(&table, columns, rows, |r, insert| async move {
+                insert
+                    .run((r.id, r.label, &r.label_name, &r.path, &r.split))
+                    .await
+            })
+            .await
         }
         .boxed()
     }
