@@ -5,14 +5,15 @@
 //! freed memory once a purge delay runs out, and then purges everything free
 //! at that moment, however recently it was freed; every reuse of purged memory
 //! page-faults on pages the kernel must zero first, 2 MiB at a time where
-//! mimalloc uses transparent huge pages. With its 1 s delay that cost the
-//! reading process a fifth of its CPU time at 100 ms of latency (`perf record`:
-//! `clear_page_erms`), and at 10 s it still purged 2 GiB in a 30 s run.
+//! mimalloc uses transparent huge pages. With short delays that cost the
+//! reading process up to a fifth of its CPU time at 100 ms of latency (`perf
+//! record`: `clear_page_erms`); at 10 s it still purged 2 GiB in a 30 s run.
 //!
 //! So while any reader of this process is open, freed memory is kept for reuse
 //! (mimalloc's delay is set to [`PURGE_DELAY`], a backstop), and
 //! [`RELEASE_AFTER`] after the last one closes it all goes back to the OS at
-//! once. A reader's memory is bounded by its budget, so what is kept is too.
+//! once. What is kept is no more than the reads' own peak, which their
+//! memory budget bounds.
 //! `MIMALLOC_PURGE_DELAY` in the environment leaves mimalloc's own policy alone.
 
 use crs4_cassandra_store::runtime::runtime;

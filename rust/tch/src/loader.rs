@@ -138,7 +138,8 @@ impl LoaderBuilder {
         self
     }
 
-    /// Batch reads kept in flight (default: from the core count).
+    /// A fixed number of batch reads kept in flight, for experts; by default
+    /// the window tunes itself within the memory budget.
     pub fn window(mut self, window: usize) -> Self {
         self.window = Some(window);
         self
