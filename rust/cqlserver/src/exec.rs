@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::cql::{self, InValues, Op, Parsed, Rel, Select, Selector, Stmt, Term};
 use crate::error::CqlError;
-use crate::proto::{put_bytes, put_short_bytes, put_string, FrameBuf, SHARE_MIN};
+use crate::proto::{is_shared, put_bytes, put_short_bytes, put_string, FrameBuf};
 use crate::server::Shared;
 use crate::store::{is_system_keyspace, token_of, Column, Row, RowKey, Table, TableSchema};
 use crate::system;
@@ -993,11 +993,9 @@ pub fn rows_size_hint(rows: &Rows) -> usize {
     for r in &rows.rows {
         for p in &rows.proj {
             n += 4 + match p {
-                Proj::Cell(i) => {
-                    r[*i]
-                        .as_ref()
-                        .map_or(0, |b| if b.len() >= SHARE_MIN { 0 } else { b.len() })
-                }
+                Proj::Cell(i) => r[*i]
+                    .as_ref()
+                    .map_or(0, |b| if is_shared(b) { 0 } else { b.len() }),
                 Proj::Token(_) => 8,
             };
         }
@@ -1064,7 +1062,7 @@ fn encode_rows(frame: &mut FrameBuf, rows: &Rows, skip_metadata: bool) {
         for p in &rows.proj {
             match p {
                 Proj::Cell(i) => match &r[*i] {
-                    Some(cell) if cell.len() >= SHARE_MIN => {
+                    Some(cell) if is_shared(cell) => {
                         frame.buf.put_i32(cell.len() as i32);
                         frame.put_shared(cell);
                     }

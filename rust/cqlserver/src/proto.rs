@@ -28,7 +28,12 @@ pub mod opcode {
 }
 
 /// Cells at least this long are sent by reference instead of copied.
-pub const SHARE_MIN: usize = 4096;
+const SHARE_MIN: usize = 4096;
+
+/// Whether `cell` goes into a frame by reference ([`FrameBuf::put_shared`]).
+pub fn is_shared(cell: &[u8]) -> bool {
+    cell.len() >= SHARE_MIN
+}
 
 /// A response frame: the header, then the body in pieces (written out with
 /// vectored I/O), some of which may be cells shared with the table.
@@ -45,6 +50,7 @@ impl Frame {
     }
 
     /// The whole frame in one buffer (a copy).
+    #[cfg(test)]
     pub fn to_vec(&self) -> Vec<u8> {
         self.chunks().flatten().copied().collect()
     }

@@ -29,9 +29,20 @@ const PURGE_DELAY: std::os::raw::c_long = 10 * 60 * 1000;
 /// loop that opens the next epoch's reader right away keeps its memory.
 pub const RELEASE_AFTER: Duration = Duration::from_secs(1);
 
-/// (process id, open holds, holds taken so far) of this process; a forked
-/// child inherits its parent's, which it must not count as its own.
-static HOLDS: Mutex<(u32, usize, u64)> = Mutex::new((0, 0, 0));
+/// The holds of one process; a forked child inherits its parent's, which it
+/// must not count as its own.
+struct Holds {
+    pid: u32,
+    open: usize,
+    /// Holds taken so far: a release waits for none to be taken meanwhile.
+    taken: u64,
+}
+
+static HOLDS: Mutex<Holds> = Mutex::new(Holds {
+    pid: 0,
+    open: 0,
+    taken: 0,
+});
 
 fn managed() -> bool {
     std::env::var_os("MIMALLOC_PURGE_DELAY").is_none()
@@ -54,11 +65,15 @@ impl Hold {
     pub fn new() -> Self {
         let pid = std::process::id();
         let mut h = HOLDS.lock().unwrap_or_else(|e| e.into_inner());
-        if h.0 != pid {
-            *h = (pid, 0, 0);
+        if h.pid != pid {
+            *h = Holds {
+                pid,
+                open: 0,
+                taken: 0,
+            };
         }
-        h.1 += 1;
-        h.2 += 1;
+        h.open += 1;
+        h.taken += 1;
         Self { pid }
     }
 }
@@ -66,21 +81,21 @@ impl Hold {
 impl Drop for Hold {
     fn drop(&mut self) {
         let mut h = HOLDS.lock().unwrap_or_else(|e| e.into_inner());
-        if h.0 != self.pid || self.pid != std::process::id() {
+        if h.pid != self.pid || self.pid != std::process::id() {
             return; // inherited through fork
         }
-        h.1 -= 1;
-        if h.1 > 0 || !managed() {
+        h.open -= 1;
+        if h.open > 0 || !managed() {
             return;
         }
-        let taken = h.2;
+        let taken = h.taken;
         drop(h);
         // On the runtime's blocking pool, which a process that reads has.
         runtime().spawn_blocking(move || {
             std::thread::sleep(RELEASE_AFTER);
             let idle = {
                 let h = HOLDS.lock().unwrap_or_else(|e| e.into_inner());
-                h.1 == 0 && h.2 == taken
+                h.open == 0 && h.taken == taken
             };
             if idle {
                 // A forced collect purges every arena's free memory now,
