@@ -8,11 +8,23 @@ BIN := $(VENV)/bin
 export VIRTUAL_ENV := $(VENV)
 export PATH := $(BIN):$(PATH)
 export CARGO_TERM_COLOR := never
+# Build outputs live outside the clone too: a fresh clone reuses the compiled
+# dependencies (cargo's fingerprints decide what is stale).
+export CARGO_TARGET_DIR ?= $(ENV_CACHE)/target
+
+# Apache Cassandra (jars from Maven Central) and toxiproxy (built with Go), for
+# the tests and benchmarks: each in a cache keyed by its version.
+CASSANDRA_VERSION := $(shell sed -n 's:.*<cassandra.version>\(.*\)</cassandra.version>.*:\1:p' testbed/pom.xml)
+TOXIPROXY_VERSION := 2.12.0
+export CRS4_CASSANDRA_HOME := $(ENV_CACHE)/cassandra-$(CASSANDRA_VERSION)
+export CRS4_TOXIPROXY := $(ENV_CACHE)/toxiproxy-$(TOXIPROXY_VERSION)/bin/toxiproxy-server
 
 SRC ?=
 DEMO_DIR ?= demo-data
 
-.PHONY: help env build cqlserver test test-rust test-tch test-python lint format demo bench clean
+PHASES := env servers lint test-rust test-tch test-python
+
+.PHONY: help env servers cassandra toxiproxy build test test-rust test-tch test-python lint format demo bench clean
 
 help:
 	@echo "make demo    build, make (or take SRC=) an image folder, ingest it locally, train one epoch"
@@ -60,18 +72,33 @@ TCH_ENV = LIBTORCH_USE_PYTORCH=1 LD_LIBRARY_PATH=$$($(BIN)/python -c 'import sys
 test-tch: env
 	$(TCH_ENV) cargo test -p crs4-cassandra-tch -q
 
-cqlserver:
-	cargo build --release -q -p crs4-cqlserver
+servers: cassandra toxiproxy
 
-test-python: build cqlserver
+cassandra: $(CRS4_CASSANDRA_HOME)/.complete
+$(CRS4_CASSANDRA_HOME)/.complete:
+	rm -rf $(CRS4_CASSANDRA_HOME)
+	mvn -q -B -f testbed/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+		-DoutputDirectory=$(CRS4_CASSANDRA_HOME)/lib
+	touch $@
+
+toxiproxy: $(CRS4_TOXIPROXY)
+$(CRS4_TOXIPROXY):
+	mkdir -p $(dir $@)
+	GOBIN=$(dir $@) go install github.com/Shopify/toxiproxy/v2/cmd/server@v$(TOXIPROXY_VERSION)
+	mv $(dir $@)server $@
+
+test-python: build servers
 	$(BIN)/python -m pytest -q
 
-test: lint test-rust test-tch test-python
+# Every phase, each timed.
+test:
+	@for p in $(PHASES); do s=$$(date +%s); $(MAKE) --no-print-directory $$p || exit 1; \
+		echo "== make $$p: $$(( $$(date +%s) - s )) s"; done
 
 demo: build
 	$(BIN)/python -m crs4_cassandra.demo --workdir $(DEMO_DIR) $(if $(SRC),--src $(SRC))
 
-bench: build
+bench: build servers
 	$(BIN)/python -m bench
 
 clean:

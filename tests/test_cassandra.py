@@ -1,5 +1,5 @@
-"""The Cassandra store against the CQL test server: same guarantees as the
-local store, plus connection, authentication and TLS behaviour."""
+"""The Cassandra store against real Apache Cassandra nodes: same guarantees as
+the local store, plus connection, authentication and TLS behaviour."""
 
 from __future__ import annotations
 
@@ -16,7 +16,9 @@ from torch.utils.data import DataLoader
 import crs4_cassandra as cc
 from crs4_cassandra import errors
 
-from .cqlserver import CqlServer, gen_certs
+from testbed import gen_certs
+
+from .conftest import Secure
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -108,59 +110,62 @@ def test_unreachable_host_fails_fast_and_names_it() -> None:
     assert isinstance(info.value, ConnectionError)
 
 
-def test_authentication(image_folder: Path, tmp_path: Path) -> None:
-    with CqlServer(username="trainer", password=PASSWORD) as srv:
-        url = f"cassandra://127.0.0.1:{srv.port}/ks"
-        st = cc.open_store(url, username="trainer", password=PASSWORD)
-        assert PASSWORD not in repr(st)
-        st.create_tables("t", "t_metadata", "int")
-        ids = uuid.uuid4().bytes
-        st.put_samples("t", ids, [3], [b"abc"])
-        b = next(iter(cc.ShardedDataset(st, "t", [ids], 1)))
-        assert b.data.numpy().tobytes() == b"abc" and int(b.labels[0]) == 3
+def test_authentication(secure: Secure) -> None:
+    secure.role("trainer", PASSWORD)
+    url = secure.url("auth_ks")
+    st = cc.open_store(url, username="trainer", password=PASSWORD)
+    assert PASSWORD not in repr(st)
+    st.create_tables("t", "t_metadata", "int", overwrite=True)
+    ids = uuid.uuid4().bytes
+    st.put_samples("t", ids, [3], [b"abc"])
+    b = next(iter(cc.ShardedDataset(st, "t", [ids], 1)))
+    assert b.data.numpy().tobytes() == b"abc" and int(b.labels[0]) == 3
 
-        wrong = cc.open_store(url, username="trainer", password="not-it-" + PASSWORD[::-1])
-        with pytest.raises(errors.AuthenticationError) as info:
-            cc.ShardedDataset(wrong, "t", [ids], 1)
-        assert PASSWORD[::-1] not in str(info.value)
-        assert PASSWORD not in str(info.value)
-
-
-def test_password_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    with CqlServer(username="u", password=PASSWORD) as srv:
-        monkeypatch.setenv("MY_DB_PW", PASSWORD)
-        st = cc.open_store(
-            f"cassandra://127.0.0.1:{srv.port}/ks", username="u", password_env="MY_DB_PW"
-        )
-        st.create_tables("t", "t_metadata", "none")
-        with pytest.raises(ValueError, match="NOPE_UNSET"):
-            cc.open_store(
-                f"cassandra://127.0.0.1:{srv.port}/ks", username="u", password_env="NOPE_UNSET"
-            )
+    wrong = cc.open_store(url, username="trainer", password="not-it-" + PASSWORD[::-1])
+    with pytest.raises(errors.AuthenticationError) as info:
+        cc.ShardedDataset(wrong, "t", [ids], 1)
+    assert PASSWORD[::-1] not in str(info.value)
+    assert PASSWORD not in str(info.value)
+    # No credentials at all against a node that requires them.
+    with pytest.raises(errors.AuthenticationError):
+        cc.ShardedDataset(cc.open_store(url), "t", [ids], 1)
 
 
-def test_tls_verifies_the_server(tmp_path: Path) -> None:
-    certs = gen_certs(tmp_path / "good")
+def test_password_from_environment(secure: Secure, monkeypatch: pytest.MonkeyPatch) -> None:
+    secure.role("u", PASSWORD)
+    monkeypatch.setenv("MY_DB_PW", PASSWORD)
+    url = secure.url("env_ks")
+    st = cc.open_store(url, username="u", password_env="MY_DB_PW")
+    st.create_tables("t", "t_metadata", "none", overwrite=True)
+    with pytest.raises(ValueError, match="NOPE_UNSET"):
+        cc.open_store(url, username="u", password_env="NOPE_UNSET")
+
+
+def test_tls_verifies_the_server(secure: Secure, tmp_path: Path) -> None:
     other = gen_certs(tmp_path / "other")
-    with CqlServer(tls_cert=certs["cert"], tls_key=certs["key"]) as srv:
-        url = f"cassandra://127.0.0.1:{srv.port}/ks"
-        ok = cc.open_store(url, use_ssl=True, ssl_certificate=certs["ca"])
-        ok.create_tables("t", "t_metadata", "int")
-        ids = uuid.uuid4().bytes
-        ok.put_samples("t", ids, [1], [b"x"])
-        assert next(iter(cc.ShardedDataset(ok, "t", [ids], 1))).data.numpy().tobytes() == b"x"
+    secure.role("tls_user", PASSWORD)
+    url = secure.url("tls_ks")
+    creds = {"username": "tls_user", "password": PASSWORD}
+    ok = cc.open_store(url, use_ssl=True, ssl_certificate=secure.certs["ca"], **creds)
+    ok.create_tables("t", "t_metadata", "int", overwrite=True)
+    ids = uuid.uuid4().bytes
+    ok.put_samples("t", ids, [1], [b"x"])
+    assert next(iter(cc.ShardedDataset(ok, "t", [ids], 1))).data.numpy().tobytes() == b"x"
 
-        bad = cc.open_store(url, use_ssl=True, ssl_certificate=other["ca"], connect_timeout=2.0)
-        with pytest.raises(errors.StoreConnectionError) as info:
-            cc.ShardedDataset(bad, "t", [ids], 1)
-        assert "127.0.0.1" in str(info.value)
-        with pytest.raises(errors.TLSConfigError, match="ssl_certificate"):
-            cc.open_store(url, use_ssl=True)
+    bad = cc.open_store(url, use_ssl=True, ssl_certificate=other["ca"], connect_timeout=2.0, **creds)
+    with pytest.raises(errors.StoreConnectionError) as info:
+        cc.ShardedDataset(bad, "t", [ids], 1)
+    assert secure.host in str(info.value)
+    with pytest.raises(errors.TLSConfigError, match="ssl_certificate"):
+        cc.open_store(url, use_ssl=True)
     with pytest.raises(ValueError, match='unknown Cassandra option "pasword"'):
         cc.open_store("cassandra://127.0.0.1/ks", pasword="x")
 
 
-def test_cli_ingest_and_split_over_cassandra(image_folder: Path, tmp_path: Path) -> None:
+def test_cli_ingest_and_split_over_cassandra(
+    secure: Secure, image_folder: Path, tmp_path: Path
+) -> None:
+    import os
     import subprocess
     import sys
 
@@ -173,31 +178,27 @@ def test_cli_ingest_and_split_over_cassandra(image_folder: Path, tmp_path: Path)
             env=env,
         )
 
-    import os
-
-    with CqlServer(username="ingest", password=PASSWORD) as srv:
-        url = f"cassandra://127.0.0.1:{srv.port}/imgs"
-        env = {**os.environ, "CRS4_CASSANDRA_PASSWORD": PASSWORD}
-        split = tmp_path / "s.split"
-        r = cli(
-            "ingest", "folder", str(image_folder), "--store", url, "--table", "shapes",
-            "--username", "ingest", "--split-file", str(split), "-q", env=env,
-        )  # fmt: skip
-        assert r.returncode == 0, r.stderr
-        assert PASSWORD not in r.stdout + r.stderr
-        out = tmp_path / "w.split"
-        r = cli(
-            "split", "create", "--store", url, "--username", "ingest",
-            "-m", "shapes_metadata", "-r", "8,2", "--mode", "weighted", "-o", str(out), env=env,
-        )  # fmt: skip
-        assert r.returncode == 0, r.stderr
-        sf = cc.SplitFile.load(out)
-        total = sum(len(sf.uuids(n)) for n in sf.names())
-        assert total == 105
-        st = cc.open_store(url, username="ingest", password=PASSWORD)
-        ds = cc.ShardedDataset.from_split(st, sf, sf.names()[0], 16)
-        assert sum(int((~b.is_pad).sum()) for b in ds) == len(sf.uuids(sf.names()[0]))
-        r = cli(
-            "split", "create", "--store", url, "-m", "shapes_metadata", "-r", "1", "-o", str(out)
-        )
-        assert r.returncode == 2 and "authentication" in r.stderr.lower()
+    secure.role("ingest", PASSWORD)
+    url = secure.url("imgs")
+    env = {**os.environ, "CRS4_CASSANDRA_PASSWORD": PASSWORD}
+    split = tmp_path / "s.split"
+    r = cli(
+        "ingest", "folder", str(image_folder), "--store", url, "--table", "shapes",
+        "--username", "ingest", "--split-file", str(split), "-q", env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    assert PASSWORD not in r.stdout + r.stderr
+    out = tmp_path / "w.split"
+    r = cli(
+        "split", "create", "--store", url, "--username", "ingest",
+        "-m", "shapes_metadata", "-r", "8,2", "--mode", "weighted", "-o", str(out), env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    sf = cc.SplitFile.load(out)
+    total = sum(len(sf.uuids(n)) for n in sf.names())
+    assert total == 105
+    st = cc.open_store(url, username="ingest", password=PASSWORD)
+    ds = cc.ShardedDataset.from_split(st, sf, sf.names()[0], 16)
+    assert sum(int((~b.is_pad).sum()) for b in ds) == len(sf.uuids(sf.names()[0]))
+    r = cli("split", "create", "--store", url, "-m", "shapes_metadata", "-r", "1", "-o", str(out))
+    assert r.returncode == 2 and "authentication" in r.stderr.lower()
