@@ -449,6 +449,37 @@ class Cluster:
             for q in statements:
                 s.execute(q, timeout=60)
 
+    def reads(self, keyspace: str, table: str) -> list[int]:
+        """Reads of ``keyspace.table`` each running node has coordinated so far
+        (its ``system_views.coordinator_read_latency`` count); 0 for a stopped node."""
+        from cassandra.auth import PlainTextAuthProvider
+        from cassandra.cluster import Cluster as DriverCluster
+        from cassandra.policies import WhiteListRoundRobinPolicy
+
+        counts = []
+        for n in self.nodes:
+            if not n.running:
+                counts.append(0)
+                continue
+            cl = DriverCluster(
+                [n.address],
+                port=n.native_port,
+                auth_provider=PlainTextAuthProvider("cassandra", "cassandra") if self.auth else None,
+                load_balancing_policy=WhiteListRoundRobinPolicy([n.address]),
+                protocol_version=5,
+            )
+            try:
+                rows = cl.connect().execute(
+                    "SELECT count FROM system_views.coordinator_read_latency "
+                    "WHERE keyspace_name = %s AND table_name = %s",
+                    (keyspace, table),
+                    timeout=30,
+                )
+                counts.append(sum(int(r.count) for r in rows))
+            finally:
+                cl.shutdown()
+        return counts
+
     def cpu_seconds(self) -> float:
         return sum(n.cpu_seconds() for n in self.nodes if n.running)
 

@@ -147,19 +147,26 @@ class Proxy:
         return self.toxic("latency", latency=int(ms), jitter=int(jitter))
 
     def remove(self, toxic: str) -> None:
-        self.server.request("DELETE", f"/proxies/{self.name}/toxics/{toxic}")
+        # toxiproxy finishes the toxic's data in flight first: allow for it.
+        self.server.request("DELETE", f"/proxies/{self.name}/toxics/{toxic}", timeout=60)
 
     def clear(self) -> None:
         for t in self.server.request("GET", f"/proxies/{self.name}/toxics") or []:
             self.remove(t["name"])
 
+    def set_upstream(self, upstream: str) -> None:
+        """Forwards to another address from now on (open connections are closed)."""
+        self.server.request("POST", f"/proxies/{self.name}", {"upstream": upstream})
+        self.upstream = upstream
+
     def set_enabled(self, enabled: bool) -> None:
         self.server.request("POST", f"/proxies/{self.name}", {"enabled": enabled})
 
     def bytes_sent(self) -> float:
-        """Bytes this proxy has forwarded to clients (responses), from its metrics."""
+        """Bytes this proxy has forwarded from the server to its clients (the
+        responses), from its metrics, where that direction is named "upstream"."""
         total = 0.0
         for kind, labels, value in _METRIC.findall(self.server.metrics()):
-            if kind == "sent" and f'proxy="{self.name}"' in labels and 'direction="downstream"' in labels:
+            if kind == "sent" and f'proxy="{self.name}"' in labels and 'direction="upstream"' in labels:
                 total += float(value)
         return total

@@ -50,7 +50,7 @@ def fill_table(
 ) -> tuple[np.ndarray, list[bytes], list[object]]:
     """Writes n samples with random bytes and labels; returns (uuids, data, labels)."""
     rng = np.random.default_rng(seed)
-    st = _native.open_store(url, create=True, **options)
+    st = _native.open_store(url, create=True, options=options or None)
     st.create_tables(table, f"{table}_metadata", label_type, overwrite=True)
     ids = [uuid.uuid4().bytes for _ in range(n)]
     data = [rng.bytes(int(rng.integers(*sizes))) for _ in range(n)]

@@ -556,11 +556,17 @@ impl CassandraStore {
         let mut builder = SessionBuilder::new()
             .known_nodes(&o.hosts)
             .connection_timeout(o.connect_timeout)
-            .fetch_schema_metadata(false)
+            // Token-aware routing needs each keyspace's replication strategy:
+            // fetch that (and partitioners), not the columns of every table.
+            .fetch_schema_metadata(true)
+            .fetch_full_schema_metadata(false)
             .pool_size(PoolSize::PerShard(
                 NonZeroUsize::new(o.connections.max(1)).expect("positive"),
             ))
             .default_execution_profile_handle(profile.build().into_handle());
+        if let Some(ks) = &o.keyspace {
+            builder = builder.keyspaces_to_fetch([ks.clone()]);
+        }
         if let Some(user) = &o.username {
             let password = o
                 .password
