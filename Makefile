@@ -54,14 +54,14 @@ lint: env
 	cargo fmt --all --check
 	cargo clippy --workspace --exclude crs4-cassandra-tch --all-targets -q -- -D warnings
 	$(TCH_ENV) cargo clippy -p crs4-cassandra-tch --no-deps --all-targets -q -- -D warnings
-	$(BIN)/ruff check python tests bench examples
-	$(BIN)/ruff format --check python tests bench examples
+	$(BIN)/ruff check python tests bench examples testbed
+	$(BIN)/ruff format --check python tests bench examples testbed
 	$(BIN)/mypy
 
 format: env
 	cargo fmt --all
-	$(BIN)/ruff format python tests bench examples
-	$(BIN)/ruff check --fix python tests bench examples
+	$(BIN)/ruff format python tests bench examples testbed
+	$(BIN)/ruff check --fix python tests bench examples testbed
 
 test-rust:
 	cargo test --workspace --exclude crs4-cassandra-python --exclude crs4-cassandra-tch -q

@@ -25,7 +25,7 @@ def plot_latency(r: dict[str, object], out: object) -> None:
         ax.plot(delays, [by_delay[d] for d in delays], marker="o", label=name)
     ax.set_xlabel("added response delay (ms)")
     ax.set_ylabel("samples/s")
-    ax.set_title("Throughput over the CQL test server vs. latency")
+    ax.set_title("Throughput from Apache Cassandra (through toxiproxy) vs. added latency")
     ax.set_xscale("symlog", linthresh=1)
     ax.legend()
     ax.grid(alpha=0.3)
@@ -80,7 +80,7 @@ def main() -> None:
         rows = r["rows"]
         base = rows[1]["samples_per_s"]
         lines += [
-            "## Reading over the CQL test server (loopback)",
+            "## Reading from one Apache Cassandra 5.0 node (loopback)",
             "",
             f"{n} JPEGs (each read 5 times per epoch), mean {mean / 1000:.0f} KB, "
             f"batch {r['batch_size']}; the server runs on the same 2 cores (its CPU use "
@@ -104,7 +104,7 @@ def main() -> None:
         delays = r["delays_ms"]
         rows = r["rows"]
         lines += [
-            "## Latency hiding (CQL test server with a response delay)",
+            "## Latency hiding (Apache Cassandra behind toxiproxy's latency toxic)",
             "",
             f"samples/s at each added delay, batch {r['batch_size']}, epochs of "
             f"{r['samples_per_epoch']:,} samples, whole epochs over at least 8 s after a "
@@ -133,6 +133,9 @@ def main() -> None:
             "| auto: CPU ms per 1,000 samples, loader + server | "
             + " | ".join(f"{cpu[d]['client_ms']:.0f} + {cpu[d]['server_ms']:.0f}" for d in delays)
             + f" | {both[100] / both[0]:.0%} |",
+            "| auto: toxiproxy's CPU ms per 1,000 samples | "
+            + " | ".join(f"{cpu[d]['toxiproxy_ms']:.0f}" for d in delays)
+            + " | |",
             "| auto: loader's page faults per 1,000 samples | "
             + " | ".join(f"{cpu[d]['faults']:.0f}" for d in delays)
             + " | |",
@@ -193,7 +196,7 @@ def main() -> None:
         r = slow_node.run()
         slow = r["slow_ms"]
         lines += [
-            "## A slow node (3 CQL test server nodes, one delayed)",
+            "## A slow node (3 Apache Cassandra nodes, RF 3, one behind a latency toxic)",
             "",
             f"{r['samples']} samples of {r['kb']} KB, batch {r['batch_size']}; samples/s with "
             f"all nodes fast and with node 1 answering {slow} ms late, over 3 s after "

@@ -1,11 +1,10 @@
-"""Reading over the CQL test server on loopback: crs4_cassandra's Cassandra store
+"""Reading from one Apache Cassandra node on loopback: crs4_cassandra's Cassandra store
 against a plain Python loader on the DataStax cassandra-driver
 (``execute_concurrent_with_args`` over the same uuids, same batch size), both
 handing the same bytes to Python as uint8 tensors."""
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from collections.abc import Iterator
@@ -20,14 +19,9 @@ from crs4_cassandra.ingest import ingest_folder
 from .common import HERE, Measure, log, measure
 
 sys.path.insert(0, str(HERE.parent))
-from tests.cqlserver import CqlServer  # noqa: E402
+from testbed import Cluster  # noqa: E402
 
 KEYSPACE = "bench"
-
-
-def process_cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def ours_epoch(
@@ -41,10 +35,10 @@ def ours_epoch(
 class PythonDriverLoader:
     """What a user writes with the DataStax driver alone."""
 
-    def __init__(self, port: int, batch_size: int) -> None:
+    def __init__(self, host: str, port: int, batch_size: int) -> None:
         from cassandra.cluster import Cluster
 
-        self.cluster = Cluster(["127.0.0.1"], port=port, protocol_version=4)
+        self.cluster = Cluster([host], port=port)
         self.session = self.cluster.connect()
         self.select = self.session.prepare(f"SELECT label, data FROM {KEYSPACE}.data WHERE id = ?")
         self.batch_size = batch_size
@@ -75,9 +69,10 @@ class PythonDriverLoader:
 def run(folder: Path, runs: int, batch_size: int = 128) -> dict[str, object]:
     import uuid as uuidlib
 
-    with CqlServer() as srv:
-        url = f"cassandra://127.0.0.1:{srv.port}/{KEYSPACE}"
-        log(f"ingesting {folder} into the CQL test server ({url})")
+    with Cluster(1, name="bench", heap="1g") as cl:
+        # Straight to the node: no proxy in the path of either loader.
+        url = cl.direct_url(KEYSPACE)
+        log(f"ingesting {folder} into Apache Cassandra ({url})")
         t0 = time.perf_counter()
         report = ingest_folder(folder, url, "data", val_frac=0.0, progress=False)
         log(f"ingested {report.written} samples in {time.perf_counter() - t0:.1f} s")
@@ -85,18 +80,17 @@ def run(folder: Path, runs: int, batch_size: int = 128) -> dict[str, object]:
         # Each sample five times per epoch, so that epoch starts (one round trip
         # of ramp-up) weigh as little as in a real data set.
         uuids = np.tile(report.split_file.uuids("train"), (5, 1))
-        pid = srv.proc.pid
 
         results: list[tuple[Measure, float]] = []
 
         def timed(name: str, epoch: object) -> None:
-            c0, t0 = process_cpu_seconds(pid), time.perf_counter()
+            c0, t0 = cl.cpu_seconds(), time.perf_counter()
             m = measure(name, epoch, runs)  # type: ignore[arg-type]
-            share = (process_cpu_seconds(pid) - c0) / (time.perf_counter() - t0)
+            share = (cl.cpu_seconds() - c0) / (time.perf_counter() - t0)
             results.append((m, share))
 
-        timed("crs4_cassandra (CQL test server)", lambda: ours_epoch(url, uuids, batch_size))
-        py = PythonDriverLoader(srv.port, batch_size)
+        timed("crs4_cassandra", lambda: ours_epoch(url, uuids, batch_size))
+        py = PythonDriverLoader(cl.node_addresses[0], cl.port, batch_size)
         try:
             as_uuid = [uuidlib.UUID(bytes=r.tobytes()) for r in uuids]
             timed("cassandra-driver execute_concurrent_with_args", lambda: py.epoch(as_uuid))

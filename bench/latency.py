@@ -1,10 +1,10 @@
-"""Latency hiding: throughput over the CQL test server as its response delay
-grows (emulating network round-trip time), with the self-tuning window and with
-fixed windows of a few sizes (like cassandra-dali-plugin's prefetch_buffers)."""
+"""Latency hiding: throughput from an Apache Cassandra node behind toxiproxy as
+the proxy's added latency grows (emulating network round-trip time), with the
+self-tuning window and with fixed windows of a few sizes (like
+cassandra-dali-plugin's prefetch_buffers)."""
 
 from __future__ import annotations
 
-import os
 import resource
 import statistics
 import sys
@@ -19,7 +19,7 @@ from crs4_cassandra.ingest import ingest_folder
 from .common import HERE, log
 
 sys.path.insert(0, str(HERE.parent))
-from tests.cqlserver import CqlServer  # noqa: E402
+from testbed import Cluster  # noqa: E402
 
 DELAYS_MS = (0, 1, 10, 50, 100, 200)
 FIXED = (4, 16, 64)
@@ -35,14 +35,11 @@ REPEATS = 50
 AUTO_RUNS = 3
 
 
-def cpu_now(server_pid: int) -> tuple[float, float, int]:
-    """CPU seconds used so far by this process and by the server, and this
-    process's minor page faults."""
+def cpu_now(cl: Cluster) -> tuple[float, float, int, float]:
+    """CPU seconds used so far by this process and by Cassandra, this
+    process's minor page faults, and toxiproxy's CPU seconds."""
     ru = resource.getrusage(resource.RUSAGE_SELF)
-    stat = Path(f"/proc/{server_pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()  # from the state (field 3) on
-    server = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return ru.ru_utime + ru.ru_stime, server, ru.ru_minflt
+    return ru.ru_utime + ru.ru_stime, cl.cpu_seconds(), ru.ru_minflt, cl.toxiproxy.cpu_seconds()
 
 
 def rate(
@@ -72,8 +69,8 @@ def run(folder: Path, batch_size: int = 128, seconds: float = 8.0) -> dict[str, 
     # The default's CPU per 1,000 samples at each delay: this process (client),
     # the server, and this process's page faults, over all its timed runs.
     auto_cpu: dict[int, dict[str, float]] = {}
-    with CqlServer() as srv:
-        url = f"cassandra://127.0.0.1:{srv.port}/lat"
+    with Cluster(1, name="latency", heap="1g") as cl:
+        url = cl.url("lat")
         report = ingest_folder(folder, url, "data", val_frac=0.0, progress=False)
         assert report.split_file is not None
         uuids = np.tile(report.split_file.uuids("train"), (REPEATS, 1))
@@ -81,7 +78,9 @@ def run(folder: Path, batch_size: int = 128, seconds: float = 8.0) -> dict[str, 
         configs: list[tuple[str, int | None]] = [("auto (default)", None)]
         configs += [(f"fixed window {w}", w) for w in FIXED]
         for delay in DELAYS_MS:
-            srv.admin(f"delay {delay}")
+            cl.proxies[0].clear()
+            if delay:
+                cl.proxies[0].latency(delay)
             for name, window in configs:
                 # The tuner keeps what it learned at the previous delay, as it
                 # would in a job whose network slows down.
@@ -90,19 +89,20 @@ def run(folder: Path, batch_size: int = 128, seconds: float = 8.0) -> dict[str, 
                     pass
                 runs, firsts, epoch = [], [], 1
                 samples = 0
-                before = cpu_now(srv.proc.pid)
+                before = cpu_now(cl)
                 for _ in range(AUTO_RUNS if window is None else 1):
                     r, n, f, epoch = rate(ds, seconds, epoch)
                     samples += n
                     runs.append(r)
                     firsts += f
-                after = cpu_now(srv.proc.pid)
+                after = cpu_now(cl)
                 if window is None:
                     k = samples / 1000
                     auto_cpu[delay] = {
                         "client_ms": (after[0] - before[0]) / k * 1e3,
                         "server_ms": (after[1] - before[1]) / k * 1e3,
                         "faults": (after[2] - before[2]) / k,
+                        "toxiproxy_ms": (after[3] - before[3]) / k * 1e3,
                     }
                 r = statistics.median(runs)
                 rows.setdefault(name, {})[delay] = r

@@ -70,7 +70,7 @@ def run(folder: Path, budget: int = 64 << 20, batch: int = 128) -> dict[str, obj
     from .local_read import build_store
 
     sys.path.insert(0, str(HERE.parent))
-    from tests.cqlserver import CqlServer
+    from testbed import Cluster
 
     rows = []
     url, split = build_store(folder)
@@ -78,8 +78,8 @@ def run(folder: Path, budget: int = 64 << 20, batch: int = 128) -> dict[str, obj
         m = measure(url, "bench", split, tile, budget, batch)
         rows.append({"store": "local", "tile": tile, **m})
         log(f"local, x{tile}: {m}")
-    with CqlServer() as srv:
-        curl = f"cassandra://127.0.0.1:{srv.port}/mem"
+    with Cluster(1, name="memory", heap="1g") as cl:
+        curl = cl.direct_url("mem")
         cache = HERE / "data" / "mem.split"
         ingest_folder(folder, curl, "data", val_frac=0.0, split_file=cache, progress=False)
         for tile in (2, 20):

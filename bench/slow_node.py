@@ -1,6 +1,7 @@
-"""A slow node: three CQL test server nodes, one of them answering late
-(`delay MS node 1`). Plan-ordered delivery waits for every batch that touched
-the slow node; `ordered=False` lets the others through; speculative execution
+"""A slow node: three Apache Cassandra nodes (replication factor 3), each behind
+a toxiproxy proxy, one of them answering late (a latency toxic on node 2).
+Plan-ordered delivery waits for every batch that touched the slow node;
+`ordered=False` lets the others through; speculative execution
 (`speculative_delay=`) re-sends a late read to another node."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from crs4_cassandra import _native
 from .common import HERE, log
 
 sys.path.insert(0, str(HERE.parent))
-from tests.cqlserver import CqlServer  # noqa: E402
+from testbed import Cluster  # noqa: E402
 
 SLOW_MS = 200
 CONFIGS = (
@@ -36,9 +37,11 @@ WARM_UP_S = 2.0
 def run(samples: int = 2000, kb: int = 32, batch_size: int = 64, seconds: float = 3.0) -> dict:
     rng = np.random.default_rng(0)
     rows = []
-    with CqlServer(nodes=3) as srv:
-        url = f"cassandra://127.0.0.1:{srv.port}/slow"
-        st = _native.open_store(url, create=True)
+    with Cluster(3, name="slow", heap="512m") as cl:
+        url = cl.url("slow")
+        # Every node holds every sample, so a read can go to either of the others.
+        rf3 = "{'class': 'SimpleStrategy', 'replication_factor': 3}"
+        st = _native.open_store(url, create=True, options={"replication": rf3})
         st.create_tables("t", "t_metadata", "int", overwrite=True)
         ids = [uuid.uuid4().bytes for _ in range(samples)]
         blob = rng.bytes(kb * 1024)
@@ -47,7 +50,9 @@ def run(samples: int = 2000, kb: int = 32, batch_size: int = 64, seconds: float 
             st.put_samples("t", b"".join(chunk), [0] * len(chunk), [blob] * len(chunk))
         uuids = np.frombuffer(b"".join(ids), dtype=np.uint8).reshape(-1, 16)
         for slow in (0, SLOW_MS):
-            srv.admin(f"delay {slow} node 1")
+            cl.proxies[1].clear()
+            if slow:
+                cl.proxies[1].latency(slow)
             for name, ds_kw, store_kw in CONFIGS:
                 store = cc.open_store(url, **store_kw)
                 ds = cc.ShardedDataset(store, "t", uuids, batch_size, **ds_kw)

@@ -11,7 +11,15 @@ The jars and the toxiproxy binary live in caches outside the clone
 
 from __future__ import annotations
 
-from .cassandra import Cluster, Node, NodeStartError, free_port, gen_certs
+from .cassandra import (
+    Cluster,
+    Node,
+    NodeStartError,
+    connections_to,
+    free_port,
+    gen_certs,
+    process_cpu_seconds,
+)
 from .toxiproxy import Proxy, Toxiproxy
 
 __all__ = [
@@ -20,6 +28,8 @@ __all__ = [
     "NodeStartError",
     "Proxy",
     "Toxiproxy",
+    "connections_to",
     "free_port",
     "gen_certs",
+    "process_cpu_seconds",
 ]

@@ -117,6 +117,26 @@ def free_port(host: str = "127.0.0.1", *also: str) -> int:
     raise OSError(f"no port free on {host} and {also}")
 
 
+def connections_to(host: str, port: int) -> int:
+    """How many of this process's TCP sockets are connected to ``host:port``."""
+    inodes = set()
+    for fd in os.listdir("/proc/self/fd"):
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/self/fd/{fd}")
+            if target.startswith("socket:["):
+                inodes.add(target[8:-1])
+    a, b, c, d = (int(x) for x in host.split("."))
+    remote = f"{d:02X}{c:02X}{b:02X}{a:02X}:{port:04X}"
+    count = 0
+    with open("/proc/self/net/tcp") as f:
+        for line in f.readlines()[1:]:
+            fields = line.split()
+            # fields: sl, local, remote, state (01 = established), ..., inode
+            if fields[2] == remote and fields[3] == "01" and fields[9] in inodes:
+                count += 1
+    return count
+
+
 def wait_port(host: str, port: int, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while True:
@@ -305,7 +325,9 @@ class Node:
         text = []
         for path in (self.stdout, self.log):
             if path.exists():
-                text.append(f"--- {path}:\n" + "".join(path.open(errors="replace").readlines()[-lines:]))
+                text.append(
+                    f"--- {path}:\n" + "".join(path.open(errors="replace").readlines()[-lines:])
+                )
         return "\n".join(text)
 
     @property
@@ -331,11 +353,14 @@ class Node:
 
     def cpu_seconds(self) -> float:
         """User + system CPU time the process has used so far."""
-        if self.proc is None:
-            return 0.0
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        return 0.0 if self.proc is None else process_cpu_seconds(self.proc.pid)
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds process ``pid`` has used so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _tokens(n: int) -> list[int]:
@@ -377,7 +402,8 @@ class Cluster:
         self.nodes: list[Node] = []
         self.proxies = []
         try:
-            for i, (addr, token) in enumerate(zip(self.node_addresses, _tokens(nodes))):
+            tokens = _tokens(nodes)
+            for i, (addr, token) in enumerate(zip(self.node_addresses, tokens, strict=True)):
                 self.nodes.append(
                     Node(
                         self.root / f"node{i + 1}",
@@ -464,7 +490,9 @@ class Cluster:
             cl = DriverCluster(
                 [n.address],
                 port=n.native_port,
-                auth_provider=PlainTextAuthProvider("cassandra", "cassandra") if self.auth else None,
+                auth_provider=PlainTextAuthProvider("cassandra", "cassandra")
+                if self.auth
+                else None,
                 load_balancing_policy=WhiteListRoundRobinPolicy([n.address]),
                 protocol_version=5,
             )
@@ -511,18 +539,19 @@ def gen_certs(directory: str | os.PathLike[str], *, password: str = "changeit") 
     def run(*args: str) -> None:
         subprocess.run(args, check=True, cwd=d, capture_output=True, timeout=60)
 
-    san = ",".join(
-        ["DNS:localhost"] + [f"IP:127.0.{a}.{b}" for a in (0, 1) for b in (1, 2, 3)]
-    )
+    san = ",".join(["DNS:localhost"] + [f"IP:127.0.{a}.{b}" for a in (0, 1) for b in (1, 2, 3)])
     run("openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "30",
         "-subj", "/CN=crs4 test CA", "-keyout", "ca.key", "-out", "ca.pem")  # fmt: skip
     for who, cn in (("server", "127.0.0.1"), ("client", "trainer")):
         run("openssl", "req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={cn}",
             "-keyout", f"{who}.key", "-out", f"{who}.csr")  # fmt: skip
         ext = d / f"{who}.ext"
-        ext.write_text(f"subjectAltName={san}\n" if who == "server" else "extendedKeyUsage=clientAuth\n")
-        run("openssl", "x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-days", "30", "-extfile", str(ext), "-out", f"{who}.pem")  # fmt: skip
+        ext.write_text(
+            f"subjectAltName={san}\n" if who == "server" else "extendedKeyUsage=clientAuth\n"
+        )
+        run("openssl", "x509", "-req", "-in", f"{who}.csr", "-CA", "ca.pem",
+            "-CAkey", "ca.key", "-CAcreateserial", "-days", "30", "-extfile", str(ext),
+            "-out", f"{who}.pem")  # fmt: skip
     run("openssl", "pkcs12", "-export", "-in", "server.pem", "-inkey", "server.key",
         "-name", "server", "-passout", f"pass:{password}", "-out", "server.p12")  # fmt: skip
     run("keytool", "-importcert", "-noprompt", "-alias", "ca", "-file", "ca.pem",

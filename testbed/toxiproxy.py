@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from .cassandra import free_port
+from .cassandra import free_port, process_cpu_seconds
 
 
 def toxiproxy_binary() -> str:
@@ -53,7 +53,9 @@ class Toxiproxy:
             except OSError as e:
                 if self.proc.poll() is not None or time.monotonic() > deadline:
                     self.stop()
-                    raise RuntimeError(f"toxiproxy did not start: {e}; log: {self.log_tail()}") from e
+                    raise RuntimeError(
+                        f"toxiproxy did not start: {e}; log: {self.log_tail()}"
+                    ) from e
                 time.sleep(0.05)
         self.proxies: dict[str, Proxy] = {}
 
@@ -81,11 +83,16 @@ class Toxiproxy:
 
     def proxy(self, name: str, listen: str, upstream: str) -> Proxy:
         self.request(
-            "POST", "/proxies", {"name": name, "listen": listen, "upstream": upstream, "enabled": True}
+            "POST",
+            "/proxies",
+            {"name": name, "listen": listen, "upstream": upstream, "enabled": True},
         )
         p = Proxy(self, name, listen, upstream)
         self.proxies[name] = p
         return p
+
+    def cpu_seconds(self) -> float:
+        return process_cpu_seconds(self.proc.pid)
 
     def metrics(self) -> str:
         return str(self.request("GET", "/metrics"))
@@ -118,7 +125,7 @@ class Toxiproxy:
         self.stop()
 
 
-_METRIC = re.compile(r'^toxiproxy_proxy_(received|sent)_bytes_total\{([^}]*)\}\s+(\S+)$', re.M)
+_METRIC = re.compile(r"^toxiproxy_proxy_(received|sent)_bytes_total\{([^}]*)\}\s+(\S+)$", re.M)
 
 
 class Proxy:
@@ -138,7 +145,13 @@ class Proxy:
         self.server.request(
             "POST",
             f"/proxies/{self.name}/toxics",
-            {"name": name, "type": kind, "stream": stream, "toxicity": 1.0, "attributes": attributes},
+            {
+                "name": name,
+                "type": kind,
+                "stream": stream,
+                "toxicity": 1.0,
+                "attributes": attributes,
+            },
         )
         return name
 
@@ -167,6 +180,10 @@ class Proxy:
         responses), from its metrics, where that direction is named "upstream"."""
         total = 0.0
         for kind, labels, value in _METRIC.findall(self.server.metrics()):
-            if kind == "sent" and f'proxy="{self.name}"' in labels and 'direction="upstream"' in labels:
+            if (
+                kind == "sent"
+                and f'proxy="{self.name}"' in labels
+                and 'direction="upstream"' in labels
+            ):
                 total += float(value)
         return total

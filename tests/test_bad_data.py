@@ -16,8 +16,6 @@ from PIL import Image
 import crs4_cassandra as cc
 from crs4_cassandra import _native, errors
 
-from .cqlserver import CqlServer
-
 pytestmark = pytest.mark.timeout(60)
 
 
@@ -26,8 +24,7 @@ def store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "local":
         yield f"local:{tmp_path / 'store'}"
     else:
-        with CqlServer() as srv:
-            yield f"cassandra://127.0.0.1:{srv.port}/ks"
+        yield request.getfixturevalue("keyspace_url")
 
 
 def jpeg(seed: int) -> bytes:

@@ -15,7 +15,6 @@ from torch.utils.data import DataLoader
 
 import crs4_cassandra as cc
 from crs4_cassandra import errors
-
 from testbed import gen_certs
 
 from .conftest import Secure
@@ -152,7 +151,9 @@ def test_tls_verifies_the_server(secure: Secure, tmp_path: Path) -> None:
     ok.put_samples("t", ids, [1], [b"x"])
     assert next(iter(cc.ShardedDataset(ok, "t", [ids], 1))).data.numpy().tobytes() == b"x"
 
-    bad = cc.open_store(url, use_ssl=True, ssl_certificate=other["ca"], connect_timeout=2.0, **creds)
+    bad = cc.open_store(
+        url, use_ssl=True, ssl_certificate=other["ca"], connect_timeout=2.0, **creds
+    )
     with pytest.raises(errors.StoreConnectionError) as info:
         cc.ShardedDataset(bad, "t", [ids], 1)
     assert secure.host in str(info.value)

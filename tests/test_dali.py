@@ -19,6 +19,8 @@ from crs4_cassandra.dali import _shard_counts, _Source, decode_npy_batch, reader
 from crs4_cassandra.errors import InvalidArgumentError
 from crs4_cassandra.synthetic import SHAPES, shape_image
 
+from .conftest import Secure
+
 dali = pytest.importorskip("nvidia.dali")
 fn = pytest.importorskip("nvidia.dali.fn")
 types = pytest.importorskip("nvidia.dali.types")
@@ -327,40 +329,37 @@ def test_bad_arguments(shapes_table: tuple[str, np.ndarray, list[bytes]]) -> Non
 
 
 @pytest.mark.timeout(90)
-def test_plugin_call_against_the_cql_test_server(
-    shapes_table: tuple[str, np.ndarray, list[bytes]],
+def test_plugin_call_against_cassandra(
+    shapes_table: tuple[str, np.ndarray, list[bytes]], secure: Secure
 ) -> None:
-    from .cqlserver import CqlServer
-
     _, ids, blobs = shapes_table
     password = "Dali-pw-93kq"
-    with CqlServer(username="trainer", password=password) as srv:
-        st = cc.open_store(
-            f"cassandra://127.0.0.1:{srv.port}/imagenet", username="trainer", password=password
+    secure.role("dali_trainer", password)
+    host, port = secure.host.split(":")
+    st = cc.open_store(secure.url("imagenet"), username="dali_trainer", password=password)
+    st.create_tables("train_data", "train_metadata", "int", overwrite=True)
+    n = 40
+    st.put_samples("train_data", ids[:n].tobytes(), list(range(n)), blobs[:n])
+    train_uuids = [str(uuid.UUID(bytes=ids[i].tobytes())) for i in range(n)]
+
+    def define() -> Any:
+        # A cassandra-dali-plugin call, unchanged but for the function.
+        images, labels = reader(
+            name="Reader",
+            cassandra_ips=[host],
+            cassandra_port=int(port),
+            username="dali_trainer",
+            password=password,
+            table="imagenet.train_data",
+            label_col="label",
+            label_type="int",
+            data_col="data",
+            id_col="id",
+            source_uuids=train_uuids,
+            prefetch_buffers=2,
+            shuffle_every_epoch=True,
         )
-        st.create_tables("train_data", "train_metadata", "int")
-        n = 40
-        st.put_samples("train_data", ids[:n].tobytes(), list(range(n)), blobs[:n])
-        train_uuids = [str(uuid.UUID(bytes=ids[i].tobytes())) for i in range(n)]
+        return fn.resize(fn.decoders.image(images), resize_x=8, resize_y=8), labels
 
-        def define() -> Any:
-            # A cassandra-dali-plugin call, unchanged but for the function.
-            images, labels = reader(
-                name="Reader",
-                cassandra_ips=["127.0.0.1"],
-                cassandra_port=srv.port,
-                username="trainer",
-                password=password,
-                table="imagenet.train_data",
-                label_col="label",
-                label_type="int",
-                data_col="data",
-                id_col="id",
-                source_uuids=train_uuids,
-                prefetch_buffers=2,
-                shuffle_every_epoch=True,
-            )
-            return fn.resize(fn.decoders.image(images), resize_x=8, resize_y=8), labels
-
-        for seen in labels_of(build(define, 16), LastBatchPolicy.PARTIAL, 2):
-            assert sorted(seen) == list(range(n))
+    for seen in labels_of(build(define, 16), LastBatchPolicy.PARTIAL, 2):
+        assert sorted(seen) == list(range(n))

@@ -14,7 +14,6 @@ import sys
 import textwrap
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,9 +21,9 @@ import pytest
 from torch.utils.data import DataLoader
 
 import crs4_cassandra as cc
+from testbed import Cluster, Proxy, connections_to
 
 from .conftest import fill_table
-from .cqlserver import CqlServer
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -32,20 +31,14 @@ N = 120
 REPO = Path(__file__).resolve().parent.parent
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[CqlServer]:
-    with CqlServer() as srv:
-        yield srv
-
-
 @pytest.fixture(params=["local", "cassandra"])
 def table(
-    request: pytest.FixtureRequest, server: CqlServer, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[str, np.ndarray]:
     if request.param == "local":
         url = f"local:{tmp_path_factory.mktemp('ps') / 'store'}"
     else:
-        url = f"cassandra://127.0.0.1:{server.port}/ks"
+        url = request.getfixturevalue("keyspace_url")
     uuids, _, _ = fill_table(url, "t", "int", N)
     return url, uuids
 
@@ -99,9 +92,9 @@ INTERRUPTED = textwrap.dedent(
 
 
 def test_ctrl_c_stops_a_stalled_iteration_within_a_second(
-    server: CqlServer, tmp_path: Path
+    keyspace_url: str, proxy: Proxy, tmp_path: Path
 ) -> None:
-    url = f"cassandra://127.0.0.1:{server.port}/ks"
+    url = keyspace_url
     uuids, _, _ = fill_table(url, "slow", "int", 40)
     np.save(tmp_path / "u.npy", uuids)
     script = tmp_path / "interrupted.py"
@@ -116,7 +109,7 @@ def test_ctrl_c_stops_a_stalled_iteration_within_a_second(
     try:
         assert proc.stdout is not None and proc.stdin is not None
         assert proc.stdout.readline().strip() == b"READY"
-        server.admin("delay 30000")
+        hang = proxy.toxic("timeout", timeout=0)  # nothing comes back any more
         proc.stdin.write(b"go\n")
         proc.stdin.flush()
         time.sleep(0.5)  # now blocked waiting for the first batch
@@ -130,7 +123,10 @@ def test_ctrl_c_stops_a_stalled_iteration_within_a_second(
         elapsed = time.monotonic() - t0
         proc.wait(10)
     finally:
-        server.admin("delay 0")
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        proxy.remove(hang)
         if proc.poll() is None:
             proc.kill()
             proc.wait()
@@ -157,12 +153,16 @@ def wait_for(pred, timeout: float = 5.0) -> bool:  # type: ignore[no-untyped-def
     return pred()
 
 
-def test_stopping_early_leaves_no_thread_or_connection(server: CqlServer) -> None:
-    url = f"cassandra://127.0.0.1:{server.port}/ks"
+def test_stopping_early_leaves_no_thread_or_connection(
+    keyspace_url: str, cassandra: Cluster
+) -> None:
+    url = keyspace_url
     uuids, _, _ = fill_table(url, "leak", "int", N)
+    gc.collect()  # earlier stores of this process close their connections
 
     def open_conns() -> int:
-        return sum(n["open_connections"] for n in server.stats()["nodes"])
+        # This process's sockets connected to the node's address.
+        return connections_to(cassandra.hosts[0], cassandra.port)
 
     st = cc.open_store(url)
     ds = cc.ShardedDataset(st, "leak", uuids, 4)
@@ -189,8 +189,8 @@ def test_stopping_early_leaves_no_thread_or_connection(server: CqlServer) -> Non
     assert wait_for(lambda: open_conns() == 0), open_conns()
 
 
-def test_a_consumer_that_stops_early_does_not_block_the_others(server: CqlServer) -> None:
-    url = f"cassandra://127.0.0.1:{server.port}/ks"
+def test_a_consumer_that_stops_early_does_not_block_the_others(keyspace_url: str) -> None:
+    url = keyspace_url
     uuids, _, _ = fill_table(url, "uneven", "int", N)
     st = cc.open_store(url, max_in_flight=8)  # one store, a small shared request budget
     rank0 = cc.ShardedDataset(st, "uneven", uuids, 4, rank=0, world_size=2)

@@ -13,9 +13,9 @@ import pytest
 from torch.utils.data import DataLoader
 
 import crs4_cassandra as cc
+from testbed import Proxy
 
 from .conftest import fill_table
-from .cqlserver import CqlServer
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -115,27 +115,28 @@ def test_persistent_workers_read_their_next_epoch_ahead(
         assert sorted((b.position, b.indices.tolist()) for b in loader) == want
 
 
-def test_the_next_epoch_is_under_way_before_it_is_asked_for() -> None:
+def test_the_next_epoch_is_under_way_before_it_is_asked_for(
+    keyspace_url: str, proxy: Proxy
+) -> None:
     # With a 300 ms round trip, a first batch within 150 ms can only come from
     # reads issued before the epoch began.
-    with CqlServer() as srv:
-        url = f"cassandra://127.0.0.1:{srv.port}/ks"
-        uuids, _, _ = fill_table(url, "t", "int", 96)
-        srv.admin("delay 300")
-        ds = cc.ShardedDataset(url, "t", uuids, 8, seed=1)
+    url = keyspace_url
+    uuids, _, _ = fill_table(url, "t", "int", 96)
+    proxy.latency(300)
+    ds = cc.ShardedDataset(url, "t", uuids, 8, seed=1)
 
-        def first_batch_after(epoch: int) -> float:
-            ds.set_epoch(epoch)
-            it = iter(ds)
-            t0 = time.perf_counter()
-            next(it)
-            elapsed = time.perf_counter() - t0
-            assert 1 + sum(1 for _ in it) == len(ds)
-            return elapsed
+    def first_batch_after(epoch: int) -> float:
+        ds.set_epoch(epoch)
+        it = iter(ds)
+        t0 = time.perf_counter()
+        next(it)
+        elapsed = time.perf_counter() - t0
+        assert 1 + sum(1 for _ in it) == len(ds)
+        return elapsed
 
-        assert first_batch_after(0) >= 0.3  # nothing to guess from yet
-        first_batch_after(1)
-        time.sleep(1.0)  # a validation loop, say
-        assert first_batch_after(2) < 0.15
-        ds.set_epoch(5)  # a wrong guess: back to a full round trip
-        assert first_batch_after(5) >= 0.3
+    assert first_batch_after(0) >= 0.3  # nothing to guess from yet
+    first_batch_after(1)
+    time.sleep(1.0)  # a validation loop, say
+    assert first_batch_after(2) < 0.15
+    ds.set_epoch(5)  # a wrong guess: back to a full round trip
+    assert first_batch_after(5) >= 0.3

@@ -13,7 +13,6 @@ import pytest
 
 import crs4_cassandra as cc
 from crs4_cassandra import errors
-
 from testbed import Cluster, Toxiproxy
 
 from .conftest import Secure, tls_options
@@ -102,7 +101,10 @@ def test_mutual_tls_with_required_client_certificates(
             anonymous.check_table("t", "int")
         with pytest.raises(errors.TLSConfigError, match="ssl_own_key"):
             cc.open_store(
-                url, use_ssl=True, ssl_certificate=certs["ca"], ssl_own_certificate=certs["client_cert"]
+                url,
+                use_ssl=True,
+                ssl_certificate=certs["ca"],
+                ssl_own_certificate=certs["client_cert"],
             )
 
 

@@ -90,9 +90,11 @@ impl Drop for Hold {
         }
         let taken = h.taken;
         drop(h);
-        // On the runtime's blocking pool, which a process that reads has.
-        runtime().spawn_blocking(move || {
-            std::thread::sleep(RELEASE_AFTER);
+        // A timer on the runtime, not a sleeping thread: a blocking-pool thread
+        // parked in a sleep per closed reader would outlive it by the pool's
+        // keep-alive (10 s), one thread for every reader closed meanwhile.
+        runtime().spawn(async move {
+            tokio::time::sleep(RELEASE_AFTER).await;
             let idle = {
                 let h = HOLDS.lock().unwrap_or_else(|e| e.into_inner());
                 h.open == 0 && h.taken == taken
