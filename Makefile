@@ -28,7 +28,7 @@ PHASES := env servers lint test-rust test-tch test-python
 
 help:
 	@echo "make demo    build, make (or take SRC=) an image folder, ingest it locally, train one epoch"
-	@echo "make test    lint + every Rust and Python test"
+	@echo "make test    lint + every Rust and Python test (fetches and starts Apache Cassandra and toxiproxy)"
 	@echo "make bench   benchmarks (bench/README.md)"
 
 # The development environment (torch, DALI, drivers...) is several GB: it lives

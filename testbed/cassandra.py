@@ -16,14 +16,15 @@ latency or faults to any node.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +80,15 @@ LOGBACK = """<configuration>
 
 class NodeStartError(RuntimeError):
     pass
+
+
+def die_with_parent() -> None:
+    """For ``preexec_fn``: the child gets SIGKILL when the test process dies,
+    however it dies, so no node outlives a crashed or killed run."""
+    import ctypes
+
+    PR_SET_PDEATHSIG = 1
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def cassandra_home() -> Path:
@@ -292,6 +302,7 @@ class Node:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
+                preexec_fn=die_with_parent,
             )
 
     def wait_ready(self, timeout: float = 240.0) -> None:
@@ -447,66 +458,37 @@ class Cluster:
     def direct_url(self, keyspace: str) -> str:
         return f"cassandra://{self.node_addresses[0]}:{self.port}/{keyspace}"
 
-    @contextlib.contextmanager
-    def session(
-        self, username: str = "cassandra", password: str = "cassandra", **kw: Any
-    ) -> Iterator[Any]:
-        """A DataStax cassandra-driver session on the nodes themselves (administration)."""
-        from cassandra.auth import PlainTextAuthProvider
-        from cassandra.cluster import Cluster as DriverCluster
-        from cassandra.policies import WhiteListRoundRobinPolicy
-
-        auth = PlainTextAuthProvider(username, password) if self.auth else None
-        cl = DriverCluster(
-            self.node_addresses,
-            port=self.port,
-            auth_provider=auth,
-            load_balancing_policy=WhiteListRoundRobinPolicy(self.node_addresses),
-            protocol_version=5,
-            **kw,
+    def cql(self, *statements: str, node: int = 0) -> list[list[dict[str, str]]]:
+        """Runs statements on one node (as the superuser when ``auth``) through
+        the DataStax Python driver in a subprocess (see ``testbed.cqlexec``);
+        returns each statement's rows, values as strings."""
+        n = self.nodes[node]
+        cmd = [sys.executable, "-m", "testbed.cqlexec", n.address, str(n.native_port)]
+        r = subprocess.run(
+            cmd + (["--auth"] if self.auth else []) + list(statements),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=Path(__file__).resolve().parent.parent,
         )
-        try:
-            yield cl.connect()
-        finally:
-            cl.shutdown()
+        if r.returncode != 0:
+            raise RuntimeError(f"CQL on {n.address}:{n.native_port} failed: {r.stderr[-2000:]}")
+        return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("[")]
 
     def execute(self, *statements: str) -> None:
-        with self.session() as s:
-            for q in statements:
-                s.execute(q, timeout=60)
+        self.cql(*statements)
 
     def reads(self, keyspace: str, table: str) -> list[int]:
         """Reads of ``keyspace.table`` each running node has coordinated so far
         (its ``system_views.coordinator_read_latency`` count); 0 for a stopped node."""
-        from cassandra.auth import PlainTextAuthProvider
-        from cassandra.cluster import Cluster as DriverCluster
-        from cassandra.policies import WhiteListRoundRobinPolicy
-
-        counts = []
-        for n in self.nodes:
-            if not n.running:
-                counts.append(0)
-                continue
-            cl = DriverCluster(
-                [n.address],
-                port=n.native_port,
-                auth_provider=PlainTextAuthProvider("cassandra", "cassandra")
-                if self.auth
-                else None,
-                load_balancing_policy=WhiteListRoundRobinPolicy([n.address]),
-                protocol_version=5,
-            )
-            try:
-                rows = cl.connect().execute(
-                    "SELECT count FROM system_views.coordinator_read_latency "
-                    "WHERE keyspace_name = %s AND table_name = %s",
-                    (keyspace, table),
-                    timeout=30,
-                )
-                counts.append(sum(int(r.count) for r in rows))
-            finally:
-                cl.shutdown()
-        return counts
+        q = (
+            "SELECT count FROM system_views.coordinator_read_latency "
+            f"WHERE keyspace_name = '{keyspace}' AND table_name = '{table}'"
+        )
+        return [
+            sum(int(r["count"]) for r in self.cql(q, node=i)[0]) if n.running else 0
+            for i, n in enumerate(self.nodes)
+        ]
 
     def cpu_seconds(self) -> float:
         return sum(n.cpu_seconds() for n in self.nodes if n.running)

@@ -18,7 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Any
 
-from .cassandra import free_port, process_cpu_seconds
+from .cassandra import die_with_parent, free_port, process_cpu_seconds
 
 
 def toxiproxy_binary() -> str:
@@ -44,6 +44,7 @@ class Toxiproxy:
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + startup_timeout
         while True:

@@ -19,6 +19,7 @@ import pytest
 import crs4_cassandra as cc
 from crs4_cassandra import errors
 from crs4_cassandra.ingest import ingest_multilabel, ingest_segmentation
+from testbed import Cluster
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # One thread a process: the CI machine has two cores, and BLAS threads that
@@ -130,6 +131,42 @@ def test_imagenette_classification(tmp_path: Path) -> None:
     m = json.loads((tmp_path / "metrics.json").read_text())
     assert m["samples"] == 150
     assert m["accuracy"] >= 0.9, m
+
+
+@pytest.mark.timeout(300)
+def test_imagenette_over_cassandra(tmp_path: Path, cassandra: Cluster) -> None:
+    # The same scripts with --store cassandra://...: ingest, split, train, evaluate.
+    src = tmp_path / "imagenette2-320"
+    py(
+        "imagenette/make_standin.py", src, "--classes", "5",
+        "--train-per-class", "60", "--val-per-class", "12", cwd=tmp_path,
+    )  # fmt: skip
+    store = cassandra.url("imagenette")
+    out = cli(
+        "ingest", "folder", src, "--store", store, "--table", "imagenette", "-q", cwd=tmp_path
+    )
+    assert "wrote 360 samples" in out
+    cli(
+        "split", "create", "--store", store, "-m", "imagenette_metadata",
+        "--mode", "original", "-o", "imagenette.split", cwd=tmp_path,
+    )  # fmt: skip
+    sf = cc.SplitFile.load(tmp_path / "imagenette.split")
+    assert sf.store == store
+    assert len(sf.uuids("train")) == 300 and len(sf.uuids("val")) == 60
+    out = py(
+        "imagenette/train.py", "--split-file", "imagenette.split", "--store", store,
+        "--size", "32", "--epochs", "8", "--batch-size", "32", "--checkpoint", "model.pt",
+        *TRAIN, cwd=tmp_path,
+    )  # fmt: skip
+    assert len(final(out, "FINAL")["epochs"]) == 8  # type: ignore[arg-type]
+    py(
+        "imagenette/evaluate.py", "--split-file", "imagenette.split", "--store", store,
+        "--checkpoint", "model.pt", "--workers", "0", "--metrics-out", "metrics.json", "-q",
+        cwd=tmp_path,
+    )  # fmt: skip
+    m = json.loads((tmp_path / "metrics.json").read_text())
+    assert m["samples"] == 60
+    assert m["accuracy"] >= 0.6, m
 
 
 @pytest.mark.timeout(300)
