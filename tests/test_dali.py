@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import io
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,15 @@ def jpeg(img: Image.Image) -> bytes:
     buf = io.BytesIO()
     img.save(buf, format="JPEG", quality=90)
     return buf.getvalue()
+
+
+@pytest.fixture(autouse=True)
+def _pipelines_die_here() -> Iterator[None]:
+    # A DALI pipeline left in a reference cycle would otherwise be collected
+    # later, possibly in a DataLoader worker forked from this process, where
+    # its destructor waits forever for executor threads only this process has.
+    yield
+    gc.collect()
 
 
 @pytest.fixture(scope="module")
