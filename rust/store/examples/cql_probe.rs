@@ -1,7 +1,7 @@
 //! Throughput and latency of reads over CQL, without Python: the scylla
-//! driver alone and the fetch engine, against a running server (such as the
-//! CQL test server with a response delay). A harness for profiling the hot
-//! path with perf or callgrind.
+//! driver alone and the fetch engine, against a running server (such as a
+//! Cassandra node of `testbed/`, behind a toxiproxy latency toxic). A harness
+//! for profiling the hot path with perf or callgrind.
 //!
 //! ```text
 //! cql_probe HOST:PORT load 2000        # 2000 blobs of 110 KB into p.d (driver modes)
