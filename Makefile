@@ -27,7 +27,7 @@ PHASES := env servers lint test-rust test-tch test-python
 .PHONY: help env servers cassandra toxiproxy build test test-rust test-tch test-python lint format demo bench clean
 
 help:
-	@echo "make demo    build, make (or take SRC=) an image folder, ingest it locally, train one epoch"
+	@echo "make demo    build, make (or take SRC=) an image folder, ingest it locally, read, train and evaluate"
 	@echo "make test    lint + every Rust and Python test (fetches and starts Apache Cassandra and toxiproxy)"
 	@echo "make bench   benchmarks (bench/README.md)"
 

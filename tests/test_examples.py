@@ -478,3 +478,12 @@ def test_ingest_multilabel_writes_npy_multihot(tmp_path: Path) -> None:
     assert vectors == {(1, 0, 1), (0, 1, 0)}
     rows = cc.open_store(url).scan_metadata("ml_metadata")
     assert sorted(r[2] or "" for r in rows) == ["sky", "sun", "tree|sky"]
+
+
+@pytest.mark.timeout(300)
+def test_demo_learns(tmp_path: Path) -> None:
+    # What `make demo` runs once the extension is built.
+    out = run(sys.executable, "-m", "crs4_cassandra.demo", "--workdir", tmp_path, cwd=tmp_path)
+    assert "raw read:" in out
+    line = [ln for ln in out.splitlines() if ln.startswith("val accuracy:")][-1]
+    assert float(line.split()[2]) >= 0.8, out[-2000:]

@@ -1,6 +1,12 @@
 """End-to-end demo on the embedded local store: make (or take) an image
-folder, ingest it, read an epoch of raw batches, then train a small CNN for an
-epoch and evaluate it.
+folder, ingest it, read an epoch of raw batches, then train a small CNN on CPU
+(Rust-decoded 32x32 images) and evaluate it on the held-out images.
+
+What it prints: the ingest summary; "raw read", the rate at which one epoch of
+encoded samples reached Python from the local store (page cache warm); per
+training epoch, images/s of decoding plus the training step; and the held-out
+accuracy, with chance for comparison (on the generated set of 10 shapes it
+reaches about 0.9).
 
     python -m crs4_cassandra.demo --workdir demo-data [--src /path/to/imagenette2-320]
 """
@@ -54,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--workdir", default="demo-data", help="where the images and the store go")
     ap.add_argument("--src", help="an image folder to use instead of a generated one")
     ap.add_argument("--batch-size", type=int, default=32)
-    ap.add_argument("--epochs", type=int, default=10, help="training epochs")
+    ap.add_argument("--epochs", type=int, default=20, help="training epochs")
     ap.add_argument("--size", type=int, default=32, help="training resolution")
     args = ap.parse_args(argv)
     work = Path(args.workdir)
@@ -117,7 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             seen += len(b)
             bar.set_postfix(loss=f"{loss.item():.3f}")
         dt = time.perf_counter() - t0
-        print(f"epoch {epoch}: {seen / dt:,.0f} images/s (decode + train)")
+        print(
+            f"epoch {epoch}: {seen / dt:,.0f} images/s (Rust decode + CPU training step), "
+            f"last loss {loss.item():.3f}"
+        )
 
     if "val" in sf.names():
         val = ShardedDataset.from_split(
@@ -132,7 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                 pred = model(as_input(b.images)).argmax(1)
                 correct += int((pred[keep] == b.labels[keep]).sum())
                 total += int(keep.sum())
-        print(f"val accuracy: {correct / total:.3f} on {total} images")
+        print(
+            f"val accuracy: {correct / total:.3f} on {total} held-out images "
+            f"({len(sf.classes)} classes: chance is {1 / len(sf.classes):.2f})"
+        )
     return 0
 
 
