@@ -22,7 +22,8 @@ def plot_latency(r: dict[str, object], out: object) -> None:
     fig, ax = plt.subplots(figsize=(7, 4))
     delays = r["delays_ms"]
     for name, by_delay in r["rows"].items():  # type: ignore[attr-defined]
-        ax.plot(delays, [by_delay[d] for d in delays], marker="o", label=name)
+        xs = [d for d in delays if d in by_delay]  # a failed run has no point
+        ax.plot(xs, [by_delay[d] for d in xs], marker="o", label=name)
     ax.set_xlabel("added response delay (ms)")
     ax.set_ylabel("samples/s")
     ax.set_title("Throughput from Apache Cassandra (through toxiproxy) vs. added latency")
@@ -116,31 +117,50 @@ def main() -> None:
             "| loader | " + " | ".join(f"{d} ms" for d in delays) + " | 100 ms vs 0 ms |",
             "|---|" + "---:|" * (len(delays) + 1),
         ]
-        for name, by_delay in rows.items():
-            cells = " | ".join(f"{by_delay[d]:,.0f}" for d in delays)
-            lines.append(f"| {name} | {cells} | {by_delay[100] / by_delay[0]:.0%} |")
+        failures = r["failures"]
+
+        def cell(value: object, fmt: str) -> str:
+            return "failed" if value is None else format(value, fmt)
+
+        def ratio(a: float | None, b: float | None) -> str:
+            return "" if a is None or b is None else f"{a / b:.0%}"
+
+        for name in [
+            c for c in ("auto (default)",) + tuple(f"fixed window {w}" for w in (4, 16, 64))
+        ]:
+            by_delay = rows.get(name, {})
+            cells = " | ".join(cell(by_delay.get(d), ",.0f") for d in delays)
+            lines.append(f"| {name} | {cells} | {ratio(by_delay.get(100), by_delay.get(0))} |")
         auto_w = r["auto_window"]
-        firsts = r["first_batch_s"]["auto (default)"]
+        firsts = r["first_batch_s"].get("auto (default)", {})
         lines += [
-            "| window auto chose | " + " | ".join(str(auto_w[d]) for d in delays) + " | |",
+            "| window auto chose | " + " | ".join(str(auto_w.get(d, "-")) for d in delays) + " | |",
             "| auto: time to an epoch's first batch (s) | "
-            + " | ".join(f"{firsts[d]:.2f}" for d in delays)
+            + " | ".join(cell(firsts.get(d), ".2f") for d in delays)
             + " | |",
         ]
         cpu = r["auto_cpu_per_1k"]
-        both = {d: cpu[d]["client_ms"] + cpu[d]["server_ms"] for d in delays}
+
+        def cpu_cell(d: int, key: str) -> str:
+            return cell(cpu[d][key] if d in cpu else None, ".0f")
+
+        both = {d: cpu[d]["client_ms"] + cpu[d]["server_ms"] for d in delays if d in cpu}
         lines += [
-            "| auto: CPU ms per 1,000 samples, loader + server | "
-            + " | ".join(f"{cpu[d]['client_ms']:.0f} + {cpu[d]['server_ms']:.0f}" for d in delays)
-            + f" | {both[100] / both[0]:.0%} |",
+            "| auto: CPU ms per 1,000 samples, loader + Cassandra | "
+            + " | ".join(f"{cpu_cell(d, 'client_ms')} + {cpu_cell(d, 'server_ms')}" for d in delays)
+            + f" | {ratio(both.get(100), both.get(0))} |",
             "| auto: toxiproxy's CPU ms per 1,000 samples | "
-            + " | ".join(f"{cpu[d]['toxiproxy_ms']:.0f}" for d in delays)
+            + " | ".join(cpu_cell(d, "toxiproxy_ms") for d in delays)
             + " | |",
             "| auto: loader's page faults per 1,000 samples | "
-            + " | ".join(f"{cpu[d]['faults']:.0f}" for d in delays)
+            + " | ".join(cpu_cell(d, "faults") for d in delays)
             + " | |",
             "",
         ]
+        for name, by_delay in failures.items():
+            for d, err in by_delay.items():
+                lines.append(f"Failed: {name} at {d} ms: {err}")
+                lines.append("")
         write_json("latency", r)
         plot_latency(r, HERE / "results.png")
     if "memory" in only:
