@@ -159,41 +159,6 @@ def wait_port(host: str, port: int, timeout: float) -> None:
             time.sleep(0.05)
 
 
-def _yaml(value: Any, indent: int = 0) -> str:
-    """A small YAML writer for the config's dicts, lists and scalars."""
-    pad = " " * indent
-    if isinstance(value, dict):
-        out = []
-        for k, v in value.items():
-            if isinstance(v, (dict, list)) and v:
-                out.append(f"{pad}{k}:\n{_yaml(v, indent + 2)}")
-            else:
-                out.append(f"{pad}{k}: {_scalar(v)}")
-        return "\n".join(out)
-    if isinstance(value, list):
-        out = []
-        for v in value:
-            if isinstance(v, dict):
-                inner = _yaml(v, indent + 2).lstrip()
-                out.append(f"{pad}- {inner}")
-            else:
-                out.append(f"{pad}- {_scalar(v)}")
-        return "\n".join(out)
-    return pad + _scalar(value)
-
-
-def _scalar(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if v is None:
-        return "null"
-    if isinstance(v, (int, float)):
-        return str(v)
-    if isinstance(v, (dict, list)):
-        return "{}" if isinstance(v, dict) else "[]"
-    return '"' + str(v).replace("\\", "\\\\").replace('"', '\\"') + '"'
-
-
 class Node:
     """One Cassandra process. ``start()`` blocks until it serves CQL."""
 
@@ -261,7 +226,8 @@ class Node:
             config["client_encryption_options"] = {"enabled": True, **tls}
         config.update(extra_yaml or {})
         self.yaml = root / "cassandra.yaml"
-        self.yaml.write_text(_yaml(config) + "\n")
+        # JSON is YAML too, and Cassandra's loader reads it as such.
+        self.yaml.write_text(json.dumps(config, indent=2) + "\n")
         (root / "logback.xml").write_text(LOGBACK.format(log=self.log))
 
     def command(self) -> list[str]:
@@ -451,9 +417,9 @@ class Cluster:
     def hosts(self) -> list[str]:
         return list(self.proxy_addresses)
 
-    def url(self, keyspace: str, *, nodes: int | None = None, scheme: str = "cassandra") -> str:
-        hosts = self.proxy_addresses[: nodes or len(self.proxy_addresses)]
-        return f"{scheme}://" + ",".join(f"{h}:{self.port}" for h in hosts) + f"/{keyspace}"
+    def url(self, keyspace: str) -> str:
+        hosts = ",".join(f"{h}:{self.port}" for h in self.proxy_addresses)
+        return f"cassandra://{hosts}/{keyspace}"
 
     def direct_url(self, keyspace: str) -> str:
         return f"cassandra://{self.node_addresses[0]}:{self.port}/{keyspace}"
@@ -474,9 +440,6 @@ class Cluster:
         if r.returncode != 0:
             raise RuntimeError(f"CQL on {n.address}:{n.native_port} failed: {r.stderr[-2000:]}")
         return [json.loads(line) for line in r.stdout.splitlines() if line.startswith("[")]
-
-    def execute(self, *statements: str) -> None:
-        self.cql(*statements)
 
     def reads(self, keyspace: str, table: str) -> list[int]:
         """Reads of ``keyspace.table`` each running node has coordinated so far

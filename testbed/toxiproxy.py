@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import subprocess
 import tempfile
 import time
@@ -40,7 +39,7 @@ class Toxiproxy:
         self.port = free_port("127.0.0.1")
         self._log = tempfile.NamedTemporaryFile(prefix="toxiproxy-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(
-            [toxiproxy_binary(), "-host", "127.0.0.1", "-port", str(self.port), "-proxy-metrics"],
+            [toxiproxy_binary(), "-host", "127.0.0.1", "-port", str(self.port)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -95,9 +94,6 @@ class Toxiproxy:
     def cpu_seconds(self) -> float:
         return process_cpu_seconds(self.proc.pid)
 
-    def metrics(self) -> str:
-        return str(self.request("GET", "/metrics"))
-
     def log_tail(self, lines: int = 20) -> str:
         try:
             with open(self._log.name, errors="replace") as f:
@@ -124,9 +120,6 @@ class Toxiproxy:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
-
-
-_METRIC = re.compile(r"^toxiproxy_proxy_(received|sent)_bytes_total\{([^}]*)\}\s+(\S+)$", re.M)
 
 
 class Proxy:
@@ -175,16 +168,3 @@ class Proxy:
 
     def set_enabled(self, enabled: bool) -> None:
         self.server.request("POST", f"/proxies/{self.name}", {"enabled": enabled})
-
-    def bytes_sent(self) -> float:
-        """Bytes this proxy has forwarded from the server to its clients (the
-        responses), from its metrics, where that direction is named "upstream"."""
-        total = 0.0
-        for kind, labels, value in _METRIC.findall(self.server.metrics()):
-            if (
-                kind == "sent"
-                and f'proxy="{self.name}"' in labels
-                and 'direction="upstream"' in labels
-            ):
-                total += float(value)
-        return total

@@ -134,7 +134,7 @@ class Secure:
         on every keyspace."""
         if self._roles.get(name) == password:
             return
-        self.cluster.execute(
+        self.cluster.cql(
             f"DROP ROLE IF EXISTS {name}",
             f"CREATE ROLE {name} WITH PASSWORD = '{password}' AND LOGIN = true",
             f"GRANT ALL PERMISSIONS ON ALL KEYSPACES TO {name}",

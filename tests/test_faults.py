@@ -42,6 +42,13 @@ def assert_exactly_once(batches: list[cc.Batch], n: int = N) -> None:
     assert idx == list(range(n)), f"missing: {sorted(set(range(n)) - set(idx))[:10]}"
 
 
+def assert_bytes(batches: list[cc.Batch], data: list[bytes]) -> None:
+    """Every sample served holds the bytes written for its position."""
+    for b in batches:
+        for i, s in zip(b.indices.tolist(), b.samples(), strict=True):
+            assert s.numpy().tobytes() == data[i]
+
+
 def test_node_gone_and_back_mid_epoch(keyspace_url: str, proxy: Proxy) -> None:
     uuids, data, _ = fill_table(keyspace_url, "t", "int", N)
     proxy.latency(5)  # the epoch lasts long enough to be interrupted
@@ -61,9 +68,7 @@ def test_node_gone_and_back_mid_epoch(keyspace_url: str, proxy: Proxy) -> None:
     assert back is not None
     assert len(batches) == len(ds)
     assert_exactly_once(batches)
-    for b in batches[5:]:
-        for i, s in zip(b.indices.tolist(), b.samples(), strict=True):
-            assert s.numpy().tobytes() == data[i]
+    assert_bytes(batches[5:], data)
     # The epoch was not read ahead of the outage: its end came after the return.
     assert arrived[-1] > back
 
@@ -91,9 +96,7 @@ def test_server_errors_are_retried(faulty: tuple[str, CqlFaultProxy], kind: str)
     st = cc.open_store(url, retries=10, retry_time_limit=20.0)
     batches = list(cc.ShardedDataset(st, "t", uuids, 8, seed=2, ordered=False))
     assert_exactly_once(batches)
-    for b in batches[:5]:  # retried reads return the right bytes
-        for i, s in zip(b.indices.tolist(), b.samples(), strict=True):
-            assert s.numpy().tobytes() == data[i]
+    assert_bytes(batches[:5], data)  # retried reads return the right bytes
     assert fp.injected > 10 and fp.other_versions == 0
 
 
@@ -163,9 +166,7 @@ def test_connections_reset_are_retried(keyspace_url: str, proxy: Proxy) -> None:
             time.sleep(0.5)
             proxy.remove(reset)
     assert_exactly_once(batches)
-    for b in batches:
-        for i, s in zip(b.indices.tolist(), b.samples(), strict=True):
-            assert s.numpy().tobytes() == data[i]
+    assert_bytes(batches, data)
 
 
 def _owner(token: int, tokens: list[int]) -> int:
@@ -199,9 +200,7 @@ def test_token_aware_routing_reads_each_sample_from_its_owner(cluster3: Cluster)
     before = cluster3.reads("rf1", "t")
     batches = list(cc.ShardedDataset(url, "t", uuids, 8, seed=3))
     assert_exactly_once(batches, len(ids))
-    for b in batches:
-        for i, s in zip(b.indices.tolist(), b.samples(), strict=True):
-            assert s.numpy().tobytes() == ids[i] * 4
+    assert_bytes(batches, [u * 4 for u in ids])
     # Each node coordinated exactly the reads of the samples it owns.
     after = cluster3.reads("rf1", "t")
     assert [a - b for a, b in zip(after, before, strict=True)] == want
@@ -222,9 +221,7 @@ def test_node_killed_mid_epoch_leaves_the_epoch_complete(cluster3: Cluster) -> N
             if len(batches) == 4:
                 victim.kill()  # SIGKILL: no goodbye to the clients
         assert_exactly_once(batches)
-        for b in batches:
-            for i, s in zip(b.indices.tolist(), b.samples(), strict=True):
-                assert s.numpy().tobytes() == data[i]
+        assert_bytes(batches, data)
         # The two survivors served the rest of the epoch.
         after = cluster3.reads("rf3", "t")
         assert after[0] - before[0] > 0 and after[2] - before[2] > 0, (before, after)
