@@ -69,8 +69,9 @@ test-rust:
 # Only rust/tch links libtorch: the one inside the environment's torch wheel.
 TCH_ENV = LIBTORCH_USE_PYTORCH=1 LD_LIBRARY_PATH=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}
 
-test-tch: env
-	$(TCH_ENV) cargo test -p crs4-cassandra-tch -q
+# Its cross-language resume test runs the installed Python package.
+test-tch: build
+	$(TCH_ENV) PYTHON=$(BIN)/python cargo test -p crs4-cassandra-tch -q
 
 servers: cassandra toxiproxy
 

@@ -16,7 +16,7 @@ from torch.utils.dlpack import from_dlpack
 
 import crs4_cassandra as cc
 from crs4_cassandra import _native
-from crs4_cassandra.dali import _shard_counts, _Source, decode_npy_batch, reader
+from crs4_cassandra.dali import _Source, decode_npy_batch, reader
 from crs4_cassandra.errors import InvalidArgumentError
 from crs4_cassandra.synthetic import SHAPES, shape_image
 
@@ -179,11 +179,12 @@ def test_the_next_epoch_is_read_ahead_on_the_same_reader(
     only (read, not served)."""
     url, ids, _ = shapes_table
     batch, shards, shard = 16, 4, 2
-    real, batches = _shard_counts(N, batch, shards, shard, False)
-    assert (real, batches) == (32, 2) and _native.batches_per_rank(N, batch, shards, False) == 3
 
     def dataset() -> cc.ShardedDataset:
         return cc.ShardedDataset(url, "shapes", ids, batch, seed=7, rank=shard, world_size=shards)
+
+    real, batches = dataset()._rank_counts()
+    assert (real, batches) == (32, 2) and len(dataset()) == 3
 
     src = _Source(dataset(), batches, True, loop_forever, "int32", keep_alive=4)
     readers = []
@@ -206,7 +207,8 @@ def test_samples_are_exported_without_copies(
     shapes_table: tuple[str, np.ndarray, list[bytes]],
 ) -> None:
     url, ids, _ = shapes_table
-    nb = next(iter(_native.Reader(_native.open_store(url), "shapes", ids.tobytes(), 16)))
+    config = _native.ReaderConfig("shapes", ids.tobytes(), 16)
+    nb = next(iter(_native.Reader(_native.open_store(url), config)))
     base = from_dlpack(nb.data()).data_ptr()
     offsets = from_dlpack(nb.offsets()).tolist()
     caps = nb.sample_capsules()

@@ -31,7 +31,7 @@ def anon():
 url, uuids, BATCH = sys.argv[1], bytes.fromhex(sys.argv[2]), int(sys.argv[3])
 store = _native.open_store(url)
 out = {"base": anon()}
-r = _native.Reader(store, "t", uuids, BATCH, label_type="int", window=8)
+r = _native.Reader(store, _native.ReaderConfig("t", uuids, BATCH, label_type="int", window=8))
 r.read_next(1)
 r.read_next(2)  # left unread: the reader stays open after two epochs
 n = 0

@@ -2,15 +2,17 @@
 
 from collections.abc import Iterator
 from os import PathLike
-from typing import Any, final
+from typing import Any, Literal, final
 
 __all__ = [
     "ArenaTensor",
     "NativeBatch",
+    "ProcessMark",
+    "Progress",
     "Reader",
+    "ReaderConfig",
     "Store",
-    "batches_per_rank",
-    "consumed_after",
+    "guess_next_epoch",
     "open_store",
     "read_split_file",
     "write_split_file",
@@ -23,13 +25,17 @@ class Store:
     def check_table(
         self,
         table: str,
-        label_type: str,
+        label_type: Literal["int", "blob", "none"],
         id_col: str = "id",
         label_col: str = "label",
         data_col: str = "data",
     ) -> None: ...
     def create_tables(
-        self, table: str, metadata_table: str, label_type: str, overwrite: bool = False
+        self,
+        table: str,
+        metadata_table: str,
+        label_type: Literal["int", "blob", "none"],
+        overwrite: bool = False,
     ) -> None: ...
     def put_samples(
         self, table: str, ids: bytes, labels: list[int | bytes | None], data: list[bytes]
@@ -63,7 +69,7 @@ class NativeBatch:
     @property
     def position(self) -> int: ...
     @property
-    def label_type(self) -> str: ...
+    def label_type(self) -> Literal["int", "blob", "none"]: ...
     def __len__(self) -> int: ...
     def data(self) -> ArenaTensor: ...
     def offsets(self) -> ArenaTensor: ...
@@ -80,35 +86,117 @@ class NativeBatch:
     def sample_capsules(self) -> list[Any]: ...
     def label_capsules(self) -> list[Any] | None: ...
 
+_LabelType = Literal["int", "blob", "none"]
+
+@final
+class ReaderConfig:
+    def __new__(
+        cls,
+        table: str,
+        uuids: bytes,
+        batch_size: int,
+        *,
+        label_type: _LabelType = "int",
+        id_col: str = "id",
+        label_col: str = "label",
+        data_col: str = "data",
+        shuffle: bool = True,
+        seed: int = 0,
+        drop_last: bool = False,
+        ordered: bool = True,
+        rank: int | None = None,
+        world_size: int | None = None,
+        window: int | None = None,
+        memory_budget: int | None = None,
+        decode: Literal["rgb"] | None = None,
+        size: tuple[int, int] | None = None,
+        on_error: Literal["raise", "skip"] = "raise",
+    ) -> ReaderConfig: ...
+    def kwargs(self) -> dict[str, Any]: ...
+    def replace(self, **changes: Any) -> ReaderConfig: ...
+    def __getnewargs_ex__(self) -> tuple[tuple[()], dict[str, Any]]: ...
+    @property
+    def table(self) -> str: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def shuffle(self) -> bool: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def drop_last(self) -> bool: ...
+    @property
+    def ordered(self) -> bool: ...
+    @property
+    def label_type(self) -> _LabelType: ...
+    @property
+    def columns(self) -> tuple[str, str, str]: ...
+    @property
+    def window(self) -> int | None: ...
+    @property
+    def memory_budget(self) -> int | None: ...
+    @property
+    def decode(self) -> Literal["rgb"] | None: ...
+    @property
+    def size(self) -> tuple[int, int] | None: ...
+    @property
+    def on_error(self) -> Literal["raise", "skip"]: ...
+    @property
+    def rank(self) -> int | None: ...
+    @property
+    def world_size(self) -> int | None: ...
+    @property
+    def num_samples(self) -> int: ...
+    @property
+    def uuids_fingerprint(self) -> str: ...
+    def batches_left(self, world_size: int, progress: Progress) -> int: ...
+    def rank_counts(self, rank: int, world_size: int) -> tuple[int, int]: ...
+    def state(
+        self,
+        rank: int,
+        world_size: int,
+        progress: Progress,
+        *,
+        consumed_positions: list[int] | None = None,
+        batches_consumed: int | None = None,
+        yielded: list[int] = ...,
+        dealing_workers: int = 1,
+    ) -> str: ...
+    def resume(self, state: str, rank: int, world_size: int) -> Progress: ...
+
+@final
+class Progress:
+    def __new__(
+        cls, epoch: int = 0, consumed_samples: int = 0, consumed_positions: list[int] = ...
+    ) -> Progress: ...
+    @property
+    def epoch(self) -> int: ...
+    @property
+    def consumed_samples(self) -> int: ...
+    @property
+    def consumed_positions(self) -> list[int]: ...
+    @property
+    def fresh(self) -> bool: ...
+    def __getnewargs__(self) -> tuple[int, int, list[int]]: ...
+
+@final
+class ProcessMark:
+    def __new__(cls) -> ProcessMark: ...
+    @property
+    def inherited(self) -> bool: ...
+
 @final
 class Reader:
     def __new__(
         cls,
         store: Store,
-        table: str,
-        uuids: bytes,
-        batch_size: int,
+        config: ReaderConfig,
         *,
-        label_type: str = "int",
-        id_col: str = "id",
-        label_col: str = "label",
-        data_col: str = "data",
-        world_size: int = 1,
         rank: int = 0,
+        world_size: int = 1,
         num_workers: int = 1,
         worker_id: int = 0,
-        shuffle: bool = True,
-        seed: int = 0,
-        epoch: int = 0,
-        drop_last: bool = False,
-        start: int = 0,
-        ordered: bool = True,
-        window: int | None = None,
-        decode: str | None = None,
-        size: tuple[int, int] | None = None,
-        on_error: str = "raise",
-        memory_budget: int | None = None,
-        skip: list[int] | None = None,
+        progress: Progress | None = None,
     ) -> Reader: ...
     def __iter__(self) -> Iterator[NativeBatch]: ...
     def __next__(self) -> NativeBatch: ...
@@ -118,16 +206,13 @@ class Reader:
     def read_next(self, epoch: int) -> None: ...
     @property
     def has_next_epoch(self) -> bool: ...
+    @property
+    def inherited(self) -> bool: ...
     def next_epoch(self) -> bool: ...
     def close(self) -> None: ...
 
 def open_store(url: str, create: bool = False, options: dict[str, Any] | None = None) -> Store: ...
-def batches_per_rank(
-    n: int, batch_size: int, world_size: int, drop_last: bool, start: int = 0
-) -> int: ...
-def consumed_after(
-    n: int, batch_size: int, world_size: int, drop_last: bool, start: int, batches: int
-) -> int: ...
+def guess_next_epoch(previous: int | None, current: int) -> int | None: ...
 def read_split_file(path: str | PathLike[str]) -> tuple[str, list[tuple[str, bytes]]]: ...
 def write_split_file(
     path: str | PathLike[str], header: str, splits: list[tuple[str, bytes]]

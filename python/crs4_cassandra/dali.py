@@ -51,25 +51,6 @@ TUNED_ARGUMENTS = (
 LABEL_DTYPES = ("int32", "int64")
 
 
-def _shard_counts(
-    n: int, batch_size: int, num_shards: int, shard_id: int, drop_last: bool
-) -> tuple[int, int]:
-    """(real samples, batches holding at least one real sample) of a shard.
-
-    The epoch plan deals global batches of ``batch_size`` round-robin to the
-    shards and pads the tail, so a shard's real samples always come first in
-    its stream and the batches after them hold pads only.
-    """
-    steps = _native.batches_per_rank(n, batch_size, num_shards, drop_last)
-    real = batches = 0
-    for j in range(steps):
-        first = (j * num_shards + shard_id) * batch_size
-        k = max(0, min(batch_size, n - first))
-        real += k
-        batches += k > 0
-    return real, batches
-
-
 class _Source:
     """The ``external_source`` callback: one batch per call, epoch after epoch.
 
@@ -306,7 +287,7 @@ def reader(
         world_size=num_shards,
         **columns,
     )
-    real, batches = _shard_counts(dataset.num_samples, batch_size, num_shards, shard_id, drop_last)
+    real, batches = dataset._rank_counts()
     if batches == 0:
         raise InvalidArgumentError(
             f"shard {shard_id} of {num_shards} gets no sample of the {dataset.num_samples} "

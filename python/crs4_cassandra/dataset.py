@@ -3,23 +3,19 @@ and DataLoader workers, read by the Rust fetch engine."""
 
 from __future__ import annotations
 
-import hashlib
+import json
 import os
 import uuid as uuidlib
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 from torch.utils.dlpack import from_dlpack
 
 from . import _native
-from .errors import InvalidArgumentError, StateDictError
-from .splits import LABEL_TYPES, SplitFile, as_uuid_array
-
-STATE_VERSION = 2
-# Versions load_state_dict reads (1 had no "consumed_positions").
-_READABLE_STATE_VERSIONS = (1, 2)
+from .errors import InvalidArgumentError
+from .splits import SplitFile, as_uuid_array
 
 
 class Batch:
@@ -169,7 +165,8 @@ def _distributed() -> tuple[int, int]:
 def open_store(url: str, **options: Any) -> _native.Store:
     """Opens a store.
 
-    - ``"local:PATH"``: the embedded local store (no options).
+    - ``"local:PATH"``: the embedded local store (``create=True`` makes it if
+      missing, as ingest does; no other option).
     - ``"cassandra://host1,host2:9042/keyspace"``: Cassandra or ScyllaDB. Options
       (names as in cassandra-dali-plugin): ``username``, ``password`` (or
       ``password_env``, the name of an environment variable; by default
@@ -184,6 +181,19 @@ def open_store(url: str, **options: Any) -> _native.Store:
       creates). Passwords never appear in reprs, logs or error messages.
     """
     return _native.open_store(url, options=options or None)
+
+
+def _config_property(name: str, doc: str) -> Any:
+    """A ShardedDataset attribute held by its native configuration; setting
+    it makes a new configuration, validated like the first."""
+
+    def get(self: ShardedDataset) -> Any:
+        return getattr(self._config, name)
+
+    def set_(self: ShardedDataset, value: Any) -> None:
+        self._config = self._config.replace(**{name: value})
+
+    return property(get, set_, doc=doc)
 
 
 class ShardedDataset(IterableDataset[Batch]):
@@ -214,7 +224,24 @@ class ShardedDataset(IterableDataset[Batch]):
     (e+1 after e-1 and e, e again after e and e) and starts reading it as the
     current one ends, so a round trip is not lost at each epoch boundary; a
     wrong guess is dropped. ``close()`` stops such reads ahead.
+
+    The arguments are checked, and the plan, resume state and reads are
+    computed, by the native reader configuration (``_native.ReaderConfig``):
+    this class converts and delegates.
     """
+
+    table = _config_property("table", "The data table.")
+    batch_size = _config_property("batch_size", "Samples per batch.")
+    shuffle = _config_property("shuffle", "Whether each epoch is shuffled.")
+    seed = _config_property("seed", "Seed of the shuffle, the same on every rank.")
+    drop_last = _config_property("drop_last", "Drop the last incomplete round of batches.")
+    label_type = _config_property("label_type", '"int", "blob" or "none".')
+    ordered = _config_property("ordered", "Deliver batches in plan order.")
+    window = _config_property("window", "A fixed window of batch reads, or None (tuned).")
+    memory_budget = _config_property("memory_budget", "Bytes of batches in flight at most.")
+    decode = _config_property("decode", '"rgb" or None.')
+    size = _config_property("size", "(height, width) decoded images are resized to.")
+    on_error = _config_property("on_error", '"raise" or "skip" undecodable samples.')
 
     def __init__(
         self,
@@ -226,7 +253,7 @@ class ShardedDataset(IterableDataset[Batch]):
         shuffle: bool = True,
         seed: int = 0,
         drop_last: bool = False,
-        label_type: str = "int",
+        label_type: Literal["int", "blob", "none"] = "int",
         ordered: bool = True,
         rank: int | None = None,
         world_size: int | None = None,
@@ -235,75 +262,52 @@ class ShardedDataset(IterableDataset[Batch]):
         data_col: str = "data",
         window: int | None = None,
         memory_budget: int | None = None,
-        decode: str | None = None,
+        decode: Literal["rgb"] | None = None,
         size: tuple[int, int] | None = None,
-        on_error: str = "raise",
+        on_error: Literal["raise", "skip"] = "raise",
     ) -> None:
         super().__init__()
-        if not isinstance(batch_size, int) or batch_size <= 0:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
             raise InvalidArgumentError(f"batch_size must be a positive int, got {batch_size!r}")
-        if label_type not in LABEL_TYPES:
-            raise InvalidArgumentError(
-                f"label_type must be one of {LABEL_TYPES}, got {label_type!r}"
-            )
-        if (rank is None) != (world_size is None):
-            raise InvalidArgumentError("give both rank and world_size, or neither")
-        if world_size is not None and rank is not None and not 0 <= rank < world_size:
-            raise InvalidArgumentError(f"rank {rank} is out of range for world_size {world_size}")
-        if window is not None and window <= 0:
-            raise InvalidArgumentError(f"window must be positive, got {window}")
-        if memory_budget is not None and memory_budget <= 0:
-            raise InvalidArgumentError(f"memory_budget must be positive, got {memory_budget}")
-        if decode not in (None, "rgb"):
-            raise InvalidArgumentError(f'decode must be "rgb" or None, got {decode!r}')
-        if size is not None:
-            if decode is None:
-                raise InvalidArgumentError('size needs decode="rgb"')
-            if len(size) != 2 or min(size) <= 0:
-                raise InvalidArgumentError(f"size must be (height, width) > 0, got {size!r}")
-            size = (int(size[0]), int(size[1]))
-        if on_error not in ("raise", "skip"):
-            raise InvalidArgumentError(f'on_error must be "raise" or "skip", got {on_error!r}')
-        self.store = _native.open_store(store) if isinstance(store, str) else store
-        self.table = table
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.seed = int(seed)
-        self.drop_last = drop_last
-        self.label_type = label_type
-        self.ordered = ordered
-        self.columns = (id_col, label_col, data_col)
-        self.window = window
-        self.memory_budget = memory_budget
-        self.decode = decode
-        self.size = size
-        self.on_error = on_error
+        self._config = _native.ReaderConfig(
+            table,
+            as_uuid_array(uuids).tobytes(),
+            batch_size,
+            label_type=label_type,
+            id_col=id_col,
+            label_col=label_col,
+            data_col=data_col,
+            shuffle=shuffle,
+            seed=int(seed),
+            drop_last=drop_last,
+            ordered=ordered,
+            rank=rank,
+            world_size=world_size,
+            window=window,
+            memory_budget=memory_budget,
+            decode=decode,
+            size=None if size is None else (int(size[0]), int(size[1])),
+            on_error=on_error,
+        )
+        self.store = open_store(store) if isinstance(store, str) else store
+        # Fail here, not in a worker: missing table, columns or label type mismatch.
+        self.store.check_table(table, label_type, id_col, label_col, data_col)
         # Positions of the samples skipped (undecodable) in the epoch being
         # iterated in this process; with DataLoader workers, read Batch.skipped.
         self.skipped: list[int] = []
-        self._rank = rank
-        self._world_size = world_size
-        arr = as_uuid_array(uuids)
-        self._uuid_bytes = arr.tobytes()
-        self.num_samples = int(arr.shape[0])
-        self._fingerprint = hashlib.blake2b(self._uuid_bytes, digest_size=8).hexdigest()
-        # Fail here, not in a worker: missing table, columns or label type mismatch.
-        self.store.check_table(table, label_type, id_col, label_col, data_col)
-        self._epoch = 0
-        self._start = 0
-        # Rank-local positions (counted from _start) consumed before a resume,
-        # out of order: not served again.
-        self._skip: list[int] = []
-        self._yielded = 0
+        # The epoch and its resume point.
+        self._progress = _native.Progress()
         # Positions of the batches yielded by this process in this iteration.
         self._positions: list[int] = []
         # Batch reads in flight allowed when the last batch was delivered here.
         self.current_window: int | None = None
-        # (pid, epoch) of the last iteration started by this object.
-        self._last_iterated: tuple[int, int] | None = None
+        # The epoch last iterated by this object, and in which process.
+        self._last_iterated: tuple[_native.ProcessMark, int] | None = None
         # A reader whose epoch is over and which is already reading the next
-        # one: (pid, arguments, epoch, reader).
-        self._ahead: tuple[int, dict[str, Any], int, _native.Reader] | None = None
+        # one: (configuration, share, epoch, reader).
+        self._ahead: tuple[_native.ReaderConfig, tuple[int, ...], int, _native.Reader] | None = (
+            None
+        )
 
     @classmethod
     def from_split(
@@ -330,124 +334,105 @@ class ShardedDataset(IterableDataset[Batch]):
         # copy sent to a worker each epoch would only guess wrong.
         state["_ahead"] = None
         state["_last_iterated"] = None
-        if state["_rank"] is None:
-            state["_rank"], state["_world_size"] = _distributed()
+        if self._config.rank is None:
+            rank, world_size = _distributed()
+            state["_config"] = self._config.replace(rank=rank, world_size=world_size)
         return state
 
     @property
+    def num_samples(self) -> int:
+        """Samples in the uuid list (all ranks together)."""
+        return int(self._config.num_samples)
+
+    @property
+    def columns(self) -> tuple[str, str, str]:
+        """(id_col, label_col, data_col)."""
+        return self._config.columns
+
+    @property
     def rank(self) -> int:
-        return self._rank if self._rank is not None else _distributed()[0]
+        rank = self._config.rank
+        return rank if rank is not None else _distributed()[0]
 
     @property
     def world_size(self) -> int:
-        return self._world_size if self._world_size is not None else _distributed()[1]
+        world_size = self._config.world_size
+        return world_size if world_size is not None else _distributed()[1]
 
     @property
     def epoch(self) -> int:
-        return self._epoch
+        return self._progress.epoch
 
     def set_epoch(self, epoch: int) -> None:
         """Selects the epoch (and so the shuffle); a resume point set by
         ``load_state_dict`` applies only to its own epoch."""
-        if epoch != self._epoch:
-            self._start = 0
-            self._skip = []
-        self._epoch = int(epoch)
+        if int(epoch) != self._progress.epoch:
+            self._progress = _native.Progress(int(epoch))
 
     def __len__(self) -> int:
-        return self._planned() - len(self._skip)
+        return self._config.batches_left(self.world_size, self._progress)
 
-    def _planned(self) -> int:
-        return _native.batches_per_rank(
-            self.num_samples, self.batch_size, self.world_size, self.drop_last, self._start
-        )
+    def _rank_counts(self) -> tuple[int, int]:
+        """(real samples, batches holding at least one) of this rank in a
+        whole epoch; its other batches hold pads only, and come last."""
+        return self._config.rank_counts(self.rank, self.world_size)
 
-    def _reader_args(self) -> dict[str, Any]:
-        """What the native reader is built from, but the epoch and resume point."""
+    def _share(self) -> tuple[int, int, int, int]:
+        """(rank, world_size, num_workers, worker_id) of a reader made here."""
         info = get_worker_info()
         num_workers, worker_id = (info.num_workers, info.id) if info is not None else (1, 0)
-        id_col, label_col, data_col = self.columns
-        return dict(
-            store=self.store,
-            table=self.table,
-            uuids=self._uuid_bytes,
-            batch_size=self.batch_size,
-            label_type=self.label_type,
-            id_col=id_col,
-            label_col=label_col,
-            data_col=data_col,
-            world_size=self.world_size,
-            rank=self.rank,
+        return self.rank, self.world_size, num_workers, worker_id
+
+    def _reader(self, share: tuple[int, ...] | None = None) -> _native.Reader:
+        """A native reader of the current epoch, from the resume point."""
+        rank, world_size, num_workers, worker_id = share or self._share()
+        return _native.Reader(
+            self.store,
+            self._config,
+            rank=rank,
+            world_size=world_size,
             num_workers=num_workers,
             worker_id=worker_id,
-            shuffle=self.shuffle,
-            seed=self.seed,
-            drop_last=self.drop_last,
-            ordered=self.ordered,
-            window=self.window,
-            memory_budget=self.memory_budget,
-            decode=self.decode,
-            size=self.size,
-            on_error=self.on_error,
+            progress=self._progress,
         )
 
-    def _reader(self, args: dict[str, Any] | None = None) -> _native.Reader:
-        """A native reader of the current epoch, from the resume point."""
-        return _native.Reader(
-            **(args or self._reader_args()),
-            epoch=self._epoch,
-            start=self._start,
-            skip=self._skip or None,
-        )
-
-    def _guess_next_epoch(self, pid: int, epoch: int) -> int | None:
-        """The epoch the next iteration will most likely read: after epochs
-        e-1 and e, e+1 (a loop calling set_epoch); after e and e, e again (no
-        set_epoch, or persistent workers). No guess on a first iteration: a
-        DataLoader worker that is not persistent iterates a fresh copy each
-        epoch and would only waste reads."""
-        last = self._last_iterated
-        if last is None or last[0] != pid or epoch - last[1] not in (0, 1):
-            return None
-        return epoch + (epoch - last[1])
-
-    def _take_ahead(self, pid: int, args: dict[str, Any], epoch: int) -> _native.Reader | None:
+    def _take_ahead(self, share: tuple[int, ...], epoch: int) -> _native.Reader | None:
         """The reader already reading this epoch, if the last iteration guessed it."""
         ahead, self._ahead = self._ahead, None
         if ahead is None:
             return None
-        a_pid, a_args, a_epoch, reader = ahead
-        if a_pid != pid:
+        config, a_share, a_epoch, reader = ahead
+        if reader.inherited:
             return None  # inherited through fork: its reads belong to the parent
-        if (a_epoch, a_args) == (epoch, args) and self._start == 0 and not self._skip:
-            if reader.next_epoch():
-                return reader
+        same = config is self._config and a_share == share and a_epoch == epoch
+        if same and self._progress.fresh and reader.next_epoch():
+            return reader
         reader.close()
         return None
 
     def __iter__(self) -> Iterator[Batch]:
-        pid = os.getpid()
-        args = self._reader_args()
-        epoch = self._epoch
-        then = self._guess_next_epoch(pid, epoch)
-        self._last_iterated = (pid, epoch)
-        reader = self._take_ahead(pid, args, epoch)
+        share = self._share()
+        epoch = self.epoch
+        last = self._last_iterated
+        previous = last[1] if last is not None and not last[0].inherited else None
+        then = _native.guess_next_epoch(previous, epoch)
+        self._last_iterated = (_native.ProcessMark(), epoch)
+        reader = self._take_ahead(share, epoch)
         if reader is None:  # (not `or`: a reader's truth is its length)
-            reader = self._reader(args)
+            reader = self._reader(share)
         if then is not None:
             # Its reads start once this epoch's are all issued: the window
             # stays full across the boundary instead of draining and refilling.
             reader.read_next(then)
-        self._yielded = 0
         self._positions = []
         self.skipped = []
         finished = False
+        config, size = self._config, self.size
         try:
             for nb in reader:
-                batch = Batch.from_native(nb, epoch, self.size)
+                batch = Batch.from_native(nb, epoch, size)
                 if batch.skipped.numel():
                     self.skipped.extend(batch.skipped.tolist())
-                self._yielded += 1
                 self._positions.append(batch.position)
                 self.current_window = reader.window
                 yield batch
@@ -455,7 +440,7 @@ class ShardedDataset(IterableDataset[Batch]):
         finally:
             if finished and then is not None and reader.has_next_epoch:
                 # Keep the reads of the guessed epoch going for the next iteration.
-                self._ahead = (pid, args, then, reader)
+                self._ahead = (config, share, then, reader)
             else:
                 reader.close()
 
@@ -463,7 +448,7 @@ class ShardedDataset(IterableDataset[Batch]):
         """Stops the reads of a next epoch started ahead (see the class
         docstring) and frees their memory; the dataset stays usable."""
         ahead, self._ahead = self._ahead, None
-        if ahead is not None and ahead[0] == os.getpid():
+        if ahead is not None and not ahead[3].inherited:
             ahead[3].close()
 
     def state_dict(
@@ -473,7 +458,8 @@ class ShardedDataset(IterableDataset[Batch]):
         consumed_positions: Any = None,
     ) -> dict[str, Any]:
         """A plain, versioned, JSON-able state from which ``load_state_dict``
-        resumes the epoch exactly where this rank stopped.
+        resumes the epoch exactly where this rank stopped (the same state the
+        Rust loader of ``crs4-cassandra-tch`` saves and loads).
 
         What was consumed is, by default, what this object yielded in this
         process: exact without DataLoader workers, and inside workers (where
@@ -490,101 +476,27 @@ class ShardedDataset(IterableDataset[Batch]):
         resumes only on the same rank and world size; one without resumes on
         any world size.
         """
-        planned = self._planned()
-        if consumed_positions is not None:
-            taken = {int(p) for p in consumed_positions}
-        elif batches_consumed is not None:
-            count = int(batches_consumed)
-            if not 0 <= count <= planned - len(self._skip):
-                raise InvalidArgumentError(
-                    f"batches_consumed={count} is outside 0..{planned - len(self._skip)} "
-                    "for this epoch"
-                )
-            skip = set(self._skip)
-            taken = set([q for q in range(planned) if q not in skip][:count])
-        else:
-            taken = set(self._positions)
-        bad = [q for q in taken if not 0 <= q < planned]
-        if bad:
-            raise InvalidArgumentError(
-                f"consumed position {bad[0]} is outside 0..{planned - 1} for this epoch"
-            )
-        taken |= set(self._skip)
-        prefix = 0
-        while prefix in taken:
-            prefix += 1
-        # Inside a DataLoader worker, batches are dealt to workers by position
-        # from the resume point: keep that dealing by folding only whole rounds.
         info = get_worker_info()
-        if info is not None and info.num_workers > 1:
-            prefix -= prefix % info.num_workers
-        extra = sorted(q - prefix for q in taken if q >= prefix)
-        return {
-            "version": STATE_VERSION,
-            "epoch": self._epoch,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "drop_last": self.drop_last,
-            "batch_size": self.batch_size,
-            "num_samples": self.num_samples,
-            "uuids_fingerprint": self._fingerprint,
-            "table": self.table,
-            "world_size": self.world_size,
-            "rank": self.rank,
-            "consumed_samples": _native.consumed_after(
-                self.num_samples,
-                self.batch_size,
-                self.world_size,
-                self.drop_last,
-                self._start,
-                prefix,
+        state = self._config.state(
+            self.rank,
+            self.world_size,
+            self._progress,
+            consumed_positions=(
+                None if consumed_positions is None else [int(p) for p in consumed_positions]
             ),
-            "consumed_positions": extra,
-        }
+            batches_consumed=None if batches_consumed is None else int(batches_consumed),
+            yielded=self._positions,
+            dealing_workers=info.num_workers if info is not None else 1,
+        )
+        result: dict[str, Any] = json.loads(state)
+        return result
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Resumes from ``state_dict()``: the next iteration yields exactly the
         batches that had not been consumed (on any world size when the state
         has no ``consumed_positions``: the remaining samples are re-dealt over
-        the current ranks)."""
-        if state.get("version") not in _READABLE_STATE_VERSIONS:
-            raise StateDictError(
-                f"unsupported state version {state.get('version')!r} (expected {STATE_VERSION})"
-            )
-        mine = self.state_dict(0)
-        for key in (
-            "seed",
-            "shuffle",
-            "drop_last",
-            "batch_size",
-            "num_samples",
-            "uuids_fingerprint",
-            "table",
-        ):
-            if state.get(key) != mine[key]:
-                raise StateDictError(
-                    f"state was saved with {key}={state.get(key)!r} but this dataset has "
-                    f"{key}={mine[key]!r}: it belongs to another run"
-                )
-        consumed = int(state["consumed_samples"])
-        if not 0 <= consumed <= self.num_samples:
-            raise StateDictError(f"consumed_samples={consumed} is out of range")
-        extra = [int(q) for q in state.get("consumed_positions", [])]
-        if extra:
-            saved = (state.get("rank"), state.get("world_size"))
-            if saved != (self.rank, self.world_size):
-                raise StateDictError(
-                    f"state has batches consumed out of order on rank {saved[0]} of "
-                    f"{saved[1]}: it resumes only there, not on rank {self.rank} of "
-                    f"{self.world_size} (save states with ordered=True to change world size)"
-                )
-            steps = _native.batches_per_rank(
-                self.num_samples, self.batch_size, self.world_size, self.drop_last, consumed
-            )
-            if not all(0 <= q < steps for q in extra) or len(set(extra)) != len(extra):
-                raise StateDictError(f"consumed_positions are out of range 0..{steps - 1}")
-        self._epoch = int(state["epoch"])
-        self._start = consumed
-        self._skip = sorted(extra)
-        self._yielded = 0
+        the current ranks). States of every version ever written load."""
+        self._progress = self._config.resume(
+            json.dumps(state, default=int), self.rank, self.world_size
+        )
         self._positions = []

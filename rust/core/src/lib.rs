@@ -1,8 +1,13 @@
-//! Pure logic of crs4_cassandra: the epoch plan and the split-file format.
+//! Pure logic of crs4_cassandra: the epoch plan, resumption state and the split-file format.
 
 pub mod plan;
 pub mod rng;
 pub mod split;
+pub mod state;
 
-pub use plan::{EpochPlan, PlanError, PlanSpec, PlannedBatch, Resume};
+pub use plan::{guess_next_epoch, EpochPlan, PlanError, PlanSpec, PlannedBatch, Resume};
 pub use split::{LabelType, SplitError, SplitFile, SplitHeader};
+pub use state::{
+    uuids_fingerprint, LoaderState, Progress, RunIdentity, StateError, READABLE_STATE_VERSIONS,
+    STATE_VERSION,
+};

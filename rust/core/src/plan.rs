@@ -103,6 +103,29 @@ impl PlanSpec {
         })
     }
 
+    /// For one rank of a whole epoch (from `start`): the real samples it
+    /// serves and the number of its batches holding at least one (the
+    /// others hold pads only). Global batches are dealt round-robin and pads
+    /// fill the tail, so a rank's real samples always come first in its stream.
+    pub fn rank_counts(&self, rank: usize) -> Result<(usize, usize), PlanError> {
+        let steps = self.batches_per_rank()?;
+        if rank >= self.world_size {
+            return Err(PlanError::Rank {
+                rank,
+                world_size: self.world_size,
+            });
+        }
+        let remaining = self.n - self.start;
+        let (mut real, mut batches) = (0, 0);
+        for j in 0..steps {
+            let first = (j * self.world_size + rank) * self.batch_size;
+            let k = remaining.saturating_sub(first).min(self.batch_size);
+            real += k;
+            batches += usize::from(k > 0);
+        }
+        Ok((real, batches))
+    }
+
     /// The resume point after every rank has consumed `batches` batches.
     pub fn resume_after(&self, batches: usize) -> Result<Resume, PlanError> {
         let steps = self.batches_per_rank()?;
@@ -199,11 +222,42 @@ impl EpochPlan {
             .collect())
     }
 
+    /// The batches one reader serves after a resume, in order: its share
+    /// ([`EpochPlan::reader_batches`]) without the rank-local `consumed`
+    /// positions (consumed out of order before the resume).
+    pub fn reader_batches_after(
+        &self,
+        rank: usize,
+        num_workers: usize,
+        worker_id: usize,
+        consumed: &[usize],
+    ) -> Result<Vec<PlannedBatch>, PlanError> {
+        let mut batches = self.reader_batches(rank, num_workers, worker_id)?;
+        if !consumed.is_empty() {
+            let consumed: std::collections::HashSet<usize> = consumed.iter().copied().collect();
+            batches.retain(|b| !consumed.contains(&b.position));
+        }
+        Ok(batches)
+    }
+
     /// The resume point after every rank has consumed `batches` batches of this plan.
     pub fn resume_after(&self, batches: usize) -> Resume {
         self.spec
             .resume_after(batches)
             .expect("the spec was validated when the plan was made")
+    }
+}
+
+/// The epoch a reader will most likely be asked for after iterating
+/// `current` with `previous` the epoch iterated before it in the same
+/// process: after e-1 and e, e+1 (a loop calling `set_epoch`); after e and e,
+/// e again (no `set_epoch`, or persistent workers); otherwise no guess (a
+/// first iteration, or a jump: a wrong guess only wastes reads).
+pub fn guess_next_epoch(previous: Option<u64>, current: u64) -> Option<u64> {
+    match current.checked_sub(previous?) {
+        Some(0) => Some(current),
+        Some(1) => current.checked_add(1),
+        _ => None,
     }
 }
 
@@ -363,6 +417,50 @@ mod tests {
                 prop_assert_eq!(served.len(), spec.n);
             }
         }
+    }
+
+    #[test]
+    fn rank_counts_match_the_batches() {
+        for (n, bs, ws, drop_last) in [
+            (10, 3, 2, false),
+            (7, 4, 3, false),
+            (100, 8, 3, true),
+            (0, 2, 2, false),
+        ] {
+            let spec = PlanSpec {
+                n,
+                batch_size: bs,
+                world_size: ws,
+                drop_last,
+                shuffle: false,
+                seed: 0,
+                epoch: 0,
+                start: 0,
+            };
+            let plan = EpochPlan::new(spec.clone()).unwrap();
+            for rank in 0..ws {
+                let batches = plan.reader_batches(rank, 1, 0).unwrap();
+                let real: Vec<usize> = batches
+                    .iter()
+                    .map(|b| b.is_pad.iter().filter(|p| !**p).count())
+                    .collect();
+                let want = (real.iter().sum(), real.iter().filter(|&&k| k > 0).count());
+                assert_eq!(
+                    spec.rank_counts(rank).unwrap(),
+                    want,
+                    "{spec:?} rank {rank}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn guesses_the_next_epoch() {
+        assert_eq!(guess_next_epoch(None, 0), None);
+        assert_eq!(guess_next_epoch(Some(0), 1), Some(2));
+        assert_eq!(guess_next_epoch(Some(3), 3), Some(3));
+        assert_eq!(guess_next_epoch(Some(3), 7), None);
+        assert_eq!(guess_next_epoch(Some(4), 3), None);
     }
 
     #[test]

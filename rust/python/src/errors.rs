@@ -2,181 +2,231 @@
 //!
 //! The tree is declared in Python so that each class can also derive from the
 //! matching builtin (KeyError, ValueError, ConnectionError...), which
-//! `create_exception!` cannot express.
+//! `create_exception!` cannot express. Its classes are looked up once, when
+//! the module is imported ([`init`]): a class renamed on the Python side fails
+//! the import, instead of turning every later error into a RuntimeError.
+//! The Rust error's `source()` chain becomes the exception's `__cause__` chain.
 
-use crs4_cassandra_core::{PlanError, SplitError};
+use crs4_cassandra_core::{PlanError, SplitError, StateError};
 use crs4_cassandra_store::StoreError;
-use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
+use pyo3::sync::PyOnceLock;
+use pyo3::types::PyType;
 
+/// The classes of `crs4_cassandra.errors` this module raises.
+#[derive(Clone, Copy, Debug)]
+pub enum Class {
+    LoaderError,
+    InvalidArgumentError,
+    StoreNotFoundError,
+    StoreIOError,
+    TableNotFoundError,
+    TableExistsError,
+    SchemaError,
+    SampleNotFoundError,
+    CorruptSampleError,
+    SplitFileError,
+    SplitFileNotFoundError,
+    SplitNotFoundError,
+    StoreConnectionError,
+    AuthenticationError,
+    StoreTimeoutError,
+    QueryError,
+    TLSConfigError,
+    StateDictError,
+    InsecureTLSWarning,
+}
+
+const CLASSES: [Class; 19] = [
+    Class::LoaderError,
+    Class::InvalidArgumentError,
+    Class::StoreNotFoundError,
+    Class::StoreIOError,
+    Class::TableNotFoundError,
+    Class::TableExistsError,
+    Class::SchemaError,
+    Class::SampleNotFoundError,
+    Class::CorruptSampleError,
+    Class::SplitFileError,
+    Class::SplitFileNotFoundError,
+    Class::SplitNotFoundError,
+    Class::StoreConnectionError,
+    Class::AuthenticationError,
+    Class::StoreTimeoutError,
+    Class::QueryError,
+    Class::TLSConfigError,
+    Class::StateDictError,
+    Class::InsecureTLSWarning,
+];
+
+static RESOLVED: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
+
+/// Resolves every class of [`Class`] in `crs4_cassandra.errors`; the module
+/// import fails if one is missing.
+pub fn init(py: Python<'_>) -> PyResult<()> {
+    RESOLVED
+        .get_or_try_init(py, || {
+            let module = py.import("crs4_cassandra.errors")?;
+            CLASSES
+                .iter()
+                .enumerate()
+                .map(|(i, class)| {
+                    debug_assert_eq!(*class as usize, i);
+                    let name = format!("{class:?}");
+                    Ok(module
+                        .getattr(name.as_str())?
+                        .cast_into::<PyType>()?
+                        .unbind())
+                })
+                .collect::<PyResult<Vec<_>>>()
+        })
+        .map(drop)
+}
+
+/// The Python class of `class`.
+pub fn class<'py>(py: Python<'py>, class: Class) -> Bound<'py, PyType> {
+    RESOLVED
+        .get(py)
+        .expect("the exception classes are resolved when the module is imported")[class as usize]
+        .bind(py)
+        .clone()
+}
+
+/// `class(message)`, with attributes naming the culprit, and `source`'s
+/// chain as its `__cause__` chain.
 fn build(
-    py: Python<'_>,
-    class: &str,
+    class: Class,
     message: String,
     attrs: &[(&str, String)],
     source: Option<&dyn std::error::Error>,
 ) -> PyErr {
-    let made = (|| -> PyResult<PyErr> {
-        let module = py.import("crs4_cassandra.errors")?;
-        let cls = module.getattr(class)?;
-        let exc = cls.call1((message.clone(),))?;
-        for (k, v) in attrs {
-            exc.setattr(*k, v)?;
-        }
-        let err = PyErr::from_value(exc);
-        if let Some(source) = source {
-            let base = module.getattr("LoaderError")?;
-            let cause = PyErr::from_value(base.call1((source.to_string(),))?);
-            err.set_cause(py, Some(cause));
-        }
-        Ok(err)
-    })();
-    made.unwrap_or_else(|e| PyRuntimeError::new_err(format!("{message} (while raising: {e})")))
+    Python::attach(|py| {
+        let made = (|| -> PyResult<PyErr> {
+            let exc = self::class(py, class).call1((message.clone(),))?;
+            for (k, v) in attrs {
+                exc.setattr(*k, v)?;
+            }
+            let err = PyErr::from_value(exc);
+            // Innermost first: each cause is the __cause__ of the one it explains.
+            let mut chain = Vec::new();
+            let mut next = source;
+            while let Some(e) = next {
+                chain.push(e.to_string());
+                next = e.source();
+            }
+            let mut cause: Option<PyErr> = None;
+            for text in chain.into_iter().rev() {
+                let e = PyErr::from_value(self::class(py, Class::LoaderError).call1((text,))?);
+                e.set_cause(py, cause.take());
+                cause = Some(e);
+            }
+            err.set_cause(py, cause);
+            Ok(err)
+        })();
+        made.unwrap_or_else(|e| e)
+    })
 }
 
 pub fn store_err(e: StoreError) -> PyErr {
-    Python::attach(|py| {
-        let msg = e.to_string();
-        match &e {
-            StoreError::InvalidArgument(_) => build(py, "InvalidArgumentError", msg, &[], None),
-            StoreError::NotAStore { path, .. } => build(
-                py,
-                "StoreNotFoundError",
-                msg,
-                &[("path", path.display().to_string())],
-                None,
-            ),
-            StoreError::TableNotFound { table, .. } => build(
-                py,
-                "TableNotFoundError",
-                msg,
-                &[("table", table.clone())],
-                None,
-            ),
-            StoreError::TableExists { table, .. } => build(
-                py,
-                "TableExistsError",
-                msg,
-                &[("table", table.clone())],
-                None,
-            ),
-            StoreError::LabelTypeMismatch { table, .. } => {
-                build(py, "SchemaError", msg, &[("table", table.clone())], None)
-            }
-            StoreError::MissingSample { table, uuid } => build(
-                py,
-                "SampleNotFoundError",
-                msg,
-                &[("table", table.clone()), ("uuid", uuid.to_string())],
-                None,
-            ),
-            StoreError::EmptyValue {
-                table,
-                uuid,
-                column,
-            }
-            | StoreError::BadValue {
-                table,
-                uuid,
-                column,
-                ..
-            } => build(
-                py,
-                "CorruptSampleError",
-                msg,
-                &[
-                    ("table", table.clone()),
-                    ("uuid", uuid.to_string()),
-                    ("column", column.clone()),
-                ],
-                None,
-            ),
-            StoreError::Io { source, path } => build(
-                py,
-                "StoreIOError",
-                msg,
-                &[("path", path.display().to_string())],
-                Some(source),
-            ),
-            StoreError::Lmdb { path, .. } => build(
-                py,
-                "StoreIOError",
-                msg,
-                &[("path", path.display().to_string())],
-                None,
-            ),
-            StoreError::Connection { hosts, .. } => build(
-                py,
-                "StoreConnectionError",
-                msg,
-                &[("hosts", hosts.clone())],
-                None,
-            ),
-            StoreError::Authentication { hosts, .. } => build(
-                py,
-                "AuthenticationError",
-                msg,
-                &[("hosts", hosts.clone())],
-                None,
-            ),
-            StoreError::Timeout { hosts, .. } => build(
-                py,
-                "StoreTimeoutError",
-                msg,
-                &[("hosts", hosts.clone())],
-                None,
-            ),
-            StoreError::Query { hosts, table, .. } => build(
-                py,
-                "QueryError",
-                msg,
-                &[("hosts", hosts.clone()), ("table", table.clone())],
-                None,
-            ),
-            StoreError::Tls(_) => build(py, "TLSConfigError", msg, &[], None),
-            StoreError::Internal(_) => build(py, "LoaderError", msg, &[], None),
+    use Class::*;
+    let msg = e.to_string();
+    let source = std::error::Error::source(&e);
+    let (class, attrs): (Class, Vec<(&str, String)>) = match &e {
+        StoreError::InvalidArgument(_) => (InvalidArgumentError, vec![]),
+        StoreError::NotAStore { path, .. } => (
+            StoreNotFoundError,
+            vec![("path", path.display().to_string())],
+        ),
+        StoreError::TableNotFound { table, .. } => {
+            (TableNotFoundError, vec![("table", table.clone())])
         }
-    })
+        StoreError::TableExists { table, .. } => (TableExistsError, vec![("table", table.clone())]),
+        StoreError::LabelTypeMismatch { table, .. } => {
+            (SchemaError, vec![("table", table.clone())])
+        }
+        StoreError::MissingSample { table, uuid } => (
+            SampleNotFoundError,
+            vec![("table", table.clone()), ("uuid", uuid.to_string())],
+        ),
+        StoreError::EmptyValue {
+            table,
+            uuid,
+            column,
+        }
+        | StoreError::BadValue {
+            table,
+            uuid,
+            column,
+            ..
+        } => (
+            CorruptSampleError,
+            vec![
+                ("table", table.clone()),
+                ("uuid", uuid.to_string()),
+                ("column", column.clone()),
+            ],
+        ),
+        StoreError::Io { path, .. } | StoreError::Lmdb { path, .. } => {
+            (StoreIOError, vec![("path", path.display().to_string())])
+        }
+        StoreError::Connection { hosts, .. } => {
+            (StoreConnectionError, vec![("hosts", hosts.clone())])
+        }
+        StoreError::Authentication { hosts, .. } => {
+            (AuthenticationError, vec![("hosts", hosts.clone())])
+        }
+        StoreError::Timeout { hosts, .. } => (StoreTimeoutError, vec![("hosts", hosts.clone())]),
+        StoreError::Query { hosts, table, .. } => (
+            QueryError,
+            vec![("hosts", hosts.clone()), ("table", table.clone())],
+        ),
+        StoreError::Tls(_) => (TLSConfigError, vec![]),
+        StoreError::Internal(_) => (LoaderError, vec![]),
+    };
+    build(class, msg, &attrs, source)
 }
 
 pub fn split_err(e: SplitError) -> PyErr {
-    Python::attach(|py| {
-        let msg = e.to_string();
-        match &e {
-            SplitError::Io { source, path } if source.kind() == std::io::ErrorKind::NotFound => {
-                build(
-                    py,
-                    "SplitFileNotFoundError",
-                    msg,
-                    &[("path", path.display().to_string())],
-                    None,
-                )
-            }
-            SplitError::NoSuchSplit { name, .. } => build(
-                py,
-                "SplitNotFoundError",
-                msg,
-                &[("split", name.clone())],
-                None,
-            ),
-            SplitError::UuidBytes { .. } | SplitError::DuplicateName(_) => {
-                build(py, "InvalidArgumentError", msg, &[], None)
-            }
-            _ => build(
-                py,
-                "SplitFileError",
-                msg,
-                &[],
-                std::error::Error::source(&e),
-            ),
+    let msg = e.to_string();
+    match &e {
+        SplitError::Io { source, path } if source.kind() == std::io::ErrorKind::NotFound => build(
+            Class::SplitFileNotFoundError,
+            msg,
+            &[("path", path.display().to_string())],
+            None,
+        ),
+        SplitError::NoSuchSplit { name, .. } => build(
+            Class::SplitNotFoundError,
+            msg,
+            &[("split", name.clone())],
+            None,
+        ),
+        SplitError::UuidBytes { .. } | SplitError::DuplicateName(_) => {
+            build(Class::InvalidArgumentError, msg, &[], None)
         }
-    })
+        _ => build(
+            Class::SplitFileError,
+            msg,
+            &[],
+            std::error::Error::source(&e),
+        ),
+    }
 }
 
 pub fn plan_err(e: PlanError) -> PyErr {
-    Python::attach(|py| build(py, "InvalidArgumentError", e.to_string(), &[], None))
+    build(Class::InvalidArgumentError, e.to_string(), &[], None)
+}
+
+pub fn state_err(e: StateError) -> PyErr {
+    match e {
+        StateError::CountOutOfRange { .. } | StateError::PositionOutOfRange { .. } => {
+            build(Class::InvalidArgumentError, e.to_string(), &[], None)
+        }
+        StateError::Plan(p) => plan_err(p),
+        _ => build(Class::StateDictError, e.to_string(), &[], None),
+    }
 }
 
 pub fn invalid(msg: impl Into<String>) -> PyErr {
-    Python::attach(|py| build(py, "InvalidArgumentError", msg.into(), &[], None))
+    build(Class::InvalidArgumentError, msg.into(), &[], None)
 }

@@ -11,6 +11,8 @@ pub mod engine;
 pub mod error;
 pub mod lmdb;
 pub mod local;
+pub mod open;
+pub mod reader;
 pub mod runtime;
 pub mod tuner;
 
@@ -22,9 +24,11 @@ pub use batch::{ArenaPool, Batch, BatchJob, Images, Labels, PooledBuf};
 pub use crs4_cassandra_core::LabelType;
 pub use engine::{BatchStream, DecodeOptions, EngineOptions, FetchEngine};
 pub use error::{Result, StoreError};
+pub use open::{open_store, Opened};
+pub use reader::{OnError, Reader, ReaderConfig, Share};
 
 /// Which table and columns to read, and how to interpret the label.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TableSpec {
     pub table: String,
     pub id_col: String,

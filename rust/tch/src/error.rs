@@ -1,4 +1,4 @@
-use crs4_cassandra_core::{PlanError, SplitError};
+use crs4_cassandra_core::{PlanError, SplitError, StateError};
 use crs4_cassandra_store::StoreError;
 use thiserror::Error;
 use uuid::Uuid;
@@ -15,7 +15,7 @@ pub enum Error {
     #[error(transparent)]
     Split(#[from] SplitError),
     #[error("cannot load the loader state: {0}")]
-    State(String),
+    State(#[from] StateError),
     #[error("sample {uuid} (batch position {position}) cannot be decoded: {reason}")]
     Decode {
         uuid: Uuid,

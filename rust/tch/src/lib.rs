@@ -3,7 +3,8 @@
 //! The same sharded, prefetching reader as the Python dataset: an epoch plan
 //! shared by every rank (each sample once per epoch, equal batch counts, order
 //! fixed by seed and epoch), reads kept in flight in the background, and a
-//! resumable state with the same JSON as the Python `state_dict()`.
+//! resumable state that is the Python `state_dict()`'s (the core crate's
+//! `LoaderState`): a state saved on either side resumes on the other.
 //!
 //! ```no_run
 //! use crs4_cassandra_tch::{Images, Loader, IMAGENET_MEAN, IMAGENET_STD};
@@ -35,12 +36,11 @@
 mod blob;
 mod error;
 mod loader;
-mod state;
 pub mod synthetic;
 
 pub use crs4_cassandra_core::LabelType;
+pub use crs4_cassandra_core::{uuids_fingerprint, LoaderState, STATE_VERSION};
+pub use crs4_cassandra_store::cassandra::OptionValue;
+pub use crs4_cassandra_store::open_store;
 pub use error::{Error, Result};
-pub use loader::{
-    open_store, EpochIter, Images, Loader, LoaderBuilder, TchBatch, IMAGENET_MEAN, IMAGENET_STD,
-};
-pub use state::{uuids_fingerprint, LoaderState, STATE_VERSION};
+pub use loader::{EpochIter, Images, Loader, LoaderBuilder, TchBatch, IMAGENET_MEAN, IMAGENET_STD};

@@ -3,14 +3,15 @@
 
 use crate::blob::tensor_of;
 use crate::error::{Error, Result};
-use crate::state::{uuids_fingerprint, LoaderState, STATE_VERSION};
-use crs4_cassandra_core::{EpochPlan, LabelType, PlanSpec, SplitFile};
+use crs4_cassandra_core::{
+    EpochPlan, LabelType, LoaderState, PlanSpec, Progress, RunIdentity, SplitFile,
+};
 use crs4_cassandra_store::batch::Images as DecodedImages;
-use crs4_cassandra_store::engine::{DecodeOptions, Next};
-use crs4_cassandra_store::local::LocalStore;
+use crs4_cassandra_store::cassandra::OptionValue;
+use crs4_cassandra_store::engine::Next;
 use crs4_cassandra_store::runtime::runtime;
 use crs4_cassandra_store::{
-    Batch, BatchStream, EngineOptions, FetchEngine, Labels, SampleStore, TableReader, TableSpec,
+    open_store, Batch, Labels, OnError, Reader, ReaderConfig, Share, TableReader, TableSpec,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -34,21 +35,11 @@ pub enum Images {
     Normalized { mean: [f32; 3], std: [f32; 3] },
 }
 
-/// Opens a store: `local:PATH`, or a bare path, for the embedded local store.
-pub fn open_store(url: &str) -> Result<Arc<dyn SampleStore>> {
-    let path = url.strip_prefix("local:").unwrap_or(url);
-    if path.contains("://") {
-        return Err(Error::InvalidArgument(format!(
-            "unsupported store URL {url:?}: expected \"local:PATH\" or a local store path"
-        )));
-    }
-    Ok(Arc::new(LocalStore::open(Path::new(path), false)?))
-}
-
 /// Builds a [`Loader`]; see [`Loader::builder`].
 #[derive(Debug, Clone)]
 pub struct LoaderBuilder {
     store: String,
+    store_options: Vec<(String, OptionValue)>,
     table: String,
     split: Option<(PathBuf, String)>,
     uuids: Option<Vec<Uuid>>,
@@ -70,6 +61,13 @@ pub struct LoaderBuilder {
 }
 
 impl LoaderBuilder {
+    /// A connection option of the store (e.g. `username`, `use_ssl`,
+    /// `request_timeout`: the names the Python `open_store` takes).
+    pub fn store_option(mut self, name: &str, value: OptionValue) -> Self {
+        self.store_options.push((name.to_string(), value));
+        self
+    }
+
     /// Reads the uuids of split `name` of a split file, and its label type and
     /// column names (unless set explicitly).
     pub fn split_file(mut self, path: impl AsRef<Path>, name: &str) -> Self {
@@ -177,25 +175,6 @@ impl LoaderBuilder {
         let batch_size = self
             .batch_size
             .ok_or_else(|| Error::InvalidArgument("batch_size is required".into()))?;
-        if batch_size == 0 {
-            return Err(Error::InvalidArgument("batch_size must be positive".into()));
-        }
-        if self.world_size == 0 || self.rank >= self.world_size {
-            return Err(Error::InvalidArgument(format!(
-                "rank {} is out of range for world_size {}",
-                self.rank, self.world_size
-            )));
-        }
-        if self.window == Some(0) || self.prefetch == 0 {
-            return Err(Error::InvalidArgument(
-                "window and prefetch must be positive".into(),
-            ));
-        }
-        if matches!(self.resize, Some((0, _)) | Some((_, 0))) {
-            return Err(Error::InvalidArgument(
-                "resize needs a positive height and width".into(),
-            ));
-        }
         if let Images::Normalized { std, .. } = self.images {
             if std.iter().any(|&s| s == 0.0 || !s.is_finite()) {
                 return Err(Error::InvalidArgument(format!(
@@ -241,46 +220,48 @@ impl LoaderBuilder {
             Some(h) => (h.id_col.clone(), h.label_col.clone(), h.data_col.clone()),
             None => ("id".into(), "label".into(), "data".into()),
         });
-        let spec = TableSpec {
-            table: self.table.clone(),
-            id_col,
-            label_col,
-            data_col,
-            label_type,
-        };
-        let store = open_store(&self.store)?;
-        let reader = runtime().block_on(store.open_table(&spec))?;
-        // Validates the plan options once, with the sizes of this split.
-        EpochPlan::new(PlanSpec {
-            n: ids.len(),
-            batch_size,
-            world_size: self.world_size,
-            drop_last: self.drop_last,
+        let config = ReaderConfig {
             shuffle: self.shuffle,
             seed: self.seed,
-            epoch: self.epoch,
-            start: 0,
-        })?;
-        let fingerprint = uuids_fingerprint(&ids);
-        Ok(Loader {
-            reader,
-            table: self.table,
-            ids: ids.into(),
-            fingerprint,
-            batch_size,
-            rank: self.rank,
-            world_size: self.world_size,
-            seed: self.seed,
-            epoch: self.epoch,
-            start: 0,
-            shuffle: self.shuffle,
             drop_last: self.drop_last,
             ordered: self.ordered,
             window: self.window,
+            decode: self.images != Images::Encoded,
+            size: self.resize,
+            on_error: if self.skip_errors {
+                OnError::Skip
+            } else {
+                OnError::Raise
+            },
+            ready: Some(self.prefetch),
+            rank: Some(self.rank),
+            world_size: Some(self.world_size),
+            ..ReaderConfig::new(
+                TableSpec {
+                    table: self.table.clone(),
+                    id_col,
+                    label_col,
+                    data_col,
+                    label_type,
+                },
+                batch_size,
+            )
+        };
+        config.validate()?;
+        let share = Share::new(self.rank, self.world_size, 1, 0)?;
+        let store = open_store(&self.store, self.store_options)?.store;
+        let reader = runtime().block_on(config.open_table(store.as_ref()))?;
+        let uuid_bytes: Vec<u8> = ids.iter().flat_map(|u| *u.as_bytes()).collect();
+        // Validates the plan options once, with the sizes of this split.
+        EpochPlan::new(config.plan_spec(ids.len(), self.world_size, self.epoch))?;
+        Ok(Loader {
+            reader,
+            run: config.run_identity(&uuid_bytes),
+            config: Arc::new(config),
+            ids: ids.into(),
+            share,
+            progress: Progress::fresh(self.epoch),
             images: self.images,
-            resize: self.resize,
-            skip_errors: self.skip_errors,
-            prefetch: self.prefetch,
         })
     }
 }
@@ -291,31 +272,22 @@ impl LoaderBuilder {
 /// an order fixed by (seed, epoch), and reads prefetched in the background.
 pub struct Loader {
     reader: Arc<dyn TableReader>,
-    table: String,
+    config: Arc<ReaderConfig>,
+    run: RunIdentity,
     ids: Arc<[Uuid]>,
-    fingerprint: String,
-    batch_size: usize,
-    rank: usize,
-    world_size: usize,
-    seed: u64,
-    epoch: u64,
-    /// Samples of this epoch's global order already consumed (resume point).
-    start: usize,
-    shuffle: bool,
-    drop_last: bool,
-    ordered: bool,
-    window: Option<usize>,
+    share: Share,
+    /// The epoch and its resume point.
+    progress: Progress,
     images: Images,
-    resize: Option<(u32, u32)>,
-    skip_errors: bool,
-    prefetch: usize,
 }
 
 impl Loader {
-    /// Starts a builder for `table` of the store at `store` (`local:PATH` or a path).
+    /// Starts a builder for `table` of the store at `store`: `local:PATH`, or
+    /// `cassandra://host1,host2:9042/keyspace` (see [`LoaderBuilder::store_option`]).
     pub fn builder(store: &str, table: &str) -> LoaderBuilder {
         LoaderBuilder {
             store: store.to_string(),
+            store_options: Vec::new(),
             table: table.to_string(),
             split: None,
             uuids: None,
@@ -337,36 +309,28 @@ impl Loader {
         }
     }
 
-    fn plan(&self) -> EpochPlan {
-        EpochPlan::new(PlanSpec {
-            n: self.ids.len(),
-            batch_size: self.batch_size,
-            world_size: self.world_size,
-            drop_last: self.drop_last,
-            shuffle: self.shuffle,
-            seed: self.seed,
-            epoch: self.epoch,
-            start: self.start,
-        })
-        .expect("options were validated by the builder")
+    fn spec(&self) -> PlanSpec {
+        self.config
+            .plan_spec(self.ids.len(), self.share.world_size, self.progress.epoch)
     }
 
     /// Selects the epoch (and so the shuffle). A resume point loaded with
     /// [`Loader::load_state`] applies only to its own epoch.
     pub fn set_epoch(&mut self, epoch: u64) {
-        if epoch != self.epoch {
-            self.start = 0;
+        if epoch != self.progress.epoch {
+            self.progress = Progress::fresh(epoch);
         }
-        self.epoch = epoch;
     }
 
     pub fn epoch(&self) -> u64 {
-        self.epoch
+        self.progress.epoch
     }
 
     /// Batches this rank serves in the current epoch (from the resume point).
     pub fn len(&self) -> usize {
-        self.plan().batches_per_rank()
+        self.progress
+            .batches_left(&self.spec())
+            .expect("options were validated by the builder")
     }
 
     pub fn is_empty(&self) -> bool {
@@ -379,79 +343,58 @@ impl Loader {
     }
 
     pub fn rank(&self) -> usize {
-        self.rank
+        self.share.rank
     }
 
     pub fn world_size(&self) -> usize {
-        self.world_size
+        self.share.world_size
     }
 
     /// Starts reading the current epoch; the iterator yields this rank's batches.
     /// Dropping it early stops the background reads.
     pub fn iter(&self) -> Result<EpochIter<'_>> {
-        let plan = self.plan();
-        let batches = plan.reader_batches(self.rank, 1, 0)?;
-        let total = batches.len();
-        let mut options = EngineOptions {
-            ordered: self.ordered,
-            ready: self.prefetch,
-            skip_bad_samples: self.skip_errors,
-            ..EngineOptions::default()
-        };
-        if let Some(w) = self.window {
-            options.fixed_window(w);
-        }
-        if self.images != Images::Encoded {
-            // Decoded on the engine's side, overlapping the reads of later batches.
-            options.decode = Some(DecodeOptions {
-                size: self.resize,
-                skip_errors: self.skip_errors,
-            });
-        }
-        let stream = {
-            let rt = runtime();
-            let _guard = rt.enter();
-            FetchEngine::start(self.reader.clone(), self.ids.clone(), batches, options)
-        };
+        let reader = Reader::start(
+            self.reader.clone(),
+            self.config.clone(),
+            self.ids.clone(),
+            self.share,
+            &self.progress,
+        )?;
+        let total = reader.remaining();
         Ok(EpochIter {
             loader: self,
-            stream,
-            yielded: 0,
+            reader,
+            positions: Vec::new(),
             total,
         })
     }
 
     /// The state after this rank has consumed `batches_consumed` batches of the
-    /// current epoch (every rank consumes the same number in lockstep).
+    /// current epoch in plan order (every rank consumes the same number in lockstep).
     pub fn state(&self, batches_consumed: usize) -> Result<LoaderState> {
-        let plan = self.plan();
-        if batches_consumed > plan.batches_per_rank() {
-            return Err(Error::InvalidArgument(format!(
-                "batches_consumed={batches_consumed} is outside 0..{} for this epoch",
-                plan.batches_per_rank()
-            )));
-        }
-        Ok(LoaderState {
-            version: STATE_VERSION,
-            epoch: self.epoch,
-            seed: self.seed,
-            shuffle: self.shuffle,
-            drop_last: self.drop_last,
-            batch_size: self.batch_size,
-            num_samples: self.ids.len(),
-            uuids_fingerprint: self.fingerprint.clone(),
-            table: self.table.clone(),
-            world_size: self.world_size,
-            consumed_samples: plan.resume_after(batches_consumed).consumed_samples,
-        })
+        let taken = self
+            .progress
+            .first_unconsumed(&self.spec(), batches_consumed)?;
+        self.state_after(taken)
     }
 
-    /// Resumes from a saved state (of any world size): the next iteration
-    /// yields exactly the batches that had not been consumed.
+    /// The state after this rank has consumed the batches at `positions`
+    /// (their [`TchBatch::position`]s, in any order) of the current epoch.
+    pub fn state_after(&self, positions: impl IntoIterator<Item = usize>) -> Result<LoaderState> {
+        let after = self.progress.after(&self.spec(), positions, 1)?;
+        Ok(LoaderState::new(
+            &self.run,
+            self.share.rank,
+            self.share.world_size,
+            &after,
+        ))
+    }
+
+    /// Resumes from a saved state (Python's `state_dict()` or this loader's;
+    /// of any world size unless it has batches consumed out of order): the
+    /// next iteration yields exactly the batches that had not been consumed.
     pub fn load_state(&mut self, state: &LoaderState) -> Result<()> {
-        state.check_compatible(&self.state(0)?)?;
-        self.epoch = state.epoch;
-        self.start = state.consumed_samples;
+        self.progress = state.resume(&self.run, self.share.rank, self.share.world_size)?;
         Ok(())
     }
 }
@@ -619,29 +562,30 @@ fn normalize(u8_nhwc: &Tensor, mean: [f32; 3], std: [f32; 3]) -> Result<Tensor> 
     Ok(x.f_mul(&scale)?.f_add(&shift)?.f_contiguous()?)
 }
 
-/// The batches of one epoch of a [`Loader`], for this rank, in order.
+/// The batches of one epoch of a [`Loader`], for this rank.
 pub struct EpochIter<'a> {
     loader: &'a Loader,
-    stream: BatchStream,
-    yielded: usize,
+    reader: Reader,
+    /// Positions of the batches yielded so far.
+    positions: Vec<usize>,
     total: usize,
 }
 
 impl EpochIter<'_> {
     /// Batches yielded so far in this epoch.
     pub fn yielded(&self) -> usize {
-        self.yielded
+        self.positions.len()
     }
 
-    /// The state after the batches yielded so far: saving it and resuming
-    /// from it continues with the next batch.
+    /// The state after the batches yielded so far (in either delivery
+    /// order): saving it and resuming from it continues with the rest.
     pub fn state(&self) -> Result<LoaderState> {
-        self.loader.state(self.yielded)
+        self.loader.state_after(self.positions.iter().copied())
     }
 
     fn next_raw(&mut self) -> Option<Result<Batch>> {
         loop {
-            match self.stream.next_blocking(Duration::from_secs(1)) {
+            match self.reader.next_blocking(Duration::from_secs(1)) {
                 Ok(Next::Batch(b)) => return Some(Ok(b)),
                 Ok(Next::End) => return None,
                 Ok(Next::Pending) => continue,
@@ -655,27 +599,28 @@ impl Iterator for EpochIter<'_> {
     type Item = Result<TchBatch>;
 
     fn next(&mut self) -> Option<Self::Item> {
-        if self.yielded >= self.total {
+        if self.positions.len() >= self.total {
             return None;
         }
+        let epoch = self.loader.progress.epoch;
         let item = self
             .next_raw()?
-            .and_then(|batch| TchBatch::from_batch(batch, self.loader.images, self.loader.epoch));
+            .and_then(|batch| TchBatch::from_batch(batch, self.loader.images, epoch));
         match item {
             Ok(b) => {
-                self.yielded += 1;
+                self.positions.push(b.position);
                 Some(Ok(b))
             }
             Err(e) => {
                 // An error ends the epoch.
-                self.total = self.yielded;
+                self.total = self.positions.len();
                 Some(Err(e))
             }
         }
     }
 
     fn size_hint(&self) -> (usize, Option<usize>) {
-        let left = self.total - self.yielded;
+        let left = self.total - self.positions.len();
         (0, Some(left))
     }
 }

@@ -213,7 +213,7 @@ fn a_saved_state_resumes_with_the_next_batch() {
         let saved: serde_json::Value = serde_json::from_str(&json).unwrap();
         assert_eq!(saved["consumed_samples"], 8);
         assert_eq!(saved["epoch"], 2);
-        assert_eq!(saved["version"], 1);
+        assert_eq!(saved["version"], 2);
         assert_eq!(head.len(), 4);
 
         let mut resumed = loader(&s, 2).seed(3).build().unwrap();
@@ -391,7 +391,7 @@ fn bad_options_fail_at_build() {
             .batch_size(2)
             .build());
         assert!(m.contains("nope") && m.contains("shapes"), "{m}");
-        let m = msg(Loader::builder("cassandra://h/ks", "shapes")
+        let m = msg(Loader::builder("mongodb://h/ks", "shapes")
             .uuids(vec![])
             .batch_size(2)
             .build());

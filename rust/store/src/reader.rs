@@ -1,0 +1,440 @@
+//! What a reader is, once for every front end (Python dataset, DALI reader,
+//! tch loader): its configuration ([`ReaderConfig`], validated here and
+//! nowhere else), its share of the epoch plan ([`Share`]), and the running
+//! [`Reader`] that streams that share's batches through the fetch engine,
+//! epoch after epoch.
+
+use crate::engine::{BatchStream, EngineOptions, FetchEngine, Next};
+use crate::error::{Result, StoreError};
+use crate::runtime::runtime;
+use crate::{DecodeOptions, LabelType, SampleStore, TableReader, TableSpec};
+use crs4_cassandra_core::{
+    uuids_fingerprint, EpochPlan, LoaderState, PlanSpec, PlannedBatch, Progress, RunIdentity,
+};
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// What to do with a sample that cannot be read or decoded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OnError {
+    /// Fail the epoch with an error naming the sample.
+    #[default]
+    Raise,
+    /// Leave the sample out of its batch and report it in `Batch::skipped`.
+    Skip,
+}
+
+impl OnError {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "raise" => Ok(Self::Raise),
+            "skip" => Ok(Self::Skip),
+            other => Err(invalid(format!(
+                "on_error must be \"raise\" or \"skip\", got {other:?}"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Raise => "raise",
+            Self::Skip => "skip",
+        }
+    }
+}
+
+/// Everything that defines a reader but its share and its position in the
+/// epoch: table and columns, the uuid list, plan options, engine options and
+/// decoding. Built by every front end from its own arguments, validated by
+/// [`ReaderConfig::validate`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReaderConfig {
+    pub table: TableSpec,
+    pub batch_size: usize,
+    pub shuffle: bool,
+    pub seed: u64,
+    pub drop_last: bool,
+    /// Deliver batches in plan order (true) or as they complete.
+    pub ordered: bool,
+    /// A fixed number of batch reads in flight (an expert knob); None tunes it.
+    pub window: Option<usize>,
+    /// Bytes of batches in flight at most, shared by the DataLoader workers of
+    /// a process; None: [`crate::engine::DEFAULT_MEMORY_BUDGET`].
+    pub memory_budget: Option<usize>,
+    /// Decode JPEG/PNG samples to RGB after their read.
+    pub decode: bool,
+    /// Resize decoded images to (height, width); needs `decode`.
+    pub size: Option<(u32, u32)>,
+    pub on_error: OnError,
+    /// Finished batches queued ahead of the consumer; None: the engine's default.
+    pub ready: Option<usize>,
+    /// The rank and world size when given explicitly; None: the caller's
+    /// environment decides (e.g. torch.distributed).
+    pub rank: Option<usize>,
+    pub world_size: Option<usize>,
+}
+
+fn invalid(message: impl Into<String>) -> StoreError {
+    StoreError::InvalidArgument(message.into())
+}
+
+impl ReaderConfig {
+    /// The defaults of every front end for `table`.
+    pub fn new(table: TableSpec, batch_size: usize) -> Self {
+        Self {
+            table,
+            batch_size,
+            shuffle: true,
+            seed: 0,
+            drop_last: false,
+            ordered: true,
+            window: None,
+            memory_budget: None,
+            decode: false,
+            size: None,
+            on_error: OnError::Raise,
+            ready: None,
+            rank: None,
+            world_size: None,
+        }
+    }
+
+    /// The one check of a reader's options.
+    pub fn validate(&self) -> Result<()> {
+        if self.batch_size == 0 {
+            return Err(invalid("batch_size must be a positive int, got 0"));
+        }
+        match (self.rank, self.world_size) {
+            (Some(rank), Some(world_size)) => Share::new(rank, world_size, 1, 0).map(drop)?,
+            (None, None) => {}
+            _ => return Err(invalid("give both rank and world_size, or neither")),
+        }
+        if self.window == Some(0) {
+            return Err(invalid("window must be positive, got 0"));
+        }
+        if self.memory_budget == Some(0) {
+            return Err(invalid("memory_budget must be positive, got 0"));
+        }
+        if self.ready == Some(0) {
+            return Err(invalid(
+                "prefetch (batches ready ahead) must be positive, got 0",
+            ));
+        }
+        if let Some((h, w)) = self.size {
+            if !self.decode {
+                return Err(invalid("size needs decode=\"rgb\""));
+            }
+            if h == 0 || w == 0 {
+                return Err(invalid(format!(
+                    "size (resize) must be (height, width) > 0, got ({h}, {w})"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The plan of `epoch` over `n` samples and `world_size` ranks, from its start.
+    pub fn plan_spec(&self, n: usize, world_size: usize, epoch: u64) -> PlanSpec {
+        PlanSpec {
+            n,
+            batch_size: self.batch_size,
+            world_size,
+            drop_last: self.drop_last,
+            shuffle: self.shuffle,
+            seed: self.seed,
+            epoch,
+            start: 0,
+        }
+    }
+
+    /// What a saved state of this reader over `uuid_bytes` must match.
+    pub fn run_identity(&self, uuid_bytes: &[u8]) -> RunIdentity {
+        RunIdentity {
+            seed: self.seed,
+            shuffle: self.shuffle,
+            drop_last: self.drop_last,
+            batch_size: self.batch_size,
+            num_samples: uuid_bytes.len() / 16,
+            uuids_fingerprint: uuids_fingerprint(uuid_bytes),
+            table: self.table.table.clone(),
+        }
+    }
+
+    /// How the fetch engine runs for one reader of `share`: the memory budget
+    /// is shared by the DataLoader workers of a rank.
+    pub fn engine_options(&self, share: &Share) -> EngineOptions {
+        let mut options = EngineOptions {
+            ordered: self.ordered,
+            skip_bad_samples: self.on_error == OnError::Skip,
+            decode: self.decode.then_some(DecodeOptions {
+                size: self.size,
+                skip_errors: self.on_error == OnError::Skip,
+            }),
+            ..EngineOptions::default()
+        };
+        if let Some(ready) = self.ready {
+            options.ready = ready;
+        }
+        if let Some(w) = self.window {
+            options.fixed_window(w);
+        }
+        let budget = self.memory_budget.unwrap_or(options.memory_budget);
+        options.memory_budget = (budget / share.num_workers).max(1);
+        options
+    }
+
+    /// The batches `share` serves in the epoch of `progress`.
+    pub fn batches(
+        &self,
+        n: usize,
+        share: &Share,
+        progress: &Progress,
+    ) -> Result<Vec<PlannedBatch>> {
+        let spec = progress.shape(&self.plan_spec(n, share.world_size, progress.epoch));
+        EpochPlan::new(spec)
+            .and_then(|plan| {
+                plan.reader_batches_after(
+                    share.rank,
+                    share.num_workers,
+                    share.worker_id,
+                    &progress.consumed_positions,
+                )
+            })
+            .map_err(|e| invalid(e.to_string()))
+    }
+
+    /// Opens the table this reader reads (checking its columns and label type).
+    pub async fn open_table(&self, store: &dyn SampleStore) -> Result<Arc<dyn TableReader>> {
+        store.open_table(&self.table).await
+    }
+
+    /// The state of one rank after `progress` (see [`LoaderState`]).
+    pub fn state(
+        &self,
+        uuid_bytes: &[u8],
+        rank: usize,
+        world_size: usize,
+        progress: &Progress,
+    ) -> LoaderState {
+        LoaderState::new(&self.run_identity(uuid_bytes), rank, world_size, progress)
+    }
+}
+
+/// One reader's share of an epoch plan: a rank's, or one DataLoader worker's
+/// of a rank.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Share {
+    pub rank: usize,
+    pub world_size: usize,
+    pub num_workers: usize,
+    pub worker_id: usize,
+}
+
+impl Share {
+    pub fn new(
+        rank: usize,
+        world_size: usize,
+        num_workers: usize,
+        worker_id: usize,
+    ) -> Result<Self> {
+        if world_size == 0 || rank >= world_size {
+            return Err(invalid(format!(
+                "rank {rank} is out of range for world_size {world_size}"
+            )));
+        }
+        if num_workers == 0 || worker_id >= num_workers {
+            return Err(invalid(format!(
+                "worker {worker_id} is out of range for {num_workers} DataLoader workers"
+            )));
+        }
+        Ok(Self {
+            rank,
+            world_size,
+            num_workers,
+            worker_id,
+        })
+    }
+}
+
+/// A running reader: one share's batches of an epoch, with later epochs
+/// queued behind it ([`Reader::read_next`]) so that the window of reads stays
+/// full across epoch boundaries. Dropping it stops the background reads.
+pub struct Reader {
+    stream: BatchStream,
+    config: Arc<ReaderConfig>,
+    ids: Arc<[Uuid]>,
+    share: Share,
+}
+
+impl Reader {
+    /// Starts reading the epoch of `progress` from its resume point. Must be
+    /// called from outside the runtime's threads.
+    pub fn start(
+        table: Arc<dyn TableReader>,
+        config: Arc<ReaderConfig>,
+        ids: Arc<[Uuid]>,
+        share: Share,
+        progress: &Progress,
+    ) -> Result<Self> {
+        let batches = config.batches(ids.len(), &share, progress)?;
+        let options = config.engine_options(&share);
+        let stream = {
+            let rt = runtime();
+            let _guard = rt.enter();
+            FetchEngine::start(table, ids.clone(), batches, options)
+        };
+        Ok(Self {
+            stream,
+            config,
+            ids,
+            share,
+        })
+    }
+
+    /// Reads `epoch` (from its beginning) after the epochs already planned,
+    /// as soon as their last reads are issued.
+    pub fn read_next(&mut self, epoch: u64) -> Result<()> {
+        let batches = self
+            .config
+            .batches(self.ids.len(), &self.share, &Progress::fresh(epoch))?;
+        self.stream.read_next(batches);
+        Ok(())
+    }
+
+    /// Waits up to `wait` for the next batch of the current epoch.
+    pub fn next_blocking(&mut self, wait: Duration) -> Result<Next> {
+        self.stream.next_blocking(wait)
+    }
+
+    /// Whether a next epoch is queued behind the current one.
+    pub fn has_next_epoch(&self) -> bool {
+        self.stream.has_next_epoch()
+    }
+
+    /// Moves on to the next queued epoch once the current one is delivered.
+    pub fn next_epoch(&mut self) -> bool {
+        self.stream.next_epoch()
+    }
+
+    /// Batch reads allowed in flight now.
+    pub fn window(&self) -> usize {
+        self.stream.window()
+    }
+
+    /// Batches of the current epoch not yet delivered.
+    pub fn remaining(&self) -> usize {
+        self.stream.remaining()
+    }
+
+    pub fn config(&self) -> &ReaderConfig {
+        &self.config
+    }
+
+    pub fn share(&self) -> Share {
+        self.share
+    }
+}
+
+/// The label type named `s` ("int", "blob" or "none").
+pub fn label_type(s: &str) -> Result<LabelType> {
+    LabelType::parse(s).ok_or_else(|| {
+        invalid(format!(
+            "label_type must be one of ('int', 'blob', 'none'), got {s:?}"
+        ))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_validation_names_the_bad_option() {
+        let ok = ReaderConfig::new(TableSpec::new("t", LabelType::Int), 4);
+        assert!(ok.validate().is_ok());
+        let cases: [(ReaderConfig, &str); 7] = [
+            (
+                ReaderConfig {
+                    batch_size: 0,
+                    ..ok.clone()
+                },
+                "batch_size",
+            ),
+            (
+                ReaderConfig {
+                    rank: Some(0),
+                    ..ok.clone()
+                },
+                "both rank and world_size",
+            ),
+            (
+                ReaderConfig {
+                    rank: Some(2),
+                    world_size: Some(2),
+                    ..ok.clone()
+                },
+                "rank 2",
+            ),
+            (
+                ReaderConfig {
+                    window: Some(0),
+                    ..ok.clone()
+                },
+                "window",
+            ),
+            (
+                ReaderConfig {
+                    memory_budget: Some(0),
+                    ..ok.clone()
+                },
+                "memory_budget",
+            ),
+            (
+                ReaderConfig {
+                    size: Some((2, 2)),
+                    ..ok.clone()
+                },
+                "decode",
+            ),
+            (
+                ReaderConfig {
+                    decode: true,
+                    size: Some((0, 2)),
+                    ..ok.clone()
+                },
+                "size",
+            ),
+        ];
+        for (config, needle) in cases {
+            let message = config.validate().unwrap_err().to_string();
+            assert!(message.contains(needle), "{message}");
+        }
+        assert!(label_type("float")
+            .unwrap_err()
+            .to_string()
+            .contains("label_type"));
+        assert!(OnError::parse("ignore").is_err());
+    }
+
+    #[test]
+    fn workers_share_the_memory_budget_and_the_batches() {
+        let config = ReaderConfig {
+            memory_budget: Some(1000),
+            ..ReaderConfig::new(TableSpec::new("t", LabelType::Int), 4)
+        };
+        let share = Share::new(0, 1, 4, 1).unwrap();
+        assert_eq!(config.engine_options(&share).memory_budget, 250);
+        let progress = Progress {
+            epoch: 0,
+            consumed_samples: 8,
+            consumed_positions: vec![1],
+        };
+        let batches = config.batches(100, &share, &progress).unwrap();
+        // 23 batches left after the prefix; worker 1 of 4 had 1, 5, 9...; 1 was consumed.
+        let positions: Vec<usize> = batches.iter().map(|b| b.position).collect();
+        assert_eq!(positions, vec![5, 9, 13, 17, 21]);
+    }
+}
