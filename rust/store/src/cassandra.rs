@@ -11,6 +11,7 @@ use crate::batch::{ArenaPool, Batch, BatchJob, Labels};
 use crate::error::{Result, StoreError};
 use crate::{LabelType, LabelValue, MetadataRow, SampleRow, SampleStore, TableReader, TableSpec};
 use bytes::Bytes;
+use crs4_cassandra_core::ProcessOwned;
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::FuturesOrdered;
 use futures::{StreamExt, TryStreamExt};
@@ -482,7 +483,7 @@ fn is_auth_message(msg: &str) -> bool {
 
 pub struct CassandraStore {
     opts: Arc<CassandraOptions>,
-    session: Mutex<Option<(u32, Arc<Session>)>>,
+    session: Mutex<Option<ProcessOwned<Arc<Session>>>>,
     in_flight: Arc<Semaphore>,
     prepared: Mutex<HashMap<String, PreparedStatement>>,
 }
@@ -527,16 +528,9 @@ impl CassandraStore {
     }
 
     pub async fn session(&self) -> Result<Arc<Session>> {
-        let pid = std::process::id();
         let mut guard = self.session.lock().await;
-        if let Some((owner, s)) = guard.as_ref() {
-            if *owner == pid {
-                return Ok(s.clone());
-            }
-        }
-        if let Some((_, inherited)) = guard.take() {
-            // Its connections and tasks belong to the parent process.
-            std::mem::forget(inherited);
+        if let Some(s) = guard.as_ref().and_then(ProcessOwned::get) {
+            return Ok(s.clone());
         }
         self.prepared.lock().await.clear();
         let o = &self.opts;
@@ -591,7 +585,9 @@ impl CassandraStore {
                 })
             }
         };
-        *guard = Some((pid, session.clone()));
+        // Replacing an inherited session leaks it: its connections and tasks
+        // belong to the parent process.
+        *guard = Some(ProcessOwned::new(session.clone()));
         Ok(session)
     }
 

@@ -21,9 +21,8 @@ use crate::error::{Result, StoreError};
 use crate::runtime::runtime;
 use crate::tuner::{self, WindowTuner};
 use crate::TableReader;
-use crs4_cassandra_core::PlannedBatch;
+use crs4_cassandra_core::{PlannedBatch, ProcessOwned};
 use std::collections::{BTreeMap, VecDeque};
-use std::mem::ManuallyDrop;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -101,18 +100,29 @@ impl Default for EngineOptions {
 
 /// Finished batches, in delivery order. Dropping it stops the background work.
 pub struct BatchStream {
-    rx: ManuallyDrop<mpsc::Receiver<Result<Batch>>>,
-    driver: ManuallyDrop<tokio::task::JoinHandle<()>>,
-    /// Plans of later epochs, for the driver.
-    plans: ManuallyDrop<mpsc::UnboundedSender<Vec<PlannedBatch>>>,
+    /// A forked child inherits the memory of the stream but not the runtime's
+    /// threads, and must not touch either: there they are leaked, unused.
+    link: ProcessOwned<Link>,
     /// Batches of the current epoch not yet delivered.
     remaining: usize,
     /// Batch counts of the epochs read after the current one.
     queued_epochs: VecDeque<usize>,
     window: Arc<AtomicUsize>,
-    /// The process that started it: a forked child inherits the memory of
-    /// the stream but not the runtime's threads, and must not touch either.
-    pid: u32,
+}
+
+/// The stream's end of the driver task: dropping it stops the task.
+struct Link {
+    driver: tokio::task::JoinHandle<()>,
+    rx: mpsc::Receiver<Result<Batch>>,
+    /// Plans of later epochs, for the driver.
+    plans: mpsc::UnboundedSender<Vec<PlannedBatch>>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Aborting the driver drops its JoinSet, which aborts every read in flight.
+        self.driver.abort();
+    }
 }
 
 // Returned once per batch and moved straight on: boxing would only add an allocation.
@@ -131,8 +141,9 @@ impl BatchStream {
         if self.remaining == 0 {
             return Ok(Next::End);
         }
+        let rx = &mut self.link()?.rx;
         let rt = runtime();
-        match rt.block_on(async { tokio::time::timeout(wait, self.rx.recv()).await }) {
+        match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
             Err(_) => Ok(Next::Pending),
             Ok(Some(Ok(batch))) => {
                 self.remaining -= 1;
@@ -155,7 +166,10 @@ impl BatchStream {
         if self.remaining == 0 {
             return None;
         }
-        let item = self.rx.recv().await;
+        let item = match self.link() {
+            Ok(link) => link.rx.recv().await,
+            Err(e) => return Some(Err(e)),
+        };
         match &item {
             Some(Ok(_)) => self.remaining -= 1,
             _ => self.stop(),
@@ -172,6 +186,16 @@ impl BatchStream {
         self.remaining
     }
 
+    /// The driver's end, in the process that started the stream only.
+    fn link(&mut self) -> Result<&mut Link> {
+        self.link.get_mut().ok_or_else(|| {
+            StoreError::Internal(
+                "this batch stream was started before fork() and cannot be used in a child process"
+                    .into(),
+            )
+        })
+    }
+
     fn stop(&mut self) {
         self.remaining = 0;
         self.queued_epochs.clear();
@@ -183,7 +207,10 @@ impl BatchStream {
     pub fn read_next(&mut self, plan: Vec<PlannedBatch>) {
         let n = plan.len();
         // A driver that is gone (after an error) takes no more plans.
-        if self.plans.send(plan).is_ok() {
+        let Some(link) = self.link.get() else {
+            return;
+        };
+        if link.plans.send(plan).is_ok() {
             self.queued_epochs.push_back(n);
         }
     }
@@ -212,25 +239,6 @@ impl BatchStream {
     /// Batch reads the stream allows in flight now (the tuner's current choice).
     pub fn window(&self) -> usize {
         self.window.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for BatchStream {
-    fn drop(&mut self) {
-        if self.pid != std::process::id() {
-            // Inherited through fork: the runtime that owns the driver and the
-            // channel has no threads here, and a lock it held at the fork may
-            // never be released. Leave both alone.
-            return;
-        }
-        // Aborting the driver drops its JoinSet, which aborts every read in flight.
-        self.driver.abort();
-        // SAFETY: dropped once, here, and never used again.
-        unsafe {
-            ManuallyDrop::drop(&mut self.driver);
-            ManuallyDrop::drop(&mut self.rx);
-            ManuallyDrop::drop(&mut self.plans);
-        }
     }
 }
 
@@ -273,13 +281,13 @@ impl FetchEngine {
             tx,
         ));
         BatchStream {
-            rx: ManuallyDrop::new(rx),
-            driver: ManuallyDrop::new(driver),
+            // Inherited through fork, the runtime that owns the driver and the
+            // channels has no threads, and a lock it held at the fork may never
+            // be released: the link is then left alone (leaked).
+            link: ProcessOwned::new(Link { driver, rx, plans }),
             remaining,
-            plans: ManuallyDrop::new(plans),
             queued_epochs: VecDeque::new(),
             window,
-            pid: std::process::id(),
         }
     }
 }
