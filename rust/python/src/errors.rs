@@ -53,6 +53,13 @@ pub fn store_err(e: StoreError) -> PyErr {
                 &[("table", table.clone())],
                 None,
             ),
+            StoreError::KeyspaceNotFound { table, .. } => build(
+                py,
+                "TableNotFoundError",
+                msg,
+                &[("table", table.clone())],
+                None,
+            ),
             StoreError::TableExists { table, .. } => build(
                 py,
                 "TableExistsError",

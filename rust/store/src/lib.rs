@@ -21,7 +21,7 @@ use uuid::Uuid;
 pub use batch::{ArenaPool, Batch, BatchJob, Images, Labels, PooledBuf};
 pub use crs4_cassandra_core::LabelType;
 pub use engine::{BatchStream, DecodeOptions, EngineOptions, FetchEngine};
-pub use error::{Result, StoreError};
+pub use error::{Cause, Result, StoreError};
 
 /// Which table and columns to read, and how to interpret the label.
 #[derive(Debug, Clone, PartialEq, Eq)]
