@@ -11,6 +11,7 @@ pub mod engine;
 pub mod error;
 pub mod lmdb;
 pub mod local;
+pub mod reorder;
 pub mod runtime;
 pub mod tuner;
 
@@ -20,7 +21,8 @@ use uuid::Uuid;
 
 pub use batch::{ArenaPool, Batch, BatchJob, Images, Labels, PooledBuf};
 pub use crs4_cassandra_core::LabelType;
-pub use engine::{BatchStream, DecodeOptions, EngineOptions, FetchEngine};
+pub use decode::DecodeOptions;
+pub use engine::{BatchStream, EngineOptions, FetchEngine};
 pub use error::{Cause, Result, StoreError};
 
 /// Which table and columns to read, and how to interpret the label.

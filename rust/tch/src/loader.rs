@@ -6,9 +6,10 @@ use crate::error::{Error, Result};
 use crate::state::{uuids_fingerprint, LoaderState, STATE_VERSION};
 use crs4_cassandra_core::{EpochPlan, LabelType, PlanSpec, SplitFile};
 use crs4_cassandra_store::batch::Images as DecodedImages;
-use crs4_cassandra_store::engine::{DecodeOptions, Next};
+use crs4_cassandra_store::engine::Next;
 use crs4_cassandra_store::local::LocalStore;
 use crs4_cassandra_store::runtime::runtime;
+use crs4_cassandra_store::DecodeOptions;
 use crs4_cassandra_store::{
     Batch, BatchStream, EngineOptions, FetchEngine, Labels, SampleStore, TableReader, TableSpec,
 };
