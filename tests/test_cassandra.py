@@ -88,8 +88,12 @@ def test_missing_uuid_table_and_column(cassandra_store: tuple[str, Path]) -> Non
     with_ghost = np.concatenate([uuids, np.frombuffer(ghost.bytes, np.uint8)[None]])
     with pytest.raises(errors.SampleNotFoundError, match=str(ghost)):
         list(cc.ShardedDataset(url, "shapes", with_ghost, 4))
-    with pytest.raises(errors.TableNotFoundError, match="ks.nope"):
+    # The tables that do exist are listed, as the schema has them.
+    listed = r'ks\.nope.*available tables: \[.*"shapes"'
+    with pytest.raises(errors.TableNotFoundError, match=listed):
         cc.ShardedDataset(url, "nope", uuids, 4)
+    with pytest.raises(errors.TableNotFoundError, match='keyspace "no_such_ks" .* does not exist'):
+        cc.ShardedDataset(url, "no_such_ks.shapes", uuids, 4)
     with pytest.raises(errors.QueryError, match="Undefined column name lbl"):
         cc.ShardedDataset(url, "shapes", uuids, 4, label_col="lbl")
     with pytest.raises(errors.SchemaError, match="label"):

@@ -1,10 +1,13 @@
-//! Pure logic of crs4_cassandra: the epoch plan, resumption state and the split-file format.
+//! Pure logic of crs4_cassandra: the epoch plan, resumption state, the
+//! split-file format, and the mark of values that must not cross `fork()`.
 
+pub mod fork;
 pub mod plan;
 pub mod rng;
 pub mod split;
 pub mod state;
 
+pub use fork::{Owner, ProcessOwned};
 pub use plan::{guess_next_epoch, EpochPlan, PlanError, PlanSpec, PlannedBatch, Resume};
 pub use split::{LabelType, SplitError, SplitFile, SplitHeader};
 pub use state::{

@@ -4,10 +4,11 @@
 //! Pure Rust, no I/O: the fetch engine hands it the encoded samples of a batch
 //! and gets back one flat pixel buffer, so a batch's images stay one tensor.
 
+use crs4_cassandra_core::ProcessOwned;
 use fast_image_resize as fr;
 use rayon::prelude::*;
 use std::cell::RefCell;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use thiserror::Error;
 use zune_core::bytestream::ZCursor;
 use zune_core::colorspace::ColorSpace;
@@ -234,37 +235,24 @@ pub fn decode_resized_into(
     })
 }
 
-type PoolSlot = Option<(u32, Arc<rayon::ThreadPool>)>;
-
 /// The process's decoding pool, rebuilt in a forked child. Not rayon's global
 /// pool: a DataLoader worker forked from a parent that had used it would
 /// inherit the pool's state but none of its threads, and wait forever.
 pub fn pool() -> Arc<rayon::ThreadPool> {
-    static SLOT: OnceLock<Mutex<PoolSlot>> = OnceLock::new();
-    let pid = std::process::id();
-    let mut guard = SLOT
-        .get_or_init(|| Mutex::new(None))
-        .lock()
-        .unwrap_or_else(|e| e.into_inner());
-    if let Some((owner, pool)) = guard.as_ref() {
-        if *owner == pid {
-            return pool.clone();
-        }
-    }
-    if let Some((_, inherited)) = guard.take() {
-        // Its threads do not exist in this process.
-        std::mem::forget(inherited);
-    }
-    let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let pool = Arc::new(
-        rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .thread_name(|i| format!("crs4-decode-{i}"))
-            .build()
-            .expect("cannot start the decoding threads"),
-    );
-    *guard = Some((pid, pool.clone()));
-    pool
+    // An inherited pool is leaked, never dropped: its threads are not here to join.
+    static SLOT: Mutex<Option<ProcessOwned<Arc<rayon::ThreadPool>>>> = Mutex::new(None);
+    let mut guard = SLOT.lock().unwrap_or_else(|e| e.into_inner());
+    ProcessOwned::get_or_insert_with(&mut guard, || {
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Arc::new(
+            rayon::ThreadPoolBuilder::new()
+                .num_threads(threads)
+                .thread_name(|i| format!("crs4-decode-{i}"))
+                .build()
+                .expect("cannot start the decoding threads"),
+        )
+    })
+    .clone()
 }
 
 /// Where each decoded image of a batch lies in the batch's pixel buffer.

@@ -137,7 +137,7 @@ pub fn store_err(e: StoreError) -> PyErr {
             StoreNotFoundError,
             vec![("path", path.display().to_string())],
         ),
-        StoreError::TableNotFound { table, .. } => {
+        StoreError::TableNotFound { table, .. } | StoreError::KeyspaceNotFound { table, .. } => {
             (TableNotFoundError, vec![("table", table.clone())])
         }
         StoreError::TableExists { table, .. } => (TableExistsError, vec![("table", table.clone())]),

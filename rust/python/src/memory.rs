@@ -16,6 +16,7 @@
 //! memory budget bounds.
 //! `MIMALLOC_PURGE_DELAY` in the environment leaves mimalloc's own policy alone.
 
+use crs4_cassandra_core::Owner;
 use crs4_cassandra_store::runtime::runtime;
 use std::sync::Mutex;
 use std::time::Duration;
@@ -32,14 +33,14 @@ pub const RELEASE_AFTER: Duration = Duration::from_secs(1);
 /// The holds of one process; a forked child inherits its parent's, which it
 /// must not count as its own.
 struct Holds {
-    pid: u32,
+    owner: Option<Owner>,
     open: usize,
     /// Holds taken so far: a release waits for none to be taken meanwhile.
     taken: u64,
 }
 
 static HOLDS: Mutex<Holds> = Mutex::new(Holds {
-    pid: 0,
+    owner: None,
     open: 0,
     taken: 0,
 });
@@ -58,30 +59,31 @@ pub fn init() {
 
 /// Keeps freed memory for reuse while alive (held by each open reader).
 pub struct Hold {
-    pid: u32,
+    owner: Owner,
 }
 
 impl Hold {
     pub fn new() -> Self {
-        let pid = std::process::id();
         let mut h = HOLDS.lock().unwrap_or_else(|e| e.into_inner());
-        if h.pid != pid {
+        if h.owner.is_none_or(Owner::is_inherited) {
             *h = Holds {
-                pid,
+                owner: Some(Owner::current()),
                 open: 0,
                 taken: 0,
             };
         }
         h.open += 1;
         h.taken += 1;
-        Self { pid }
+        Self {
+            owner: Owner::current(),
+        }
     }
 }
 
 impl Drop for Hold {
     fn drop(&mut self) {
         let mut h = HOLDS.lock().unwrap_or_else(|e| e.into_inner());
-        if h.pid != self.pid || self.pid != std::process::id() {
+        if self.owner.is_inherited() || h.owner != Some(self.owner) {
             return; // inherited through fork
         }
         h.open -= 1;

@@ -7,7 +7,7 @@ use crate::block::{self, SIGNAL_POLL};
 use crate::errors::{invalid, plan_err, state_err, store_err};
 use crate::memory;
 use crate::store::{uuids_from_bytes, Store};
-use crs4_cassandra_core::{LoaderState, Progress as CoreProgress, RunIdentity};
+use crs4_cassandra_core::{LoaderState, Owner, Progress as CoreProgress, RunIdentity};
 use crs4_cassandra_store::engine::Next;
 use crs4_cassandra_store::reader::label_type;
 use crs4_cassandra_store::{
@@ -383,7 +383,7 @@ pub struct Reader {
     config: Arc<Config>,
     window: usize,
     /// The process that started it: in a forked child it reads nothing.
-    pid: u32,
+    owner: Owner,
 }
 
 /// A running reader, with the hold on freed memory it keeps while open
@@ -423,7 +423,7 @@ impl Reader {
                 _hold: memory::Hold::new(),
             }),
             config: config.config.clone(),
-            pid: std::process::id(),
+            owner: Owner::current(),
         })
     }
 
@@ -449,7 +449,7 @@ impl Reader {
     /// through fork): it reads nothing here.
     #[getter]
     fn inherited(&self) -> bool {
-        self.pid != std::process::id()
+        self.owner.is_inherited()
     }
 
     /// Once this epoch is fully delivered, moves on to the next one given to
@@ -519,21 +519,17 @@ impl Reader {
 /// Made in one process; tells whether it is now in another (a forked child
 /// that inherited it).
 #[pyclass(module = "crs4_cassandra._native", frozen)]
-pub struct ProcessMark {
-    pid: u32,
-}
+pub struct ProcessMark(Owner);
 
 #[pymethods]
 impl ProcessMark {
     #[new]
     fn new() -> Self {
-        Self {
-            pid: std::process::id(),
-        }
+        Self(Owner::current())
     }
 
     #[getter]
     fn inherited(&self) -> bool {
-        self.pid != std::process::id()
+        self.0.is_inherited()
     }
 }

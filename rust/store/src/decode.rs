@@ -2,12 +2,21 @@
 //! RGB pixels on the rayon pool, so decoding overlaps the reads of later batches.
 
 use crate::batch::{compact_ragged, ArenaPool, Batch, Images};
-use crate::engine::DecodeOptions;
 use crate::error::{Result, StoreError};
 use crate::TableSpec;
 use crs4_cassandra_decode::decode_batch;
 use std::sync::Arc;
 use uuid::Uuid;
+
+/// How the decode stage turns encoded images into pixels.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DecodeOptions {
+    /// Resize every image to (height, width); None keeps each image's size.
+    pub size: Option<(u32, u32)>,
+    /// Drop samples that fail to decode (reported in `Batch::skipped`)
+    /// instead of failing the batch.
+    pub skip_errors: bool,
+}
 
 /// Decodes `batch` in place (see [`DecodeOptions`]). Blocks on rayon: call it
 /// from a blocking thread, never from a runtime worker.

@@ -8,6 +8,8 @@
 //! refilling (a round trip lost at each end of every epoch). No batch of an
 //! epoch is delivered before every batch of the previous one, in either
 //! delivery order.
+//! (That rule is the [`ReorderBuffer`]'s; the driver task issues the reads and
+//! hands their completions to it.)
 //!
 //! Completion order never changes a batch's composition: each read fills the
 //! batch the plan assigned. Memory is bounded: at most `window` batches are
@@ -16,14 +18,14 @@
 //! tunes itself ([`WindowTuner`]) within a memory budget unless fixed.
 
 use crate::batch::{ArenaPool, Batch, BatchJob};
-use crate::decode::decode_stage;
+use crate::decode::{decode_stage, DecodeOptions};
 use crate::error::{Result, StoreError};
+use crate::reorder::ReorderBuffer;
 use crate::runtime::runtime;
 use crate::tuner::{self, WindowTuner};
-use crate::TableReader;
-use crs4_cassandra_core::PlannedBatch;
-use std::collections::{BTreeMap, VecDeque};
-use std::mem::ManuallyDrop;
+use crate::{TableReader, TableSpec};
+use crs4_cassandra_core::{PlannedBatch, ProcessOwned};
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,16 +51,6 @@ pub struct EngineOptions {
     /// Leave samples that cannot be read (missing, empty, unreadable value) out
     /// of their batch and report them in `Batch::skipped`, instead of failing.
     pub skip_bad_samples: bool,
-}
-
-/// How the decode stage turns encoded images into pixels.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct DecodeOptions {
-    /// Resize every image to (height, width); None keeps each image's size.
-    pub size: Option<(u32, u32)>,
-    /// Drop samples that fail to decode (reported in `Batch::skipped`)
-    /// instead of failing the batch.
-    pub skip_errors: bool,
 }
 
 /// Default bytes of batches in flight. Hiding a round trip takes throughput
@@ -101,18 +93,29 @@ impl Default for EngineOptions {
 
 /// Finished batches, in delivery order. Dropping it stops the background work.
 pub struct BatchStream {
-    rx: ManuallyDrop<mpsc::Receiver<Result<Batch>>>,
-    driver: ManuallyDrop<tokio::task::JoinHandle<()>>,
-    /// Plans of later epochs, for the driver.
-    plans: ManuallyDrop<mpsc::UnboundedSender<Vec<PlannedBatch>>>,
+    /// A forked child inherits the memory of the stream but not the runtime's
+    /// threads, and must not touch either: there they are leaked, unused.
+    link: ProcessOwned<Link>,
     /// Batches of the current epoch not yet delivered.
     remaining: usize,
     /// Batch counts of the epochs read after the current one.
     queued_epochs: VecDeque<usize>,
     window: Arc<AtomicUsize>,
-    /// The process that started it: a forked child inherits the memory of
-    /// the stream but not the runtime's threads, and must not touch either.
-    pid: u32,
+}
+
+/// The stream's end of the driver task: dropping it stops the task.
+struct Link {
+    driver: tokio::task::JoinHandle<()>,
+    rx: mpsc::Receiver<Result<Batch>>,
+    /// Plans of later epochs, for the driver.
+    plans: mpsc::UnboundedSender<Vec<PlannedBatch>>,
+}
+
+impl Drop for Link {
+    fn drop(&mut self) {
+        // Aborting the driver drops its JoinSet, which aborts every read in flight.
+        self.driver.abort();
+    }
 }
 
 // Returned once per batch and moved straight on: boxing would only add an allocation.
@@ -131,8 +134,9 @@ impl BatchStream {
         if self.remaining == 0 {
             return Ok(Next::End);
         }
+        let rx = &mut self.link()?.rx;
         let rt = runtime();
-        match rt.block_on(async { tokio::time::timeout(wait, self.rx.recv()).await }) {
+        match rt.block_on(async { tokio::time::timeout(wait, rx.recv()).await }) {
             Err(_) => Ok(Next::Pending),
             Ok(Some(Ok(batch))) => {
                 self.remaining -= 1;
@@ -155,7 +159,10 @@ impl BatchStream {
         if self.remaining == 0 {
             return None;
         }
-        let item = self.rx.recv().await;
+        let item = match self.link() {
+            Ok(link) => link.rx.recv().await,
+            Err(e) => return Some(Err(e)),
+        };
         match &item {
             Some(Ok(_)) => self.remaining -= 1,
             _ => self.stop(),
@@ -172,6 +179,16 @@ impl BatchStream {
         self.remaining
     }
 
+    /// The driver's end, in the process that started the stream only.
+    fn link(&mut self) -> Result<&mut Link> {
+        self.link.get_mut().ok_or_else(|| {
+            StoreError::Internal(
+                "this batch stream was started before fork() and cannot be used in a child process"
+                    .into(),
+            )
+        })
+    }
+
     fn stop(&mut self) {
         self.remaining = 0;
         self.queued_epochs.clear();
@@ -183,7 +200,10 @@ impl BatchStream {
     pub fn read_next(&mut self, plan: Vec<PlannedBatch>) {
         let n = plan.len();
         // A driver that is gone (after an error) takes no more plans.
-        if self.plans.send(plan).is_ok() {
+        let Some(link) = self.link.get() else {
+            return;
+        };
+        if link.plans.send(plan).is_ok() {
             self.queued_epochs.push_back(n);
         }
     }
@@ -215,25 +235,6 @@ impl BatchStream {
     }
 }
 
-impl Drop for BatchStream {
-    fn drop(&mut self) {
-        if self.pid != std::process::id() {
-            // Inherited through fork: the runtime that owns the driver and the
-            // channel has no threads here, and a lock it held at the fork may
-            // never be released. Leave both alone.
-            return;
-        }
-        // Aborting the driver drops its JoinSet, which aborts every read in flight.
-        self.driver.abort();
-        // SAFETY: dropped once, here, and never used again.
-        unsafe {
-            ManuallyDrop::drop(&mut self.driver);
-            ManuallyDrop::drop(&mut self.rx);
-            ManuallyDrop::drop(&mut self.plans);
-        }
-    }
-}
-
 pub struct FetchEngine;
 
 impl FetchEngine {
@@ -257,29 +258,28 @@ impl FetchEngine {
         let (tx, rx) = mpsc::channel(options.ready.max(1));
         let (plans, plans_rx) = mpsc::unbounded_channel();
         let remaining = batches.len();
-        let pool = ArenaPool::new(POOL_FREE);
         let window = Arc::new(AtomicUsize::new(tuner.window()));
-        let driver = runtime().spawn(drive(
-            window.clone(),
+        let driver = Driver::new(
             reader,
             ids,
             batches,
-            plans_rx,
             tuner,
-            options.ordered,
-            options.decode,
-            options.skip_bad_samples,
-            pool,
-            tx,
-        ));
+            &options,
+            Channels {
+                plans: plans_rx,
+                tx,
+                window: window.clone(),
+            },
+        );
+        let driver = runtime().spawn(driver.run());
         BatchStream {
-            rx: ManuallyDrop::new(rx),
-            driver: ManuallyDrop::new(driver),
+            // Inherited through fork, the runtime that owns the driver and the
+            // channels has no threads, and a lock it held at the fork may never
+            // be released: the link is then left alone (leaked).
+            link: ProcessOwned::new(Link { driver, rx, plans }),
             remaining,
-            plans: ManuallyDrop::new(plans),
             queued_epochs: VecDeque::new(),
             window,
-            pid: std::process::id(),
         }
     }
 }
@@ -333,107 +333,160 @@ fn held_outside_window(ready: usize) -> usize {
     ready + 1 + POOL_FREE
 }
 
-/// Sends a finished batch to the consumer; each one delivered lets the slow
-/// start allow more reads.
-async fn deliver(
-    tx: &mpsc::Sender<Result<Batch>>,
-    result: Result<Batch>,
-    ramp: &mut usize,
-) -> std::result::Result<(), ()> {
-    if result.is_ok() {
-        *ramp = ramp.saturating_add(SLOW_START_STEP);
-    }
-    tx.send(result).await.map_err(drop)
+/// The driver's ends of the stream's channels.
+struct Channels {
+    /// Plans of later epochs.
+    plans: mpsc::UnboundedReceiver<Vec<PlannedBatch>>,
+    /// Finished batches (or the error that ends the stream), for the consumer.
+    tx: mpsc::Sender<Result<Batch>>,
+    /// The window in use, shown by [`BatchStream::window`].
+    window: Arc<AtomicUsize>,
 }
 
-/// Which finished batch may go to the consumer next, if any: in plan order the
-/// next one (or an error of the epoch under way, which ends it at once); in
-/// completion order any of the epoch under way (`..end`). In plan order the
-/// `delivered` batches so far are those numbered below it.
-fn next_deliverable(
-    held: &BTreeMap<usize, Result<Batch>>,
-    ordered: bool,
-    delivered: usize,
-    end: usize,
-) -> Option<usize> {
-    if ordered {
-        if held.contains_key(&delivered) {
-            return Some(delivered);
-        }
-        // An error is delivered at once: the consumer should not wait for
-        // batches that will never complete the epoch.
-        return held
-            .range(..end)
-            .find(|(_, r)| r.is_err())
-            .map(|(&seq, _)| seq);
-    }
-    held.range(..end).next().map(|(&seq, _)| seq)
-}
-
-#[allow(clippy::too_many_arguments)]
-async fn drive(
-    shown_window: Arc<AtomicUsize>,
+/// The background task of a stream: issues batch reads within the window,
+/// takes in their completions, and delivers them through the reorder buffer.
+struct Driver {
     reader: Arc<dyn TableReader>,
+    spec: Arc<TableSpec>,
     ids: Arc<[Uuid]>,
-    batches: Vec<PlannedBatch>,
-    mut plans: mpsc::UnboundedReceiver<Vec<PlannedBatch>>,
-    mut tuner: WindowTuner,
-    ordered: bool,
+    tuner: WindowTuner,
     decode: Option<DecodeOptions>,
     skip_bad_samples: bool,
+    /// Buffers of the batches' samples and of their decoded images.
     pool: Arc<ArenaPool>,
-    tx: mpsc::Sender<Result<Batch>>,
-) {
-    let image_pool = ArenaPool::new(POOL_FREE);
-    let spec = Arc::new(reader.spec().clone());
-    // Where each epoch's batches end in the sequence of all of them.
-    let mut epoch_ends: VecDeque<usize> = VecDeque::from([batches.len()]);
-    let mut pending: VecDeque<PlannedBatch> = batches.into();
-    let mut issued = 0usize;
-    let mut in_flight: JoinSet<(usize, Result<Batch>)> = JoinSet::new();
-    // Finished batches not yet delivered: out of order, or of a later epoch.
-    let mut held: BTreeMap<usize, Result<Batch>> = BTreeMap::new();
-    let mut delivered = 0usize;
-    let mut failed = false;
-    let mut ramp = SLOW_START;
-    let mut pooled = 0;
-    // Queues a later epoch's plan after everything planned so far.
-    let add_plan = |plan: Vec<PlannedBatch>,
-                    issued: usize,
-                    pending: &mut VecDeque<PlannedBatch>,
-                    epoch_ends: &mut VecDeque<usize>| {
-        epoch_ends.push_back(issued + pending.len() + plan.len());
-        pending.extend(plan);
-    };
-    loop {
-        while let Ok(plan) = plans.try_recv() {
-            add_plan(plan, issued, &mut pending, &mut epoch_ends);
+    image_pool: Arc<ArenaPool>,
+    channels: Channels,
+    /// Planned batches not yet issued, in plan order over every epoch.
+    pending: VecDeque<PlannedBatch>,
+    /// Reads issued so far: the next one's number in the sequence of all of them.
+    issued: usize,
+    in_flight: JoinSet<(usize, Result<Batch>)>,
+    reorder: ReorderBuffer<Batch, StoreError>,
+    /// A read failed: no more are issued.
+    failed: bool,
+    /// The slow start's limit on the window.
+    ramp: usize,
+    /// The window the pools are sized for.
+    pooled: usize,
+}
+
+impl Driver {
+    fn new(
+        reader: Arc<dyn TableReader>,
+        ids: Arc<[Uuid]>,
+        batches: Vec<PlannedBatch>,
+        tuner: WindowTuner,
+        options: &EngineOptions,
+        channels: Channels,
+    ) -> Self {
+        let mut reorder = ReorderBuffer::new(options.ordered);
+        reorder.add_epoch(batches.len());
+        Self {
+            spec: Arc::new(reader.spec().clone()),
+            reader,
+            ids,
+            tuner,
+            decode: options.decode,
+            skip_bad_samples: options.skip_bad_samples,
+            pool: ArenaPool::new(POOL_FREE),
+            image_pool: ArenaPool::new(POOL_FREE),
+            channels,
+            pending: batches.into(),
+            issued: 0,
+            in_flight: JoinSet::new(),
+            reorder,
+            failed: false,
+            ramp: SLOW_START,
+            pooled: 0,
         }
-        let window = tuner.window().min(ramp);
-        if window != pooled {
-            // Every buffer the stream may hold at once stays pooled: in flight,
-            // queued for the consumer, held by it, and spare.
-            pooled = window;
-            let held = window + held_outside_window(tx.max_capacity());
-            pool.set_max_free(held);
-            image_pool.set_max_free(held);
-            shown_window.store(window, Ordering::Relaxed);
+    }
+
+    async fn run(mut self) {
+        loop {
+            while let Ok(plan) = self.channels.plans.try_recv() {
+                self.add_plan(plan);
+            }
+            self.issue();
+            if self.in_flight.is_empty() {
+                // Everything planned is read and delivered: wait for a next epoch
+                // (the stream's owner may still add one), or for the end.
+                match self.channels.plans.recv().await {
+                    Some(plan) => {
+                        self.add_plan(plan);
+                        continue;
+                    }
+                    None => return,
+                }
+            }
+            let Some(joined) = self.in_flight.join_next().await else {
+                continue;
+            };
+            let (seq, result) = match joined {
+                Ok(done) => done,
+                Err(e) if e.is_cancelled() => return,
+                Err(e) => {
+                    let e = StoreError::Internal(format!("a batch read panicked: {e}"));
+                    let _ = self.deliver(Err(e)).await;
+                    return;
+                }
+            };
+            self.complete(seq, result);
+            if self.deliver_ready().await.is_err() {
+                return;
+            }
         }
-        while !failed && in_flight.len() + held.len() < window {
-            let Some(planned) = pending.pop_front() else {
+    }
+
+    /// Queues a later epoch's plan after everything planned so far.
+    fn add_plan(&mut self, plan: Vec<PlannedBatch>) {
+        self.reorder.add_epoch(plan.len());
+        self.pending.extend(plan);
+    }
+
+    /// The window now: the tuner's, within the slow start. Every buffer the
+    /// stream may hold at once stays pooled: in flight, queued for the
+    /// consumer, held by it, and spare.
+    fn window(&mut self) -> usize {
+        let window = self.tuner.window().min(self.ramp);
+        if window != self.pooled {
+            self.pooled = window;
+            let held = window + held_outside_window(self.channels.tx.max_capacity());
+            self.pool.set_max_free(held);
+            self.image_pool.set_max_free(held);
+            self.channels.window.store(window, Ordering::Relaxed);
+        }
+        window
+    }
+
+    /// Issues planned reads while the window has room (reads in flight and
+    /// finished ones awaiting reorder both count), unless one failed.
+    fn issue(&mut self) {
+        let window = self.window();
+        while !self.failed && self.in_flight.len() + self.reorder.held() < window {
+            let Some(planned) = self.pending.pop_front() else {
                 break;
             };
-            let seq = issued;
-            issued += 1;
+            let seq = self.issued;
+            self.issued += 1;
             let job = BatchJob {
                 position: planned.position,
-                ids: planned.indices.iter().map(|&i| ids[i as usize]).collect(),
+                ids: planned
+                    .indices
+                    .iter()
+                    .map(|&i| self.ids[i as usize])
+                    .collect(),
                 indices: planned.indices,
                 is_pad: planned.is_pad,
             };
-            let read = read_batch(reader.clone(), job, pool.clone(), skip_bad_samples);
-            let (spec, image_pool) = (spec.clone(), image_pool.clone());
-            in_flight.spawn(async move {
+            let read = read_batch(
+                self.reader.clone(),
+                job,
+                self.pool.clone(),
+                self.skip_bad_samples,
+            );
+            let (spec, image_pool, decode) =
+                (self.spec.clone(), self.image_pool.clone(), self.decode);
+            self.in_flight.spawn(async move {
                 let result = match (read.await, decode) {
                     (Ok(batch), Some(options)) => tokio::task::spawn_blocking(move || {
                         decode_stage(batch, &spec, options, &image_pool)
@@ -449,55 +502,44 @@ async fn drive(
                 (seq, result)
             });
         }
-        if in_flight.is_empty() {
-            // Everything planned is read and delivered: wait for a next epoch
-            // (the stream's owner may still add one), or for the end.
-            match plans.recv().await {
-                Some(plan) => {
-                    add_plan(plan, issued, &mut pending, &mut epoch_ends);
-                    continue;
-                }
-                None => return,
-            }
-        }
-        let Some(joined) = in_flight.join_next().await else {
-            continue;
-        };
-        let (seq, result) = match joined {
-            Ok(done) => done,
-            Err(e) if e.is_cancelled() => return,
-            Err(e) => {
-                let e = StoreError::Internal(format!("a batch read panicked: {e}"));
-                let _ = deliver(&tx, Err(e), &mut ramp).await;
-                return;
-            }
-        };
-        failed |= result.is_err();
+    }
+
+    /// Takes in a finished read.
+    fn complete(&mut self, seq: usize, result: Result<Batch>) {
+        self.failed |= result.is_err();
         if let Ok(batch) = &result {
             // The tuner counts reads as they complete, not as they are
             // delivered: in plan order, one late batch holds back those after
             // it and delivery comes in bursts a window long. The consumer is
             // waiting if nothing is queued for it.
             let bytes = batch.data.len() + batch.images.as_ref().map_or(0, |i| i.pixels.len());
-            tuner.on_batch(bytes, tx.capacity() == tx.max_capacity());
+            let tx = &self.channels.tx;
+            self.tuner
+                .on_batch(bytes, tx.capacity() == tx.max_capacity());
         }
-        held.insert(seq, result);
-        loop {
-            // Epochs with nothing left to deliver (an empty share included) are over.
-            while epoch_ends.front().is_some_and(|&end| end <= delivered) {
-                epoch_ends.pop_front();
-            }
-            let end = epoch_ends.front().copied().unwrap_or(usize::MAX);
-            let Some(seq) = next_deliverable(&held, ordered, delivered, end) else {
-                break;
-            };
-            let result = held.remove(&seq).expect("picked from the held batches");
+        self.reorder.insert(seq, result);
+    }
+
+    /// Delivers every batch the reorder buffer allows now; Err once the
+    /// stream is over (an error delivered, or the consumer gone).
+    async fn deliver_ready(&mut self) -> std::result::Result<(), ()> {
+        while let Some(result) = self.reorder.pop() {
             let stop = result.is_err();
-            if deliver(&tx, result, &mut ramp).await.is_err() || stop {
-                return;
+            self.deliver(result).await?;
+            if stop {
+                return Err(());
             }
-            delivered += 1;
         }
+        Ok(())
+    }
+
+    /// Sends a finished batch to the consumer; each one delivered lets the
+    /// slow start allow more reads.
+    async fn deliver(&mut self, result: Result<Batch>) -> std::result::Result<(), ()> {
+        if result.is_ok() {
+            self.ramp = self.ramp.saturating_add(SLOW_START_STEP);
+        }
+        self.channels.tx.send(result).await.map_err(drop)
     }
 }
 
@@ -505,7 +547,6 @@ async fn drive(
 mod tests {
     use super::*;
     use crate::batch::Labels;
-    use crate::TableSpec;
     use crs4_cassandra_core::{EpochPlan, PlanSpec};
     use futures::future::BoxFuture;
 

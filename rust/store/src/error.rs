@@ -2,8 +2,15 @@ use std::path::PathBuf;
 use thiserror::Error;
 use uuid::Uuid;
 
+/// The error of a lower layer (the Cassandra driver's, for instance) that a
+/// [`StoreError`] wraps: its [`source`](std::error::Error::source).
+pub type Cause = Box<dyn std::error::Error + Send + Sync + 'static>;
+
 /// Everything that can go wrong reading samples. Each variant names the thing
 /// at fault (store, table, column, uuid, host) so the message says what to fix.
+///
+/// Variants that wrap a driver error keep it as their `source`, so that
+/// [`std::error::Error::source`] walks down to it; their `message` is its text.
 #[derive(Debug, Error)]
 pub enum StoreError {
     #[error("invalid argument: {0}")]
@@ -15,6 +22,12 @@ pub enum StoreError {
         store: String,
         table: String,
         available: Vec<String>,
+    },
+    #[error("keyspace {keyspace:?} of table {table:?} does not exist in {store}")]
+    KeyspaceNotFound {
+        store: String,
+        keyspace: String,
+        table: String,
     },
     #[error("table {table:?} already exists in {store}; pass overwrite=True (--overwrite) to replace it")]
     TableExists { store: String, table: String },
@@ -48,20 +61,34 @@ pub enum StoreError {
         source: std::io::Error,
     },
     #[error("cannot connect to Cassandra at {hosts}: {message}")]
-    Connection { hosts: String, message: String },
+    Connection {
+        hosts: String,
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
     #[error("authentication to Cassandra at {hosts} failed: {message}")]
-    Authentication { hosts: String, message: String },
+    Authentication {
+        hosts: String,
+        message: String,
+        #[source]
+        source: Option<Cause>,
+    },
     #[error("request to Cassandra at {hosts} timed out after {seconds:.1} s{context}")]
     Timeout {
         hosts: String,
         seconds: f64,
         context: String,
+        #[source]
+        source: Option<Cause>,
     },
     #[error("Cassandra at {hosts} rejected a request on table {table:?}: {message}")]
     Query {
         hosts: String,
         table: String,
         message: String,
+        #[source]
+        source: Option<Cause>,
     },
     #[error("TLS configuration: {0}")]
     Tls(String),

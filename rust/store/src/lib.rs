@@ -13,6 +13,7 @@ pub mod lmdb;
 pub mod local;
 pub mod open;
 pub mod reader;
+pub mod reorder;
 pub mod runtime;
 pub mod tuner;
 
@@ -22,8 +23,9 @@ use uuid::Uuid;
 
 pub use batch::{ArenaPool, Batch, BatchJob, Images, Labels, PooledBuf};
 pub use crs4_cassandra_core::LabelType;
-pub use engine::{BatchStream, DecodeOptions, EngineOptions, FetchEngine};
-pub use error::{Result, StoreError};
+pub use decode::DecodeOptions;
+pub use engine::{BatchStream, EngineOptions, FetchEngine};
+pub use error::{Cause, Result, StoreError};
 pub use open::{open_store, Opened};
 pub use reader::{OnError, Reader, ReaderConfig, Share};
 

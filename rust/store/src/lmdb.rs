@@ -4,17 +4,19 @@
 //! environments and refuses to open a path twice. A DataLoader worker forked
 //! from a parent that had the store open inherits that registry, so it could
 //! neither reuse the parent's environment (LMDB forbids using an `MDB_env`
-//! across `fork()`) nor open its own. Here the per-process cache is keyed by pid:
-//! a forked child opens its own environment, and handles it inherited are never
-//! used nor closed (closing them would release the parent's reader slots).
+//! across `fork()`) nor open its own. Here the cache of open environments and
+//! each environment are [`ProcessOwned`]: a forked child opens its own, and
+//! handles it inherited are never used nor closed (closing them would release
+//! the parent's reader slots).
 
 use crate::error::{Result, StoreError};
+use crs4_cassandra_core::ProcessOwned;
 use lmdb_master_sys as ffi;
 use std::collections::HashMap;
 use std::ffi::{c_void, CStr, CString};
 use std::path::{Path, PathBuf};
 use std::ptr;
-use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::sync::{Arc, Mutex, Weak};
 
 /// Virtual address space reserved for the map; the file only grows as data is written.
 const MAP_SIZE: usize = 1 << 40;
@@ -23,10 +25,19 @@ const MAX_READERS: u32 = 4096;
 
 pub type Dbi = ffi::MDB_dbi;
 
+/// An open `MDB_env`, closed when dropped.
+struct RawEnv(*mut ffi::MDB_env);
+
+impl Drop for RawEnv {
+    fn drop(&mut self) {
+        unsafe { ffi::mdb_env_close(self.0) };
+    }
+}
+
 pub struct Env {
-    ptr: *mut ffi::MDB_env,
+    /// Leaked, not closed, when dropped in a forked child.
+    raw: ProcessOwned<RawEnv>,
     path: PathBuf,
-    pid: u32,
     dbis: Mutex<HashMap<String, Dbi>>,
 }
 
@@ -35,26 +46,17 @@ pub struct Env {
 unsafe impl Send for Env {}
 unsafe impl Sync for Env {}
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        if self.pid == std::process::id() {
-            unsafe { ffi::mdb_env_close(self.ptr) };
-        }
-    }
-}
-
 fn strerror(rc: i32) -> String {
     unsafe { CStr::from_ptr(ffi::mdb_strerror(rc)) }
         .to_string_lossy()
         .into_owned()
 }
 
-type EnvCache = (u32, HashMap<PathBuf, Weak<Env>>);
+/// This process's open environments. A forked child starts an empty cache:
+/// the environments it inherited are not its own.
+static CACHE: Mutex<Option<ProcessOwned<EnvCache>>> = Mutex::new(None);
 
-fn cache() -> &'static Mutex<EnvCache> {
-    static CACHE: OnceLock<Mutex<EnvCache>> = OnceLock::new();
-    CACHE.get_or_init(|| Mutex::new((std::process::id(), HashMap::new())))
-}
+type EnvCache = HashMap<PathBuf, Weak<Env>>;
 
 impl Env {
     /// Opens (or returns this process's already open) environment at `path`.
@@ -80,22 +82,13 @@ impl Env {
             path: path.to_path_buf(),
             source,
         })?;
-        let mut guard = cache().lock().expect("env cache poisoned");
-        let pid = std::process::id();
-        if guard.0 != pid {
-            // Forked child: forget the parent's handles without touching them.
-            for (_, weak) in guard.1.drain() {
-                if let Some(env) = weak.upgrade() {
-                    std::mem::forget(env);
-                }
-            }
-            guard.0 = pid;
-        }
-        if let Some(env) = guard.1.get(&key).and_then(Weak::upgrade) {
+        let mut guard = CACHE.lock().expect("env cache poisoned");
+        let cache = ProcessOwned::get_or_insert_with(&mut guard, HashMap::new);
+        if let Some(env) = cache.get(&key).and_then(Weak::upgrade) {
             return Ok(env);
         }
         let env = Arc::new(Self::open_raw(&key)?);
-        guard.1.insert(key, Arc::downgrade(&env));
+        cache.insert(key, Arc::downgrade(&env));
         Ok(env)
     }
 
@@ -107,30 +100,29 @@ impl Env {
         let cpath = CString::new(path.as_os_str().as_encoded_bytes())
             .map_err(|_| StoreError::InvalidArgument(format!("path {path:?} contains a NUL")))?;
         let mut env: *mut ffi::MDB_env = ptr::null_mut();
+        let rc = unsafe { ffi::mdb_env_create(&mut env) };
+        if rc != 0 {
+            return Err(err(rc));
+        }
+        // Closed on the error paths below by its Drop.
+        let raw = RawEnv(env);
         unsafe {
-            let rc = ffi::mdb_env_create(&mut env);
-            if rc != 0 {
-                return Err(err(rc));
-            }
             let setup = [
                 ffi::mdb_env_set_mapsize(env, MAP_SIZE),
                 ffi::mdb_env_set_maxdbs(env, MAX_DBS),
                 ffi::mdb_env_set_maxreaders(env, MAX_READERS),
             ];
             if let Some(&rc) = setup.iter().find(|&&rc| rc != 0) {
-                ffi::mdb_env_close(env);
                 return Err(err(rc));
             }
             let rc = ffi::mdb_env_open(env, cpath.as_ptr(), ffi::MDB_NOTLS, 0o644);
             if rc != 0 {
-                ffi::mdb_env_close(env);
                 return Err(err(rc));
             }
         }
         Ok(Env {
-            ptr: env,
+            raw: ProcessOwned::new(raw),
             path: path.to_path_buf(),
-            pid: std::process::id(),
             dbis: Mutex::new(HashMap::new()),
         })
     }
@@ -146,19 +138,19 @@ impl Env {
         }
     }
 
-    fn check_pid(&self) -> Result<()> {
-        if self.pid != std::process::id() {
-            return Err(StoreError::Internal(format!(
+    /// The environment's handle, in the process that opened it only.
+    fn ptr(&self) -> Result<*mut ffi::MDB_env> {
+        self.raw.get().map(|raw| raw.0).ok_or_else(|| {
+            StoreError::Internal(format!(
                 "LMDB environment {} was opened before fork() and cannot be used in a child process",
                 self.path.display()
-            )));
-        }
-        Ok(())
+            ))
+        })
     }
 
     /// Handle of a named database, or None if it does not exist (and `create` is false).
     pub fn dbi(&self, name: &str, create: bool) -> Result<Option<Dbi>> {
-        self.check_pid()?;
+        let env = self.ptr()?;
         // mdb_dbi_open must not run in concurrent transactions: serialize it here.
         let mut dbis = self.dbis.lock().expect("dbi cache poisoned");
         if let Some(&dbi) = dbis.get(name) {
@@ -170,7 +162,7 @@ impl Env {
         let flags = if create { 0 } else { ffi::MDB_RDONLY };
         let mut txn: *mut ffi::MDB_txn = ptr::null_mut();
         unsafe {
-            let rc = ffi::mdb_txn_begin(self.ptr, ptr::null_mut(), flags, &mut txn);
+            let rc = ffi::mdb_txn_begin(env, ptr::null_mut(), flags, &mut txn);
             if rc != 0 {
                 return Err(self.err(rc));
             }
@@ -200,10 +192,9 @@ impl Env {
 
     /// Runs `f` inside a read-only transaction.
     pub fn read<T>(&self, f: impl FnOnce(&RoTxn<'_>) -> Result<T>) -> Result<T> {
-        self.check_pid()?;
+        let env = self.ptr()?;
         let mut txn: *mut ffi::MDB_txn = ptr::null_mut();
-        let rc =
-            unsafe { ffi::mdb_txn_begin(self.ptr, ptr::null_mut(), ffi::MDB_RDONLY, &mut txn) };
+        let rc = unsafe { ffi::mdb_txn_begin(env, ptr::null_mut(), ffi::MDB_RDONLY, &mut txn) };
         if rc != 0 {
             return Err(self.err(rc));
         }
@@ -214,9 +205,9 @@ impl Env {
 
     /// Runs `f` inside a write transaction, committed if `f` returns Ok.
     pub fn write<T>(&self, f: impl FnOnce(&RwTxn<'_>) -> Result<T>) -> Result<T> {
-        self.check_pid()?;
+        let env = self.ptr()?;
         let mut txn: *mut ffi::MDB_txn = ptr::null_mut();
-        let rc = unsafe { ffi::mdb_txn_begin(self.ptr, ptr::null_mut(), 0, &mut txn) };
+        let rc = unsafe { ffi::mdb_txn_begin(env, ptr::null_mut(), 0, &mut txn) };
         if rc != 0 {
             return Err(self.err(rc));
         }

@@ -1,0 +1,123 @@
+//! The Cassandra / ScyllaDB store, on the `scylla` driver (protocol v4,
+//! token-aware routing). One prepared statement per table; every read is
+//! idempotent, bounded by a request timeout, retried with backoff on transient
+//! errors, and optionally sped up by speculative execution. Blob cells arrive as
+//! `Bytes` slices of the response frame and are copied once, into the arena.
+//!
+//! The driver session is created lazily in each process (never carried across
+//! `fork()`, whose child has neither the runtime nor the connections).
+//!
+//! - `options`: [`CassandraOptions`] (URL and named options), [`Secret`];
+//! - `tls`: the rustls configuration;
+//! - `session`: the per-process session and the prepared-statement cache;
+//! - `retry`: which errors are retried, and the backoff loop;
+//! - `errors`: driver errors to [`StoreError`](crate::StoreError), by type;
+//! - `read`: [`CassandraTable`], the batch reads;
+//! - `write`: the schema, inserts, and the metadata scan.
+
+mod errors;
+mod options;
+mod read;
+mod retry;
+mod session;
+mod tls;
+mod write;
+
+pub use options::{CassandraOptions, OptionValue, Secret, OPTION_NAMES, PASSWORD_ENV};
+pub use read::CassandraTable;
+
+use crate::error::{Result, StoreError};
+use crate::{MetadataRow, SampleRow, SampleStore, TableReader, TableSpec};
+use crs4_cassandra_core::ProcessOwned;
+use futures::future::{BoxFuture, FutureExt};
+use scylla::client::session::Session;
+use scylla::statement::prepared::PreparedStatement;
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use tokio::sync::{Mutex, Semaphore};
+
+pub struct CassandraStore {
+    opts: Arc<CassandraOptions>,
+    /// This process's session (see `session`).
+    session: Mutex<Option<ProcessOwned<Arc<Session>>>>,
+    /// Sample requests in flight, over all batches (`max_in_flight`).
+    in_flight: Arc<Semaphore>,
+    /// Prepared statements by CQL text, of the current session.
+    prepared: Mutex<HashMap<String, PreparedStatement>>,
+}
+
+impl fmt::Debug for CassandraStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "CassandraStore({})", self.opts.url())
+    }
+}
+
+impl CassandraStore {
+    /// Does not connect: the session is made on first use, in the using process.
+    pub fn new(opts: CassandraOptions) -> Result<Arc<Self>> {
+        if opts.use_ssl {
+            tls::tls_config(&opts)?; // fail fast on a bad certificate path
+        }
+        Ok(Arc::new(Self {
+            in_flight: Arc::new(Semaphore::new(opts.max_in_flight.max(1))),
+            opts: Arc::new(opts),
+            session: Mutex::new(None),
+            prepared: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    pub fn options(&self) -> &CassandraOptions {
+        &self.opts
+    }
+
+    /// `keyspace.table`, the keyspace from the URL unless `table` names one.
+    fn qualify(&self, table: &str) -> Result<String> {
+        if table.contains('.') {
+            return Ok(table.to_string());
+        }
+        match &self.opts.keyspace {
+            Some(ks) => Ok(format!("{ks}.{table}")),
+            None => Err(StoreError::InvalidArgument(format!(
+                "table {table:?} has no keyspace: write keyspace.table or put the keyspace in the URL"
+            ))),
+        }
+    }
+}
+
+impl SampleStore for Arc<CassandraStore> {
+    fn url(&self) -> String {
+        self.opts.url()
+    }
+
+    fn open_table(&self, spec: &TableSpec) -> BoxFuture<'static, Result<Arc<dyn TableReader>>> {
+        self.clone().open_table_async(spec.clone()).boxed()
+    }
+
+    fn create_tables(
+        &self,
+        spec: &TableSpec,
+        metadata_table: &str,
+        overwrite: bool,
+    ) -> BoxFuture<'static, Result<()>> {
+        self.clone()
+            .create_tables_async(spec.clone(), metadata_table.to_string(), overwrite)
+            .boxed()
+    }
+
+    fn put_samples(&self, table: &str, rows: Vec<SampleRow>) -> BoxFuture<'static, Result<()>> {
+        self.clone()
+            .put_samples_async(table.to_string(), rows)
+            .boxed()
+    }
+
+    fn put_metadata(&self, table: &str, rows: Vec<MetadataRow>) -> BoxFuture<'static, Result<()>> {
+        self.clone()
+            .put_metadata_async(table.to_string(), rows)
+            .boxed()
+    }
+
+    fn scan_metadata(&self, table: &str) -> BoxFuture<'static, Result<Vec<MetadataRow>>> {
+        self.clone().scan_metadata_async(table.to_string()).boxed()
+    }
+}
