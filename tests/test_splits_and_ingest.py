@@ -10,7 +10,7 @@ import pytest
 
 import crs4_cassandra as cc
 from crs4_cassandra import errors
-from crs4_cassandra.synthetic import make_image_folder
+from crs4_cassandra.testing import make_image_folder
 
 pytestmark = pytest.mark.timeout(120)
 

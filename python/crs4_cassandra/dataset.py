@@ -15,7 +15,7 @@ from torch.utils.dlpack import from_dlpack
 
 from . import _native
 from .errors import InvalidArgumentError, StateDictError
-from .splits import LABEL_TYPES, SplitFile, as_uuid_array
+from .split_file import LABEL_TYPES, SplitFile, as_uuid_array
 
 STATE_VERSION = 2
 # Versions load_state_dict reads (1 had no "consumed_positions").
