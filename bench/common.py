@@ -11,7 +11,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from crs4_cassandra.synthetic import make_image_folder
+from crs4_cassandra.testing import make_image_folder
 
 HERE = Path(__file__).resolve().parent
 DATA = HERE / "data"

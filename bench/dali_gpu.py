@@ -33,7 +33,7 @@ import numpy as np
 
 
 def _make_one(args: tuple[Path, str, int, int, float]) -> int:
-    from crs4_cassandra.synthetic import imagenet_like_size, noise_for_kb, shape_image
+    from crs4_cassandra.testing import imagenet_like_size, noise_for_kb, shape_image
 
     root, shape, i, seed, kb = args
     rng = np.random.default_rng([seed, i])
@@ -45,8 +45,8 @@ def _make_one(args: tuple[Path, str, int, int, float]) -> int:
 
 
 def make_folder(root: Path, n: int, kb: float, classes: int = 10) -> list[int]:
-    """ImageNet-like JPEGs of the synthetic generator, made on every core."""
-    from crs4_cassandra.synthetic import SHAPES
+    """ImageNet-like JPEGs of crs4_cassandra.testing's generator, made on every core."""
+    from crs4_cassandra.testing import SHAPES
 
     shapes = SHAPES[:classes]
     for s in shapes:

@@ -9,7 +9,7 @@ import pytest
 
 from crs4_cassandra import SplitFile, _native
 from crs4_cassandra.ingest import ingest_folder
-from crs4_cassandra.synthetic import make_image_folder
+from crs4_cassandra.testing import make_image_folder
 from testbed import Cluster, Proxy, Toxiproxy, gen_certs
 
 

@@ -167,6 +167,7 @@ def test_tls_verifies_the_server(secure: Secure, tmp_path: Path) -> None:
         cc.open_store("cassandra://127.0.0.1/ks", pasword="x")
 
 
+@pytest.mark.slow
 def test_cli_ingest_and_split_over_cassandra(
     secure: Secure, image_folder: Path, tmp_path: Path
 ) -> None:

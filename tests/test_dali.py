@@ -18,7 +18,7 @@ import crs4_cassandra as cc
 from crs4_cassandra import _native
 from crs4_cassandra.dali import _Source, decode_npy_batch, reader
 from crs4_cassandra.errors import InvalidArgumentError
-from crs4_cassandra.synthetic import SHAPES, shape_image
+from crs4_cassandra.testing import SHAPES, shape_image
 
 from .conftest import Secure
 

@@ -51,6 +51,7 @@ def run_rank(rank: int, url: str, split: str, port: int, out: str) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("store", ["local_store", "cassandra_store"])
 def test_ddp_three_ranks_two_workers(

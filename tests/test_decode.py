@@ -16,7 +16,7 @@ import crs4_cassandra as cc
 from crs4_cassandra import _native
 from crs4_cassandra.decode import decode_jpeg
 from crs4_cassandra.errors import CorruptSampleError, InvalidArgumentError
-from crs4_cassandra.synthetic import SHAPES, shape_image
+from crs4_cassandra.testing import SHAPES, shape_image
 
 
 def colour(i: int) -> tuple[int, int, int]:

@@ -61,6 +61,7 @@ except ModuleNotFoundError:
     DALI_CPU = ()
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_imagenette_classification(tmp_path: Path) -> None:
     src = tmp_path / "imagenette2-320"
@@ -133,6 +134,7 @@ def test_imagenette_classification(tmp_path: Path) -> None:
     assert m["accuracy"] >= 0.9, m
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_imagenette_over_cassandra(tmp_path: Path, cassandra: Cluster) -> None:
     # The same scripts with --store cassandra://...: ingest, split, train, evaluate.
@@ -169,6 +171,7 @@ def test_imagenette_over_cassandra(tmp_path: Path, cassandra: Cluster) -> None:
     assert m["accuracy"] >= 0.6, m
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_imagenette_under_torchrun_two_processes(tmp_path: Path) -> None:
     src = tmp_path / "imagenette2-320"
@@ -227,6 +230,7 @@ def test_imagenette_under_torchrun_two_processes(tmp_path: Path) -> None:
     assert m["accuracy"] >= 0.9, m
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_ade20k_segmentation(tmp_path: Path) -> None:
     src = tmp_path / "ADEChallengeData2016"
@@ -284,6 +288,7 @@ def test_ade20k_segmentation(tmp_path: Path) -> None:
     assert m["mean_iou"] >= 0.5, m  # type: ignore[operator]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_corel5k_multilabel(tmp_path: Path) -> None:
     src = tmp_path / "Corel-5k"
@@ -348,6 +353,7 @@ def test_corel5k_multilabel(tmp_path: Path) -> None:
     assert m["micro_f1"] >= 0.8, m
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_lightning_example(tmp_path: Path) -> None:
     src = tmp_path / "imagenette2-320"
@@ -480,6 +486,7 @@ def test_ingest_multilabel_writes_npy_multihot(tmp_path: Path) -> None:
     assert sorted(r[2] or "" for r in rows) == ["sky", "sun", "tree|sky"]
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_demo_learns(tmp_path: Path) -> None:
     # What `make demo` runs once the extension is built.

@@ -177,6 +177,7 @@ def _owner(token: int, tokens: list[int]) -> int:
     return 0
 
 
+@pytest.mark.slow
 def test_token_aware_routing_reads_each_sample_from_its_owner(cluster3: Cluster) -> None:
     # Replication factor 1: each sample lives on one node. The uuids are picked so
     # that nodes own 60%, 30% and 10% of the bytes; a driver that ignored tokens
@@ -206,6 +207,7 @@ def test_token_aware_routing_reads_each_sample_from_its_owner(cluster3: Cluster)
     assert [a - b for a, b in zip(after, before, strict=True)] == want
 
 
+@pytest.mark.slow
 def test_node_killed_mid_epoch_leaves_the_epoch_complete(cluster3: Cluster) -> None:
     url = cluster3.url("rf3")
     uuids, data, _ = fill_table(url, "t", "int", N, **WRITE_RF3)
@@ -232,6 +234,7 @@ def test_node_killed_mid_epoch_leaves_the_epoch_complete(cluster3: Cluster) -> N
             victim.start()
 
 
+@pytest.mark.slow
 def test_slow_node_with_speculative_execution_keeps_the_epoch_fast(cluster3: Cluster) -> None:
     url = cluster3.url("rf3_slow")
     uuids, _, _ = fill_table(url, "t", "int", 96, **WRITE_RF3)

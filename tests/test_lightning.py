@@ -85,6 +85,7 @@ def ddp_main(url: str, split: str, out: str) -> None:
     Path(out, f"rank{rank}.json").write_text(json.dumps(record))
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(240)
 def test_ddp_two_cpu_ranks_two_epochs(local_store: tuple[str, Path], tmp_path: Path) -> None:
     url, split = local_store
@@ -118,6 +119,7 @@ def test_ddp_two_cpu_ranks_two_epochs(local_store: tuple[str, Path], tmp_path: P
     assert sum(x["val_pads"] for x in ranks) == 2 * (-(-n_val // 16) * 16 - n_val)
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(180)
 # Lightning 2.6 calls a torch pytree API that this torch deprecates.
 @pytest.mark.filterwarnings("ignore::FutureWarning")

@@ -52,6 +52,7 @@ print(json.dumps(out))
 """
 
 
+@pytest.mark.slow
 def test_freed_memory_is_kept_while_reading_and_returned_after(tmp_path: Path) -> None:
     url = f"local:{tmp_path / 'store'}"
     st = _native.open_store(url, create=True)

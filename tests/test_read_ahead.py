@@ -115,6 +115,7 @@ def test_persistent_workers_read_their_next_epoch_ahead(
         assert sorted((b.position, b.indices.tolist()) for b in loader) == want
 
 
+@pytest.mark.slow
 def test_the_next_epoch_is_under_way_before_it_is_asked_for(
     keyspace_url: str, proxy: Proxy
 ) -> None:

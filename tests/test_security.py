@@ -69,6 +69,7 @@ def test_ssl_verify_false_warns_loudly_and_connects(secure: Secure) -> None:
         cc.open_store(url, ssl_verify=False, **creds)
 
 
+@pytest.mark.slow
 def test_mutual_tls_with_required_client_certificates(
     secure: Secure, toxiproxy: Toxiproxy, tmp_path: Path
 ) -> None:

@@ -10,7 +10,7 @@ import pytest
 
 import crs4_cassandra as cc
 from crs4_cassandra import errors
-from crs4_cassandra.synthetic import make_image_folder
+from crs4_cassandra.testing import make_image_folder
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -55,6 +55,7 @@ def test_corrupt_split_files_are_named(tmp_path: Path) -> None:
         cc.SplitFile.load(tmp_path / "missing.split")
 
 
+@pytest.mark.slow
 def test_ingest_cli_skips_bad_files_and_refuses_to_overwrite(tmp_path: Path) -> None:
     src = make_image_folder(tmp_path / "src", classes=3, per_class=6, small=True)
     (src / "circle" / "notes.txt").write_text("not an image")

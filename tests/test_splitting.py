@@ -15,8 +15,8 @@ import pytest
 import crs4_cassandra as cc
 from crs4_cassandra import errors
 from crs4_cassandra.ingest import ingest_folder
-from crs4_cassandra.splitting import create_split
-from crs4_cassandra.synthetic import make_image_folder
+from crs4_cassandra.split_builder import create_split
+from crs4_cassandra.testing import make_image_folder
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -8,6 +8,7 @@ import sys
 import pytest
 
 
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_native_stubs_match_the_module() -> None:
     r = subprocess.run(

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from crs4_cassandra.synthetic import SHAPES, shapes_scene
+from crs4_cassandra.testing import SHAPES, shapes_scene
 
 
 def main(argv: list[str] | None = None) -> None:

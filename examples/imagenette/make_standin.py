@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from crs4_cassandra.synthetic import SHAPES, shape_image
+from crs4_cassandra.testing import SHAPES, shape_image
 
 # Imagenette's classes, in its own order.
 WNIDS = (

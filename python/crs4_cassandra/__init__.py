@@ -5,7 +5,7 @@ from . import errors
 from ._native import Store
 from .dataset import Batch, ShardedDataset, open_store
 from .errors import LoaderError
-from .splits import SplitFile
+from .split_file import SplitFile
 
 __all__ = [
     "Batch",

@@ -146,7 +146,7 @@ def _names(text: str | None) -> list[str]:
 
 
 def _split_create(args: argparse.Namespace) -> int:
-    from .splitting import create_split
+    from .split_builder import create_split
 
     try:
         ratios = [float(x) for x in args.ratios.split(",")]

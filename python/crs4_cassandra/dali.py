@@ -31,7 +31,7 @@ import numpy.typing as npt
 from . import _native
 from .dataset import ShardedDataset, open_store
 from .errors import InvalidArgumentError
-from .splits import SplitFile
+from .split_file import SplitFile
 
 # Knobs of cassandra-dali-plugin that this loader sets by itself: the fetch
 # engine sizes its window of requests in flight from the observed throughput.

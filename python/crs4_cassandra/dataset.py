@@ -15,7 +15,7 @@ from torch.utils.dlpack import from_dlpack
 
 from . import _native
 from .errors import InvalidArgumentError
-from .splits import SplitFile, as_uuid_array
+from .split_file import SplitFile, as_uuid_array
 
 
 class Batch:

@@ -6,7 +6,7 @@ Rust instead, off the GIL and overlapped with reading.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
@@ -18,7 +18,7 @@ def decode_jpeg(
     batch: Batch,
     device: str | torch.device = "cuda",
     *,
-    mode: str = "rgb",
+    mode: Literal["rgb", "gray", "unchanged"] = "rgb",
     table: str | None = None,
 ) -> list[torch.Tensor]:
     """Decodes every sample of ``batch`` with ``torchvision.io.decode_jpeg``:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from . import ShardedDataset, SplitFile, open_store
 from .ingest import ingest_folder
-from .synthetic import make_image_folder
+from .testing import make_image_folder
 
 
 def as_input(images: object) -> torch.Tensor:

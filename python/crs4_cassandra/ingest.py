@@ -17,7 +17,8 @@ from tqdm import tqdm
 
 from . import _native
 from .errors import InvalidArgumentError
-from .splits import SplitFile
+from .split_builder import MULTILABEL_SEP, add_splits, split_name
+from .split_file import LabelType, SplitFile
 
 _T = TypeVar("_T")
 
@@ -127,23 +128,6 @@ def open_for_writing(store: str | _native.Store) -> _native.Store:
     return store
 
 
-def make_split(
-    uuids: np.ndarray,
-    fractions: Sequence[float],
-    names: Sequence[str],
-    seed: int,
-) -> dict[str, np.ndarray]:
-    """Shuffles ``uuids`` with ``seed`` and cuts them by ``fractions``."""
-    total = float(sum(fractions))
-    if total <= 0 or any(f < 0 for f in fractions):
-        raise InvalidArgumentError(
-            f"split ratios must be non-negative with a positive sum, got {fractions}"
-        )
-    perm = np.random.default_rng(seed).permutation(len(uuids))
-    bounds = np.round(np.cumsum([0.0, *fractions]) / total * len(uuids)).astype(int)
-    return {name: uuids[perm[bounds[i] : bounds[i + 1]]] for i, name in enumerate(names)}
-
-
 def ingest_folder(
     src: str | os.PathLike[str],
     store: str | _native.Store,
@@ -192,18 +176,6 @@ def ingest_folder(
 MetadataRow = tuple[bytes, int | None, str | None, str | None, str | None]
 
 
-def split_name(tag: str) -> str:
-    """The split name for a dataset's own folder or file tag: "training" and
-    "train" are "train"; "val", "valid" and "validation" are "val"; others
-    (e.g. "test") stay as they are."""
-    low = tag.lower()
-    if low in ("train", "training"):
-        return "train"
-    if low in ("val", "valid", "validation"):
-        return "val"
-    return tag
-
-
 class SampleWriter:
     """Writes samples and their metadata rows in chunks, counting what it wrote."""
 
@@ -248,30 +220,6 @@ class SampleWriter:
 
     def uuid_array(self) -> np.ndarray:
         return np.frombuffer(b"".join(self.ids), dtype=np.uint8).reshape(-1, 16)
-
-
-def add_splits(
-    sf: SplitFile,
-    uuids: np.ndarray,
-    tags: Sequence[str | None],
-    val_frac: float,
-    seed: int,
-) -> None:
-    """Adds the splits to ``sf``: the dataset's own tags when every sample has
-    one (they win over ``val_frac``), else a seeded ``val_frac`` cut."""
-    if tags and all(t is not None for t in tags):
-        sf.info["split_from"] = "source tags"
-        names = np.array([split_name(str(t)) for t in tags], dtype=object)
-        order = {"train": 0, "val": 1}
-        for name in sorted(set(names), key=lambda n: (order.get(n, 2), n)):
-            sf.add(name, uuids[names == name])
-    elif val_frac > 0:
-        for name, part in make_split(
-            uuids, [1.0 - val_frac, val_frac], ["train", "val"], seed
-        ).items():
-            sf.add(name, part)
-    else:
-        sf.add("train", uuids)
 
 
 def progress_bar(items: Sequence[_T], desc: str, progress: bool) -> Iterable[_T]:
@@ -392,9 +340,6 @@ def read_multilabel_lists(
     return classes, rows
 
 
-MULTILABEL_SEP = "|"
-
-
 def encode_multihot(indices: Sequence[int], num_classes: int) -> bytes:
     """A multi-hot uint8 vector, serialized as an ``.npy`` file."""
     import io
@@ -477,7 +422,7 @@ def _finish(
     report: IngestReport,
     w: SampleWriter,
     st: _native.Store,
-    label_type: str,
+    label_type: LabelType,
     classes: Sequence[str],
     src: Path,
     val_frac: float,

@@ -25,7 +25,7 @@ from torch.utils.data import DataLoader, IterableDataset
 from . import _native
 from .dataset import Batch, ShardedDataset
 from .errors import InvalidArgumentError, StateDictError
-from .splits import SplitFile
+from .split_file import SplitFile
 
 STATE_VERSION = 1
 

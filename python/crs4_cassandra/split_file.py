@@ -6,7 +6,7 @@ import json
 import os
 import uuid as uuidlib
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -16,7 +16,10 @@ from .errors import InvalidArgumentError
 
 UuidArray = npt.NDArray[np.uint8]
 
-LABEL_TYPES = ("int", "blob", "none")
+# What a sample's label is: an int column, a blob column (masks, serialized
+# vectors...) or no label.
+LabelType = Literal["int", "blob", "none"]
+LABEL_TYPES: tuple[LabelType, ...] = get_args(LabelType)
 
 
 def as_uuid_array(uuids: Any) -> UuidArray:
@@ -60,7 +63,7 @@ class SplitFile:
     def __init__(
         self,
         table: str,
-        label_type: str = "int",
+        label_type: LabelType = "int",
         *,
         classes: Sequence[str] = (),
         store: str | None = None,
@@ -75,7 +78,7 @@ class SplitFile:
                 f"label_type must be one of {LABEL_TYPES}, got {label_type!r}"
             )
         self.table = table
-        self.label_type = label_type
+        self.label_type: LabelType = label_type
         self.classes = list(classes)
         self.store = store
         self.metadata_table = metadata_table

@@ -1,28 +1,95 @@
-"""Split files built from a metadata table: which samples train, which validate.
+"""Building split files: which samples train, which validate.
 
-Three modes, all seeded:
+``create_split`` builds one from a metadata table, in one of three modes, all
+seeded:
 
 - ``original``: the dataset's own split, as ingest recorded it in the metadata
   (e.g. imagenette's train/ and val/ folders); the ratios are not used.
 - ``random``: a random permutation cut by the ratios.
 - ``weighted``: stratified by class, so every split has the class proportions
   of the whole table (each class is cut by the ratios on its own).
+
+Ingest builds the split file it writes beside a dataset with the same helpers
+(``add_splits``, ``make_split``, ``split_name``); this module does not depend
+on ingest.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal, get_args
 
 import numpy as np
 
 from . import _native
 from .errors import InvalidArgumentError, SchemaError
-from .ingest import MULTILABEL_SEP, make_split, split_name
-from .splits import LABEL_TYPES, SplitFile
+from .split_file import LABEL_TYPES, LabelType, SplitFile
 
-MODES = ("random", "original", "weighted")
+SplitMode = Literal["random", "original", "weighted"]
+MODES: tuple[SplitMode, ...] = get_args(SplitMode)
 METADATA_SUFFIX = "_metadata"
+# How ingest joins a multilabel sample's label names in the metadata's
+# label_name column.
+MULTILABEL_SEP = "|"
+
+
+def make_split(
+    uuids: np.ndarray,
+    fractions: Sequence[float],
+    names: Sequence[str],
+    seed: int,
+) -> dict[str, np.ndarray]:
+    """Shuffles ``uuids`` with ``seed`` and cuts them by ``fractions``."""
+    total = float(sum(fractions))
+    if total <= 0 or any(f < 0 for f in fractions):
+        raise InvalidArgumentError(
+            f"split ratios must be non-negative with a positive sum, got {fractions}"
+        )
+    perm = np.random.default_rng(seed).permutation(len(uuids))
+    bounds = np.round(np.cumsum([0.0, *fractions]) / total * len(uuids)).astype(int)
+    return {name: uuids[perm[bounds[i] : bounds[i + 1]]] for i, name in enumerate(names)}
+
+
+def split_name(tag: str) -> str:
+    """The split name for a dataset's own folder or file tag: "training" and
+    "train" are "train"; "val", "valid" and "validation" are "val"; others
+    (e.g. "test") stay as they are."""
+    low = tag.lower()
+    if low in ("train", "training"):
+        return "train"
+    if low in ("val", "valid", "validation"):
+        return "val"
+    return tag
+
+
+def split_by_tags(uuids: np.ndarray, tags: Sequence[str | None]) -> dict[str, np.ndarray]:
+    """The uuids of each split the samples' own tags name (see ``split_name``):
+    train first, then val, then the others by name."""
+    names = np.array([split_name(str(t)) for t in tags], dtype=object)
+    order = {"train": 0, "val": 1}
+    return {n: uuids[names == n] for n in sorted(set(names), key=lambda n: (order.get(n, 2), n))}
+
+
+def add_splits(
+    sf: SplitFile,
+    uuids: np.ndarray,
+    tags: Sequence[str | None],
+    val_frac: float,
+    seed: int,
+) -> None:
+    """Adds the splits to ``sf``: the dataset's own tags when every sample has
+    one (they win over ``val_frac``), else a seeded ``val_frac`` cut."""
+    if tags and all(t is not None for t in tags):
+        sf.info["split_from"] = "source tags"
+        for name, part in split_by_tags(uuids, tags).items():
+            sf.add(name, part)
+    elif val_frac > 0:
+        for name, part in make_split(
+            uuids, [1.0 - val_frac, val_frac], ["train", "val"], seed
+        ).items():
+            sf.add(name, part)
+    else:
+        sf.add("train", uuids)
 
 
 def data_table_for(metadata_table: str) -> str:
@@ -35,7 +102,7 @@ def data_table_for(metadata_table: str) -> str:
     return metadata_table[: -len(METADATA_SUFFIX)]
 
 
-def detect_label_type(store: _native.Store, table: str) -> str:
+def detect_label_type(store: _native.Store, table: str) -> LabelType:
     """The label type of ``table``: the first of int, blob, none its schema accepts."""
     for lt in LABEL_TYPES:
         try:
@@ -69,9 +136,9 @@ def create_split(
     *,
     names: Sequence[str] | None = None,
     seed: int = 0,
-    mode: str = "random",
+    mode: SplitMode = "random",
     table: str | None = None,
-    label_type: str | None = None,
+    label_type: LabelType | None = None,
     classes: Sequence[str] | None = None,
 ) -> SplitFile:
     """A split file over the samples of ``metadata_table``.
@@ -120,17 +187,15 @@ def create_split(
                 f"metadata table {metadata_table!r} has samples without a split tag: "
                 "the source had no split of its own; use mode random or weighted"
             )
-        split_of = np.array([split_name(str(t)) for t in tags], dtype=object)
-        wanted = list(names) if names is not None else None
-        order = {"train": 0, "val": 1}
-        for name in sorted(set(split_of), key=lambda n: (order.get(n, 2), n)):
-            if wanted is None or name in wanted:
-                sf.add(name, uuids[split_of == name])
-        if wanted is not None and set(wanted) - set(sf.names()):
+        by_tag = split_by_tags(uuids, tags)
+        missing = sorted(set(names or ()) - set(by_tag))
+        if missing:
             raise InvalidArgumentError(
-                f"splits {sorted(set(wanted) - set(sf.names()))} are not among the "
-                f"original tags {sorted(set(split_of))}"
+                f"splits {missing} are not among the original tags {sorted(by_tag)}"
             )
+        for name, part in by_tag.items():
+            if names is None or name in names:
+                sf.add(name, part)
         return sf
     assert names is not None
     if mode == "random":

@@ -1,5 +1,5 @@
-"""Generated image datasets, for demos, tests and benchmarks where real ones
-cannot be downloaded.
+"""Stand-in data for demos, tests, benchmarks and the examples: generated
+image datasets, where real ones cannot be downloaded. Not needed to load data.
 
 Images show one coloured shape on a noisy background: the class is the shape,
 so a small network learns it. Image sizes follow an ImageNet-like distribution
