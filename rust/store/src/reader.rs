@@ -124,13 +124,13 @@ impl ReaderConfig {
             ));
         }
         if let Some((h, w)) = self.size {
-            if !self.decode {
-                return Err(invalid("size needs decode=\"rgb\""));
-            }
             if h == 0 || w == 0 {
                 return Err(invalid(format!(
                     "size (resize) must be (height, width) > 0, got ({h}, {w})"
                 )));
+            }
+            if !self.decode {
+                return Err(invalid("size needs decode=\"rgb\""));
             }
         }
         Ok(())

@@ -249,7 +249,13 @@ impl LoaderBuilder {
         };
         config.validate()?;
         let share = Share::new(self.rank, self.world_size, 1, 0)?;
-        let store = open_store(&self.store, self.store_options)?.store;
+        // A bare path is a local store, as this loader has always taken it.
+        let url = if self.store.contains("://") || self.store.starts_with("local:") {
+            self.store.clone()
+        } else {
+            format!("local:{}", self.store)
+        };
+        let store = open_store(&url, self.store_options)?.store;
         let reader = runtime().block_on(config.open_table(store.as_ref()))?;
         let uuid_bytes: Vec<u8> = ids.iter().flat_map(|u| *u.as_bytes()).collect();
         // Validates the plan options once, with the sizes of this split.
@@ -282,8 +288,9 @@ pub struct Loader {
 }
 
 impl Loader {
-    /// Starts a builder for `table` of the store at `store`: `local:PATH`, or
-    /// `cassandra://host1,host2:9042/keyspace` (see [`LoaderBuilder::store_option`]).
+    /// Starts a builder for `table` of the store at `store`: `local:PATH` (or
+    /// a bare path), or `cassandra://host1,host2:9042/keyspace` (see
+    /// [`LoaderBuilder::store_option`]).
     pub fn builder(store: &str, table: &str) -> LoaderBuilder {
         LoaderBuilder {
             store: store.to_string(),
