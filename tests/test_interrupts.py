@@ -78,7 +78,8 @@ def test_ctrl_c_stops_a_call_blocked_on_a_hung_node(
     )
     try:
         assert child.stdout is not None and child.stdin is not None
-        assert child.stdout.readline().strip() == "ready", child.stderr.read() if child.stderr else ""
+        ready = child.stdout.readline().strip()
+        assert ready == "ready", child.stderr.read() if child.stderr else ""
         proxy.toxic("timeout", timeout=0)
         child.stdin.write("go\n")
         child.stdin.flush()

@@ -305,9 +305,7 @@ class ShardedDataset(IterableDataset[Batch]):
         self._last_iterated: tuple[_native.ProcessMark, int] | None = None
         # A reader whose epoch is over and which is already reading the next
         # one: (configuration, share, epoch, reader).
-        self._ahead: tuple[_native.ReaderConfig, tuple[int, ...], int, _native.Reader] | None = (
-            None
-        )
+        self._ahead: tuple[_native.ReaderConfig, tuple[int, ...], int, _native.Reader] | None = None
 
     @classmethod
     def from_split(

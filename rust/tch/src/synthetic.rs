@@ -1,7 +1,7 @@
 //! A generated image dataset in a local store, for demos and tests where real
 //! data cannot be downloaded: one coloured shape on a noisy background per
 //! image, and the class is the shape, so a small network learns it. The same
-//! idea as the Python `crs4_cassandra.synthetic` generator.
+//! idea as the Python `crs4_cassandra.testing` generator.
 
 use crate::error::{Error, Result};
 use crs4_cassandra_core::{LabelType, SplitFile, SplitHeader};
