@@ -3,13 +3,14 @@ Cassandra, ScyllaDB or an embedded local store."""
 
 from . import errors
 from ._native import Store
-from .dataset import Batch, ShardedDataset, open_store
+from .dataset import Batch, Sample, ShardedDataset, open_store
 from .errors import LoaderError
 from .split_file import SplitFile
 
 __all__ = [
     "Batch",
     "LoaderError",
+    "Sample",
     "ShardedDataset",
     "SplitFile",
     "Store",

@@ -3,6 +3,7 @@
 from collections.abc import Iterator
 from os import PathLike
 from typing import Any, Literal, final
+from uuid import UUID
 
 __all__ = [
     "ArenaTensor",
@@ -30,6 +31,15 @@ class Store:
         label_col: str = "label",
         data_col: str = "data",
     ) -> None: ...
+    def get(
+        self,
+        table: str,
+        uuid: str | bytes | UUID,
+        label_type: Literal["int", "blob", "none"] = "int",
+        id_col: str = "id",
+        label_col: str = "label",
+        data_col: str = "data",
+    ) -> tuple[int | bytes | None, bytes]: ...
     def create_tables(
         self,
         table: str,
@@ -110,6 +120,7 @@ class ReaderConfig:
         memory_budget: int | None = None,
         decode: Literal["rgb"] | None = None,
         size: tuple[int, int] | None = None,
+        layout: Literal["NHWC", "NCHW"] = "NHWC",
         on_error: Literal["raise", "skip"] = "raise",
     ) -> ReaderConfig: ...
     def kwargs(self) -> dict[str, Any]: ...
@@ -139,6 +150,8 @@ class ReaderConfig:
     def decode(self) -> Literal["rgb"] | None: ...
     @property
     def size(self) -> tuple[int, int] | None: ...
+    @property
+    def layout(self) -> Literal["NHWC", "NCHW"]: ...
     @property
     def on_error(self) -> Literal["raise", "skip"]: ...
     @property

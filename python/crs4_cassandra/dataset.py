@@ -7,15 +7,19 @@ import json
 import os
 import uuid as uuidlib
 from collections.abc import Iterator
-from typing import Any, Literal
+from collections.abc import Callable
+from typing import Any, Literal, NamedTuple
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+from torch.utils.data._utils.collate import default_collate_fn_map
 from torch.utils.dlpack import from_dlpack
 
 from . import _native
 from .errors import InvalidArgumentError
 from .split_file import SplitFile, as_uuid_array
+
+Consistency = Literal["one", "local_one", "two", "quorum", "local_quorum", "all"]
 
 
 class Batch:
@@ -30,10 +34,17 @@ class Batch:
     - ``position``: the batch's index in this rank's epoch; ``epoch``.
     - ``images``: with ``decode="rgb"``, the decoded pixels: a uint8
       (B, H, W, 3) tensor when the dataset has a ``size``, else a list of
-      (H, W, 3) tensors; None otherwise.
+      (H, W, 3) tensors; with ``layout="NCHW"``, (B, 3, H, W) (and (3, H, W)
+      each): a view of the same pixels in PyTorch's channels-last memory
+      format, no copy. None without ``decode``.
     - ``skipped``: int64 positions in the uuid list of samples dropped from
       this batch because they could not be decoded (``on_error="skip"``);
       ``skipped_ids`` their uuids. The other fields hold only the kept samples.
+
+    ``len(batch)`` is its number of samples, ``batch[i]`` one of them (a
+    :class:`Sample`); ``batch.to(device, non_blocking=True)`` moves every
+    tensor, and ``pin_memory()`` (what ``DataLoader(pin_memory=True)`` calls)
+    pins them.
     """
 
     __slots__ = (
@@ -81,7 +92,11 @@ class Batch:
 
     @classmethod
     def from_native(
-        cls, nb: _native.NativeBatch, epoch: int, size: tuple[int, int] | None = None
+        cls,
+        nb: _native.NativeBatch,
+        epoch: int,
+        size: tuple[int, int] | None = None,
+        layout: str = "NHWC",
     ) -> Batch:
         labels = nb.labels()
         label_offsets = nb.label_offsets()
@@ -95,13 +110,59 @@ class Batch:
             id_bytes=from_dlpack(nb.ids()),
             position=nb.position,
             epoch=epoch,
-            images=_images(nb, size),
+            images=_images(nb, size, layout),
             skipped=torch.tensor(nb.skipped(), dtype=torch.int64),
             skipped_id_bytes=nb.skipped_ids(),
         )
 
     def __len__(self) -> int:
         return int(self.offsets.shape[0]) - 1
+
+    def __getitem__(self, i: int) -> Sample:
+        """Sample ``i`` (negative counts from the end): views, no copies."""
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"sample {i} of a batch of {n}")
+        i %= n
+        o = self.offsets
+        label: int | torch.Tensor | None = None
+        if self.labels is not None and self.label_offsets is not None:
+            lo = self.label_offsets
+            label = self.labels[int(lo[i]) : int(lo[i + 1])]
+        elif self.labels is not None:
+            label = int(self.labels[i])
+        image = self.images[i] if self.images is not None else None
+        raw = self.id_bytes[i].numpy().tobytes()
+        return Sample(
+            data=self.data[int(o[i]) : int(o[i + 1])],
+            label=label,
+            id=uuidlib.UUID(bytes=raw),
+            index=int(self.indices[i]),
+            is_pad=bool(self.is_pad[i]),
+            image=image,
+        )
+
+    def _map(self, f: Any) -> Batch:
+        """A batch whose tensors are ``f`` of these (positions unchanged)."""
+        state = self.__getstate__()
+        for k, v in state.items():
+            if isinstance(v, torch.Tensor):
+                state[k] = f(v)
+            elif isinstance(v, list):
+                state[k] = [f(t) for t in v]
+        out = Batch.__new__(Batch)
+        out.__setstate__(state)
+        return out
+
+    def to(self, device: torch.device | str, non_blocking: bool = False) -> Batch:
+        """This batch with every tensor on ``device`` (``non_blocking`` as in
+        ``Tensor.to``: asynchronous from pinned memory)."""
+        return self._map(lambda t: t.to(device, non_blocking=non_blocking))
+
+    def pin_memory(self) -> Batch:
+        """This batch with every tensor in page-locked memory (copies), so that
+        ``to("cuda", non_blocking=True)`` overlaps the transfer."""
+        return self._map(lambda t: t.pin_memory())
 
     def __getstate__(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self.__slots__}
@@ -139,8 +200,23 @@ class Batch:
         )
 
 
+class Sample(NamedTuple):
+    """One sample of a :class:`Batch` (``batch[i]``): views, no copies."""
+
+    data: torch.Tensor
+    """Its encoded bytes (uint8)."""
+    label: int | torch.Tensor | None
+    """An int, the label bytes (uint8) for "blob" labels, or None."""
+    id: uuidlib.UUID
+    index: int
+    """Its position in the dataset's uuid list."""
+    is_pad: bool
+    image: torch.Tensor | None
+    """Its decoded pixels, with ``decode="rgb"``."""
+
+
 def _images(
-    nb: _native.NativeBatch, size: tuple[int, int] | None
+    nb: _native.NativeBatch, size: tuple[int, int] | None, layout: str = "NHWC"
 ) -> torch.Tensor | list[torch.Tensor] | None:
     pixels = nb.images()
     shapes = nb.image_shapes()
@@ -148,10 +224,29 @@ def _images(
         return None
     flat = from_dlpack(pixels)
     if size is not None:
-        return flat.view(len(shapes), size[0], size[1], 3)
+        nhwc = flat.view(len(shapes), size[0], size[1], 3)
+        return nhwc.permute(0, 3, 1, 2) if layout == "NCHW" else nhwc
     offsets = nb.image_offsets()
     o = from_dlpack(offsets).tolist() if offsets is not None else []
-    return [flat[o[i] : o[i + 1]].view(h, w, 3) for i, (h, w) in enumerate(shapes)]
+    hwc = [flat[o[i] : o[i + 1]].view(h, w, 3) for i, (h, w) in enumerate(shapes)]
+    return [t.permute(2, 0, 1) for t in hwc] if layout == "NCHW" else hwc
+
+
+def _collate_batches(batches: list[Batch], **_: Any) -> Batch:
+    """What ``DataLoader``'s default collation does with this dataset's
+    batches: ``DataLoader(ds)`` (one item at a time) passes each batch on as
+    it is; more than one item at a time is refused, naming the fix."""
+    if len(batches) == 1:
+        return batches[0]
+    raise InvalidArgumentError(
+        f"DataLoader(batch_size={len(batches)}) would stack {len(batches)} whole batches: "
+        "ShardedDataset already yields batches of its own batch_size; "
+        "use DataLoader(dataset, batch_size=None)"
+    )
+
+
+# DataLoader's default collate function looks up element types here.
+default_collate_fn_map[Batch] = _collate_batches
 
 
 def _distributed() -> tuple[int, int]:
@@ -162,8 +257,30 @@ def _distributed() -> tuple[int, int]:
     return 0, 1
 
 
-def open_store(url: str, **options: Any) -> _native.Store:
-    """Opens a store.
+def open_store(
+    url: str,
+    *,
+    create: bool | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    password_env: str | None = None,
+    use_ssl: bool | None = None,
+    ssl_certificate: str | None = None,
+    ssl_own_certificate: str | None = None,
+    ssl_own_key: str | None = None,
+    ssl_own_key_pass: str | None = None,
+    ssl_verify: bool | None = None,
+    connect_timeout: float | None = None,
+    request_timeout: float | None = None,
+    retries: int | None = None,
+    retry_time_limit: float | None = None,
+    speculative_delay: float | None = None,
+    consistency: Consistency | None = None,
+    max_in_flight: int | None = None,
+    replication: str | None = None,
+    connections: int | None = None,
+) -> _native.Store:
+    """Opens a store; options left at None take the store's defaults.
 
     - ``"local:PATH"``: the embedded local store (``create=True`` makes it if
       missing, as ingest does; no other option).
@@ -171,16 +288,20 @@ def open_store(url: str, **options: Any) -> _native.Store:
       (names as in cassandra-dali-plugin): ``username``, ``password`` (or
       ``password_env``, the name of an environment variable; by default
       ``CRS4_CASSANDRA_PASSWORD`` is read), ``use_ssl``, ``ssl_certificate``
-      (PEM to trust), ``ssl_own_certificate``, ``ssl_own_key``, ``ssl_verify``
-      (default True; ``ssl_verify=False`` turns certificate verification OFF,
-      which lets anyone on the network impersonate the server: it emits an
-      ``InsecureTLSWarning`` and is meant for tests only), ``connect_timeout``,
-      ``request_timeout``, ``retries``,
-      ``retry_time_limit`` (seconds), ``speculative_delay`` (seconds),
-      ``consistency``, ``max_in_flight``, ``replication`` (for keyspaces ingest
-      creates). Passwords never appear in reprs, logs or error messages.
+      (PEM to trust), ``ssl_own_certificate`` and ``ssl_own_key`` (mutual TLS),
+      ``ssl_verify`` (default True; ``ssl_verify=False`` turns certificate
+      verification OFF, which lets anyone on the network impersonate the
+      server: it emits an ``InsecureTLSWarning`` and is meant for tests only),
+      ``connect_timeout``, ``request_timeout`` and ``retry_time_limit``
+      (seconds; defaults 5, 10 and 60), ``retries`` (5), ``speculative_delay``
+      (seconds; a second copy of a read that has not answered by then),
+      ``consistency`` (default ``"local_one"``), ``max_in_flight`` (sample
+      requests at once, 16384), ``replication`` (for keyspaces ingest
+      creates), ``connections`` (per node, 4). Passwords never appear in
+      reprs, logs or error messages.
     """
-    return _native.open_store(url, options=options or None)
+    given = {k: v for k, v in locals().items() if k != "url" and v is not None}
+    return _native.open_store(url, options=given or None)
 
 
 def _config_property(name: str, doc: str) -> Any:
@@ -196,7 +317,7 @@ def _config_property(name: str, doc: str) -> Any:
     return property(get, set_, doc=doc)
 
 
-class ShardedDataset(IterableDataset[Batch]):
+class ShardedDataset(IterableDataset[Any]):
     """Batches of samples read from ``table`` of ``store``, for the given uuids.
 
     Use with ``DataLoader(ds, batch_size=None, num_workers=k)``. Every sample is
@@ -210,7 +331,15 @@ class ShardedDataset(IterableDataset[Batch]):
     given (images are stretched to it), else one (H, W, 3) tensor per image.
     A sample that cannot be decoded raises CorruptSampleError, or with
     ``on_error="skip"`` is left out of its batch and reported in
-    ``Batch.skipped``.
+    ``Batch.skipped``. Decoded images are (B, H, W, 3) by default;
+    ``layout="NCHW"`` gives (B, 3, H, W), what torchvision transforms and most
+    models expect (a view of the same pixels, in channels-last memory format).
+
+    ``transform`` is called on each :class:`Batch` where the batch is made
+    (in the DataLoader worker, after decoding), and what it returns is what
+    the dataset yields: e.g. ``lambda b: (b.images.float() / 255, b.labels)``.
+    With DataLoader workers started by spawn it must be picklable (a
+    module-level function, not a lambda).
 
     Prefetching tunes itself: the number of batch reads in flight grows while it
     raises throughput, up to ``memory_budget`` bytes of batches (default 1 GiB,
@@ -241,6 +370,7 @@ class ShardedDataset(IterableDataset[Batch]):
     memory_budget = _config_property("memory_budget", "Bytes of batches in flight at most.")
     decode = _config_property("decode", '"rgb" or None.')
     size = _config_property("size", "(height, width) decoded images are resized to.")
+    layout = _config_property("layout", '"NHWC" or "NCHW" decoded images.')
     on_error = _config_property("on_error", '"raise" or "skip" undecodable samples.')
 
     def __init__(
@@ -264,7 +394,9 @@ class ShardedDataset(IterableDataset[Batch]):
         memory_budget: int | None = None,
         decode: Literal["rgb"] | None = None,
         size: tuple[int, int] | None = None,
+        layout: Literal["NHWC", "NCHW"] = "NHWC",
         on_error: Literal["raise", "skip"] = "raise",
+        transform: Callable[[Batch], Any] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
@@ -287,8 +419,12 @@ class ShardedDataset(IterableDataset[Batch]):
             memory_budget=memory_budget,
             decode=decode,
             size=None if size is None else (int(size[0]), int(size[1])),
+            layout=layout,
             on_error=on_error,
         )
+        if transform is not None and not callable(transform):
+            raise InvalidArgumentError(f"transform must be callable, got {transform!r}")
+        self.transform = transform
         self.store = open_store(store) if isinstance(store, str) else store
         # Fail here, not in a worker: missing table, columns or label type mismatch.
         self.store.check_table(table, label_type, id_col, label_col, data_col)
@@ -314,14 +450,37 @@ class ShardedDataset(IterableDataset[Batch]):
         split_file: SplitFile | str | os.PathLike[str],
         name: str,
         batch_size: int,
+        *,
+        label_type: Literal["int", "blob", "none"] | None = None,
+        id_col: str | None = None,
+        label_col: str | None = None,
+        data_col: str | None = None,
         **kw: Any,
     ) -> ShardedDataset:
+        """The dataset of split ``name`` of a split file (a path or a
+        :class:`SplitFile`): its table, uuids, label type and column names
+        (each overridable); every other keyword is the constructor's
+        (``shuffle``, ``seed``, ``drop_last``, ``decode``, ``size``, ...)."""
         sf = split_file if isinstance(split_file, SplitFile) else SplitFile.load(split_file)
-        kw.setdefault("label_type", sf.label_type)
-        kw.setdefault("id_col", sf.id_col)
-        kw.setdefault("label_col", sf.label_col)
-        kw.setdefault("data_col", sf.data_col)
-        return cls(store, sf.table, sf.uuids(name), batch_size, **kw)
+        return cls(
+            store,
+            sf.table,
+            sf.uuids(name),
+            batch_size,
+            label_type=label_type or sf.label_type,
+            id_col=id_col or sf.id_col,
+            label_col=label_col or sf.label_col,
+            data_col=data_col or sf.data_col,
+            **kw,
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"ShardedDataset(store={self.store.url!r}, table={self.table!r}, "
+            f"samples={self.num_samples}, batch_size={self.batch_size}, "
+            f"rank={self.rank}, world_size={self.world_size}, epoch={self.epoch}, "
+            f"batches={len(self)})"
+        )
 
     def __getstate__(self) -> dict[str, Any]:
         # DataLoader workers started with spawn (the default inside processes
@@ -425,15 +584,15 @@ class ShardedDataset(IterableDataset[Batch]):
         self._positions = []
         self.skipped = []
         finished = False
-        config, size = self._config, self.size
+        config, size, layout, transform = self._config, self.size, self.layout, self.transform
         try:
             for nb in reader:
-                batch = Batch.from_native(nb, epoch, size)
+                batch = Batch.from_native(nb, epoch, size, layout)
                 if batch.skipped.numel():
                     self.skipped.extend(batch.skipped.tolist())
                 self._positions.append(batch.position)
                 self.current_window = reader.window
-                yield batch
+                yield batch if transform is None else transform(batch)
             finished = True
         finally:
             if finished and then is not None and reader.has_next_epoch:

@@ -44,7 +44,7 @@ impl ReaderConfig {
     #[pyo3(signature = (
         table, uuids, batch_size, *, label_type="int", id_col="id", label_col="label", data_col="data",
         shuffle=true, seed=0, drop_last=false, ordered=true, rank=None, world_size=None, window=None,
-        memory_budget=None, decode=None, size=None, on_error="raise"
+        memory_budget=None, decode=None, size=None, layout="NHWC", on_error="raise"
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -65,6 +65,7 @@ impl ReaderConfig {
         memory_budget: Option<i64>,
         decode: Option<&str>,
         size: Option<(i64, i64)>,
+        layout: &str,
         on_error: &str,
     ) -> PyResult<Self> {
         let decode = match decode {
@@ -106,6 +107,7 @@ impl ReaderConfig {
                 .transpose()?,
             decode,
             size,
+            layout: Layout::parse(layout).map_err(store_err)?,
             on_error: OnError::parse(on_error).map_err(store_err)?,
             ready: None,
             rank: rank.map(|r| count("rank", r, false)).transpose()?,
@@ -145,6 +147,7 @@ impl ReaderConfig {
         d.set_item("memory_budget", c.memory_budget)?;
         d.set_item("decode", c.decode.then_some("rgb"))?;
         d.set_item("size", c.size)?;
+        d.set_item("layout", c.layout.as_str())?;
         d.set_item("on_error", c.on_error.as_str())?;
         Ok(d)
     }
@@ -219,6 +222,10 @@ impl ReaderConfig {
     #[getter]
     fn size(&self) -> Option<(u32, u32)> {
         self.config.size
+    }
+    #[getter]
+    fn layout(&self) -> &'static str {
+        self.config.layout.as_str()
     }
     #[getter]
     fn on_error(&self) -> &'static str {

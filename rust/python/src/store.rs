@@ -5,7 +5,9 @@ use crate::block;
 use crate::errors::{class, invalid, Class};
 use crs4_cassandra_store::cassandra::OptionValue;
 use crs4_cassandra_store::reader::label_type;
-use crs4_cassandra_store::{LabelValue, MetadataRow, SampleRow, SampleStore, TableSpec};
+use crs4_cassandra_store::{
+    read_sample, LabelValue, MetadataRow, SampleRow, SampleStore, TableSpec,
+};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBool, PyBytes, PyDict};
@@ -89,6 +91,45 @@ impl Store {
             label_type: self::label_type(label_type).map_err(crate::errors::store_err)?,
         };
         block::store(py, self.inner.open_table(&spec)).map(drop)
+    }
+
+    /// One sample of `table`, read by itself: (label, data). `uuid` is a
+    /// uuid string, a `uuid.UUID` or its 16 bytes; the label is an int, bytes
+    /// or None as the label type says.
+    #[pyo3(signature = (table, uuid, label_type="int", id_col="id", label_col="label", data_col="data"))]
+    #[allow(clippy::too_many_arguments)]
+    fn get<'py>(
+        &self,
+        py: Python<'py>,
+        table: &str,
+        uuid: &Bound<'py, PyAny>,
+        label_type: &str,
+        id_col: &str,
+        label_col: &str,
+        data_col: &str,
+    ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyBytes>)> {
+        let id = if let Ok(b) = uuid.cast::<PyBytes>() {
+            Uuid::from_slice(b.as_bytes())
+                .map_err(|_| invalid(format!("uuid bytes must be 16 bytes, got {}", b.as_bytes().len())))?
+        } else {
+            let text = uuid.str()?.to_string();
+            Uuid::parse_str(&text).map_err(|_| invalid(format!("{text:?} is not a valid uuid")))?
+        };
+        let spec = TableSpec {
+            table: table.into(),
+            id_col: id_col.into(),
+            label_col: label_col.into(),
+            data_col: data_col.into(),
+            label_type: self::label_type(label_type).map_err(crate::errors::store_err)?,
+        };
+        let store = self.inner.clone();
+        let row = block::store(py, async move { read_sample(store.as_ref(), &spec, id).await })?;
+        let label = match row.label {
+            LabelValue::Int(l) => l.into_pyobject(py)?.into_any(),
+            LabelValue::Blob(b) => PyBytes::new(py, &b).into_any(),
+            LabelValue::None => py.None().into_bound(py),
+        };
+        Ok((label, PyBytes::new(py, &row.data)))
     }
 
     #[pyo3(signature = (table, metadata_table, label_type, overwrite=false))]

@@ -7,7 +7,8 @@
 use crate::engine::{BatchStream, EngineOptions, FetchEngine, Next};
 use crate::error::{Result, StoreError};
 use crate::runtime::runtime;
-use crate::{DecodeOptions, LabelType, SampleStore, TableReader, TableSpec};
+use crate::batch::{ArenaPool, BatchJob, Labels};
+use crate::{DecodeOptions, LabelType, LabelValue, SampleRow, SampleStore, TableReader, TableSpec};
 use crs4_cassandra_core::{
     uuids_fingerprint, EpochPlan, LoaderState, PlanSpec, PlannedBatch, Progress, RunIdentity,
 };
@@ -46,6 +47,38 @@ impl OnError {
     }
 }
 
+/// How decoded images are laid out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Layout {
+    /// (B, H, W, 3): how the decoder writes them.
+    #[default]
+    #[serde(rename = "NHWC")]
+    Nhwc,
+    /// (B, 3, H, W), what torchvision and most models expect: a view of the
+    /// same pixels (PyTorch's channels-last memory format), not a copy.
+    #[serde(rename = "NCHW")]
+    Nchw,
+}
+
+impl Layout {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "NHWC" => Ok(Self::Nhwc),
+            "NCHW" => Ok(Self::Nchw),
+            other => Err(invalid(format!(
+                "layout must be \"NHWC\" or \"NCHW\", got {other:?}"
+            ))),
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Nhwc => "NHWC",
+            Self::Nchw => "NCHW",
+        }
+    }
+}
+
 /// Everything that defines a reader but its share and its position in the
 /// epoch: table and columns, the uuid list, plan options, engine options and
 /// decoding. Built by every front end from its own arguments, validated by
@@ -68,6 +101,9 @@ pub struct ReaderConfig {
     pub decode: bool,
     /// Resize decoded images to (height, width); needs `decode`.
     pub size: Option<(u32, u32)>,
+    /// Layout of the decoded images; channels-first needs `decode`.
+    #[serde(default)]
+    pub layout: Layout,
     pub on_error: OnError,
     /// Finished batches queued ahead of the consumer; None: the engine's default.
     pub ready: Option<usize>,
@@ -95,6 +131,7 @@ impl ReaderConfig {
             memory_budget: None,
             decode: false,
             size: None,
+            layout: Layout::Nhwc,
             on_error: OnError::Raise,
             ready: None,
             rank: None,
@@ -122,6 +159,9 @@ impl ReaderConfig {
             return Err(invalid(
                 "prefetch (batches ready ahead) must be positive, got 0",
             ));
+        }
+        if self.layout == Layout::Nchw && !self.decode {
+            return Err(invalid("layout=\"NCHW\" needs decode=\"rgb\""));
         }
         if let Some((h, w)) = self.size {
             if h == 0 || w == 0 {
@@ -338,6 +378,28 @@ impl Reader {
     }
 }
 
+/// One sample of `spec`'s table, read by itself (to look at it).
+pub async fn read_sample(store: &dyn SampleStore, spec: &TableSpec, id: Uuid) -> Result<SampleRow> {
+    let table = store.open_table(spec).await?;
+    let job = BatchJob {
+        position: 0,
+        indices: vec![0],
+        is_pad: vec![false],
+        ids: vec![id],
+    };
+    let batch = table.read_batch(job, ArenaPool::new(0)).await?;
+    let label = match &batch.labels {
+        Labels::Int(v) => LabelValue::Int(v[0] as i32),
+        Labels::Blob { data, .. } => LabelValue::Blob(data.to_vec()),
+        Labels::None => LabelValue::None,
+    };
+    Ok(SampleRow {
+        id,
+        label,
+        data: batch.sample(0).to_vec(),
+    })
+}
+
 /// The label type named `s` ("int", "blob" or "none").
 pub fn label_type(s: &str) -> Result<LabelType> {
     LabelType::parse(s).ok_or_else(|| {
@@ -355,7 +417,7 @@ mod tests {
     fn one_validation_names_the_bad_option() {
         let ok = ReaderConfig::new(TableSpec::new("t", LabelType::Int), 4);
         assert!(ok.validate().is_ok());
-        let cases: [(ReaderConfig, &str); 7] = [
+        let cases: [(ReaderConfig, &str); 8] = [
             (
                 ReaderConfig {
                     batch_size: 0,
