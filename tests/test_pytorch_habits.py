@@ -61,7 +61,7 @@ def test_transform_runs_in_the_worker_and_state_still_counts_batches(
     ds = dataset(url, all_uuids, transform=scale, **kw)
     got = list(DataLoader(ds, batch_size=None, num_workers=2))
     assert len(got) == len(plain) == len(ds)
-    for (x, y, _), b in zip(sorted(got, key=lambda t: t[2]), plain):
+    for (x, y, _), b in zip(sorted(got, key=lambda t: t[2]), plain, strict=True):
         assert b.images is not None
         assert x.shape == (len(b), 3, 16, 12) and x.dtype == torch.float32
         assert torch.equal(x, b.images.float() / 255) and torch.equal(y, b.labels)
@@ -100,7 +100,7 @@ def test_a_batch_indexes_moves_and_pins(
     assert len(b) == 8
     s = b[3]
     assert bytes(s.data.numpy()) == bytes(b.samples()[3].numpy())
-    assert s.label == int(b.labels[3]) and s.id == b.ids[3] and s.index == int(b.indices[3])
+    assert s.label == int(b.labels[3]) and s.id == b.ids[3] and s.list_index == int(b.indices[3])
     assert s.image is not None and torch.equal(s.image, b.images[3])  # type: ignore[index]
     assert b[-1].id == b.ids[-1]
     with pytest.raises(IndexError):

@@ -6,8 +6,7 @@ from __future__ import annotations
 import json
 import os
 import uuid as uuidlib
-from collections.abc import Iterator
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, Literal, NamedTuple
 
 import torch
@@ -137,7 +136,7 @@ class Batch:
             data=self.data[int(o[i]) : int(o[i + 1])],
             label=label,
             id=uuidlib.UUID(bytes=raw),
-            index=int(self.indices[i]),
+            list_index=int(self.indices[i]),
             is_pad=bool(self.is_pad[i]),
             image=image,
         )
@@ -208,7 +207,7 @@ class Sample(NamedTuple):
     label: int | torch.Tensor | None
     """An int, the label bytes (uint8) for "blob" labels, or None."""
     id: uuidlib.UUID
-    index: int
+    list_index: int
     """Its position in the dataset's uuid list."""
     is_pad: bool
     image: torch.Tensor | None

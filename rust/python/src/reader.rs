@@ -11,7 +11,7 @@ use crs4_cassandra_core::{LoaderState, Owner, Progress as CoreProgress, RunIdent
 use crs4_cassandra_store::engine::Next;
 use crs4_cassandra_store::reader::label_type;
 use crs4_cassandra_store::{
-    OnError, Reader as CoreReader, ReaderConfig as Config, Share, TableSpec,
+    Layout, OnError, Reader as CoreReader, ReaderConfig as Config, Share, TableSpec,
 };
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;

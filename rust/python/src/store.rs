@@ -109,8 +109,12 @@ impl Store {
         data_col: &str,
     ) -> PyResult<(Bound<'py, PyAny>, Bound<'py, PyBytes>)> {
         let id = if let Ok(b) = uuid.cast::<PyBytes>() {
-            Uuid::from_slice(b.as_bytes())
-                .map_err(|_| invalid(format!("uuid bytes must be 16 bytes, got {}", b.as_bytes().len())))?
+            Uuid::from_slice(b.as_bytes()).map_err(|_| {
+                invalid(format!(
+                    "uuid bytes must be 16 bytes, got {}",
+                    b.as_bytes().len()
+                ))
+            })?
         } else {
             let text = uuid.str()?.to_string();
             Uuid::parse_str(&text).map_err(|_| invalid(format!("{text:?} is not a valid uuid")))?
@@ -123,7 +127,10 @@ impl Store {
             label_type: self::label_type(label_type).map_err(crate::errors::store_err)?,
         };
         let store = self.inner.clone();
-        let row = block::store(py, async move { read_sample(store.as_ref(), &spec, id).await })?;
+        let row = block::store(
+            py,
+            async move { read_sample(store.as_ref(), &spec, id).await },
+        )?;
         let label = match row.label {
             LabelValue::Int(l) => l.into_pyobject(py)?.into_any(),
             LabelValue::Blob(b) => PyBytes::new(py, &b).into_any(),

@@ -4,10 +4,10 @@
 //! [`Reader`] that streams that share's batches through the fetch engine,
 //! epoch after epoch.
 
+use crate::batch::{ArenaPool, BatchJob, Labels};
 use crate::engine::{BatchStream, EngineOptions, FetchEngine, Next};
 use crate::error::{Result, StoreError};
 use crate::runtime::runtime;
-use crate::batch::{ArenaPool, BatchJob, Labels};
 use crate::{DecodeOptions, LabelType, LabelValue, SampleRow, SampleStore, TableReader, TableSpec};
 use crs4_cassandra_core::{
     uuids_fingerprint, EpochPlan, LoaderState, PlanSpec, PlannedBatch, Progress, RunIdentity,
@@ -468,6 +468,13 @@ mod tests {
                     ..ok.clone()
                 },
                 "size",
+            ),
+            (
+                ReaderConfig {
+                    layout: Layout::Nchw,
+                    ..ok.clone()
+                },
+                "layout",
             ),
         ];
         for (config, needle) in cases {
