@@ -154,8 +154,30 @@ class Proxy:
         return self.toxic("latency", latency=int(ms), jitter=int(jitter))
 
     def remove(self, toxic: str) -> None:
-        # toxiproxy finishes the toxic's data in flight first: allow for it.
-        self.server.request("DELETE", f"/proxies/{self.name}/toxics/{toxic}", timeout=60)
+        """Removes a toxic. toxiproxy first drains the toxic's data in flight,
+        and with connections that keep a latency toxic busy that can outlast
+        its own request timeout (a 503): then the proxy is made anew, without
+        toxics (its open connections are closed, as a restarted proxy's)."""
+        try:
+            self.server.request("DELETE", f"/proxies/{self.name}/toxics/{toxic}", timeout=60)
+        except (RuntimeError, OSError) as e:
+            if "404" in str(e):
+                return  # already gone
+            self.recreate()
+
+    def recreate(self) -> None:
+        """Deletes the proxy (closing its connections) and makes it again,
+        enabled and without toxics, on the same address and upstream."""
+        try:
+            self.server.request("DELETE", f"/proxies/{self.name}", timeout=60)
+        except RuntimeError as e:
+            if "404" not in str(e):
+                raise
+        self.server.request(
+            "POST",
+            "/proxies",
+            {"name": self.name, "listen": self.listen, "upstream": self.upstream, "enabled": True},
+        )
 
     def clear(self) -> None:
         for t in self.server.request("GET", f"/proxies/{self.name}/toxics") or []:

@@ -54,3 +54,12 @@ def test_latency_toxic_delays_each_round_trip(cassandra: Cluster, proxy: Proxy) 
     proxy.latency(100)
     slow = min(connect_and_ping() for _ in range(3))
     assert 0.09 < slow - base < 0.3, (base, slow)
+    proxy.remove("latency_downstream")
+    again = min(connect_and_ping() for _ in range(3))
+    assert again - base < 0.05, (base, again)
+    # Made anew (what removing a toxic falls back to when toxiproxy cannot
+    # drain it in time): no toxics, same address, still forwarding.
+    proxy.latency(100)
+    proxy.recreate()
+    assert proxy.server.request("GET", f"/proxies/{proxy.name}/toxics") == []
+    assert connect_and_ping() - base < 0.05
