@@ -11,6 +11,6 @@ pub use fork::{Owner, ProcessOwned};
 pub use plan::{guess_next_epoch, EpochPlan, PlanError, PlanSpec, PlannedBatch, Resume};
 pub use split::{LabelType, SplitError, SplitFile, SplitHeader};
 pub use state::{
-    uuids_fingerprint, LoaderState, Progress, RunIdentity, StateError, READABLE_STATE_VERSIONS,
-    STATE_VERSION,
+    uuids_fingerprint, Consumed, LoaderState, Progress, RunIdentity, StateError,
+    READABLE_STATE_VERSIONS, STATE_VERSION,
 };

@@ -160,6 +160,48 @@ impl Progress {
     }
 }
 
+/// What a loop says it consumed of an epoch since the last [`Progress`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Consumed {
+    /// The positions (`Batch.position`) of the batches it received, in any order.
+    Positions(Vec<usize>),
+    /// The number of batches it received, in plan order.
+    FirstBatches(usize),
+}
+
+impl Consumed {
+    /// What a caller said, by precedence: the positions it names, else the
+    /// count of batches it gives, else `yielded` (what the reader itself
+    /// handed out in this process).
+    pub fn from_caller(
+        positions: Option<Vec<usize>>,
+        count: Option<usize>,
+        yielded: Vec<usize>,
+    ) -> Self {
+        match (positions, count) {
+            (Some(p), _) => Self::Positions(p),
+            (None, Some(n)) => Self::FirstBatches(n),
+            (None, None) => Self::Positions(yielded),
+        }
+    }
+}
+
+impl Progress {
+    /// [`Progress::after`] for what a loop says it consumed.
+    pub fn after_consumed(
+        &self,
+        spec: &PlanSpec,
+        consumed: Consumed,
+        dealing_workers: usize,
+    ) -> Result<Progress, StateError> {
+        let taken = match consumed {
+            Consumed::Positions(p) => p,
+            Consumed::FirstBatches(n) => self.first_unconsumed(spec, n)?,
+        };
+        self.after(spec, taken, dealing_workers)
+    }
+}
+
 /// The saved state of a reader: a [`Progress`] and the [`RunIdentity`] it
 /// belongs to, as JSON.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -7,9 +7,9 @@ use crate::block::{self, SIGNAL_POLL};
 use crate::errors::{invalid, plan_err, state_err, store_err};
 use crate::memory;
 use crate::store::{uuids_from_bytes, Store};
-use crs4_cassandra_core::{LoaderState, Owner, Progress as CoreProgress, RunIdentity};
+use crs4_cassandra_core::{Consumed, LoaderState, Owner, Progress as CoreProgress, RunIdentity};
 use crs4_cassandra_store::engine::Next;
-use crs4_cassandra_store::reader::label_type;
+use crs4_cassandra_store::reader::{decode_mode, label_type};
 use crs4_cassandra_store::{
     Layout, OnError, Reader as CoreReader, ReaderConfig as Config, Share, TableSpec,
 };
@@ -68,15 +68,7 @@ impl ReaderConfig {
         layout: &str,
         on_error: &str,
     ) -> PyResult<Self> {
-        let decode = match decode {
-            None => false,
-            Some("rgb") => true,
-            Some(other) => {
-                return Err(invalid(format!(
-                    "decode must be \"rgb\" or None, got {other:?}"
-                )))
-            }
-        };
+        let decode = decode_mode(decode).map_err(store_err)?;
         let size = match size {
             Some((h, w)) => Some((
                 u32::try_from(h).map_err(|_| {
@@ -283,20 +275,23 @@ impl ReaderConfig {
         let spec = self
             .config
             .plan_spec(self.ids.len(), world_size, progress.0.epoch);
-        let taken = match (consumed_positions, batches_consumed) {
-            (Some(positions), _) => positions
-                .into_iter()
-                .map(|q| count("consumed position", q, false))
-                .collect::<PyResult<Vec<_>>>()?,
-            (None, Some(n)) => progress
-                .0
-                .first_unconsumed(&spec, count("batches_consumed", n, false)?)
-                .map_err(state_err)?,
-            (None, None) => yielded,
-        };
+        let positions = consumed_positions
+            .map(|p| {
+                p.into_iter()
+                    .map(|q| count("consumed position", q, false))
+                    .collect::<PyResult<Vec<_>>>()
+            })
+            .transpose()?;
+        let batches = batches_consumed
+            .map(|n| count("batches_consumed", n, false))
+            .transpose()?;
         let after = progress
             .0
-            .after(&spec, taken, dealing_workers)
+            .after_consumed(
+                &spec,
+                Consumed::from_caller(positions, batches, yielded),
+                dealing_workers,
+            )
             .map_err(state_err)?;
         Ok(LoaderState::new(&self.run, rank, world_size, &after).to_json())
     }

@@ -400,6 +400,17 @@ pub async fn read_sample(store: &dyn SampleStore, spec: &TableSpec, id: Uuid) ->
     })
 }
 
+/// Whether decoding is asked for: `None` (no) or `"rgb"` (yes).
+pub fn decode_mode(s: Option<&str>) -> Result<bool> {
+    match s {
+        None => Ok(false),
+        Some("rgb") => Ok(true),
+        Some(other) => Err(invalid(format!(
+            "decode must be \"rgb\" or None, got {other:?}"
+        ))),
+    }
+}
+
 /// The label type named `s` ("int", "blob" or "none").
 pub fn label_type(s: &str) -> Result<LabelType> {
     LabelType::parse(s).ok_or_else(|| {

@@ -4,7 +4,7 @@
 use crate::blob::tensor_of;
 use crate::error::{Error, Result};
 use crs4_cassandra_core::{
-    EpochPlan, LabelType, LoaderState, PlanSpec, Progress, RunIdentity, SplitFile,
+    Consumed, EpochPlan, LabelType, LoaderState, PlanSpec, Progress, RunIdentity, SplitFile,
 };
 use crs4_cassandra_store::batch::Images as DecodedImages;
 use crs4_cassandra_store::cassandra::OptionValue;
@@ -379,16 +379,17 @@ impl Loader {
     /// The state after this rank has consumed `batches_consumed` batches of the
     /// current epoch in plan order (every rank consumes the same number in lockstep).
     pub fn state(&self, batches_consumed: usize) -> Result<LoaderState> {
-        let taken = self
-            .progress
-            .first_unconsumed(&self.spec(), batches_consumed)?;
-        self.state_after(taken)
+        self.state_of(Consumed::FirstBatches(batches_consumed))
     }
 
     /// The state after this rank has consumed the batches at `positions`
     /// (their [`TchBatch::position`]s, in any order) of the current epoch.
     pub fn state_after(&self, positions: impl IntoIterator<Item = usize>) -> Result<LoaderState> {
-        let after = self.progress.after(&self.spec(), positions, 1)?;
+        self.state_of(Consumed::Positions(positions.into_iter().collect()))
+    }
+
+    fn state_of(&self, consumed: Consumed) -> Result<LoaderState> {
+        let after = self.progress.after_consumed(&self.spec(), consumed, 1)?;
         Ok(LoaderState::new(
             &self.run,
             self.share.rank,
