@@ -4,6 +4,7 @@ table (id, label, label_name, path, split) and a split file."""
 from __future__ import annotations
 
 import os
+import re
 import sys
 import uuid as uuidlib
 from collections.abc import Iterable, Sequence
@@ -42,6 +43,7 @@ class IngestReport:
         ]
         if self.skipped:
             lines.append(f"skipped {len(self.skipped)} files that are not decodable images:")
+            # One line a file: its path under the source, then why it was skipped.
             lines += [f"  {path}: {why}" for path, why in self.skipped]
         if self.split_file is not None:
             sizes = ", ".join(
@@ -52,9 +54,15 @@ class IngestReport:
 
 
 def check_image(data: bytes) -> str | None:
-    """None if ``data`` decodes as an image, else the reason it does not."""
+    """None if ``data`` decodes as an image, else the reason it does not: "empty
+    file (0 bytes)", "not an image (...)", "truncated image (...)" or "cannot
+    decode (...)", PIL's own words in the brackets."""
     import io
 
+    from PIL import UnidentifiedImageError
+
+    if not data:
+        return "empty file (0 bytes)"
     try:
         with Image.open(io.BytesIO(data)) as im:
             # Decoding at 1/8 scale (JPEG DCT scaling) still reads the whole
@@ -62,8 +70,14 @@ def check_image(data: bytes) -> str | None:
             im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
         return None
+    except UnidentifiedImageError:
+        return "not an image (PIL: cannot identify image file)"
     except Exception as e:  # PIL raises many types for bad files
-        return f"{type(e).__name__}: {e}"
+        # PIL names the file it read, here a BytesIO: "<_io.BytesIO object at 0x...>".
+        msg = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e)).strip()
+        if "truncated" in msg.lower() or "broken data stream" in msg.lower():
+            return f"truncated image (PIL: {msg})"
+        return f"cannot decode ({type(e).__name__}: {msg})"
 
 
 SPLIT_TAGS = ("train", "val", "valid", "validation", "test")
@@ -306,7 +320,9 @@ def ingest_segmentation(
             report.skipped.append((rel, "no mask of the same name"))
             continue
         data, label = img.read_bytes(), mask.read_bytes()
-        why = check_image(data) or check_image(label)
+        why = check_image(data)
+        if why is None and (mask_why := check_image(label)) is not None:
+            why = f"mask {mask.relative_to(src_path)}: {mask_why}"
         if why is not None:
             report.skipped.append((rel, why))
             continue
