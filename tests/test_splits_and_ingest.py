@@ -10,6 +10,7 @@ import pytest
 
 import crs4_cassandra as cc
 from crs4_cassandra import errors
+from crs4_cassandra.ingest import sample_uuid
 from crs4_cassandra.testing import make_image_folder
 
 pytestmark = pytest.mark.timeout(120)
@@ -88,12 +89,22 @@ def test_ingest_cli_skips_bad_files_and_refuses_to_overwrite(tmp_path: Path) -> 
     again = cli("ingest", "folder", str(src), "--store", store, "--table", "t", "-q")
     assert again.returncode == 2
     assert "already exists" in again.stderr and "--overwrite" in again.stderr
+    assert "--resume" in again.stderr
+    # Overwriting replaces the tables: a sample whose file is gone from the
+    # source is gone from the table; the others keep their ids (a uuid5 of
+    # the table and the path).
+    gone = src / "circle" / "circle_00000.jpg"
+    gone.unlink()
     over = cli("ingest", "folder", str(src), "--store", store, "--table", "t", "-q", "--overwrite")
     assert over.returncode == 0, over.stderr
-    # Overwriting replaced the table: the old uuids are gone.
-    ds = cc.ShardedDataset(store, "t", sf.uuids("train"), 4)
+    assert "wrote 17 samples" in over.stdout
+    gone_id = np.frombuffer(sample_uuid("t", "circle/circle_00000.jpg"), np.uint8)
+    kept = np.array([u for u in np.concatenate([sf.uuids("train"), sf.uuids("val")])
+                     if not np.array_equal(u, gone_id)])  # fmt: skip
+    assert len(kept) == 17
+    assert sum(len(b) - int(b.is_pad.sum()) for b in cc.ShardedDataset(store, "t", kept, 4)) == 17
     with pytest.raises(errors.SampleNotFoundError):
-        list(ds)
+        list(cc.ShardedDataset(store, "t", gone_id.reshape(1, 16), 1))
 
 
 def test_ingest_rejects_missing_or_empty_sources(tmp_path: Path) -> None:

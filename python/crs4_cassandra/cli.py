@@ -6,7 +6,7 @@ import argparse
 import sys
 from typing import Any
 
-from .errors import LoaderError
+from .errors import LoaderError, StoreConnectionError, StoreIOError, StoreTimeoutError
 
 
 def _ingest_folder(args: argparse.Namespace) -> int:
@@ -20,6 +20,7 @@ def _ingest_folder(args: argparse.Namespace) -> int:
         seed=args.seed,
         split_file=args.split_file,
         overwrite=args.overwrite,
+        resume=args.resume,
         progress=not args.quiet,
     )
     print(report.summary())
@@ -60,7 +61,11 @@ def _open_store(args: argparse.Namespace) -> Any:
 
     url: str = args.store
     if url.startswith("local:"):
-        return _native.open_store(url, create=args.command == "ingest")
+        if args.command == "ingest":
+            # Ingest creates the store itself, once it has checked the source:
+            # a missing or empty source leaves no empty store behind.
+            return url
+        return _native.open_store(url)
     keys = (
         "username",
         "password_env",
@@ -86,8 +91,19 @@ def _common_ingest_args(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the split")
     p.add_argument("--split-file", help="where to write the split file")
-    p.add_argument("--overwrite", action="store_true", help="replace existing tables")
+    _write_mode_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def _write_mode_args(p: argparse.ArgumentParser) -> None:
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--overwrite", action="store_true", help="replace existing tables")
+    mode.add_argument(
+        "--resume",
+        action="store_true",
+        help="finish an interrupted ingest of the same source into the same tables: "
+        "write the samples it had not written, then the split file",
+    )
 
 
 def _report(report: Any, args: argparse.Namespace) -> int:
@@ -112,6 +128,7 @@ def _ingest_segmentation(args: argparse.Namespace) -> int:
         seed=args.seed,
         split_file=args.split_file,
         overwrite=args.overwrite,
+        resume=args.resume,
         progress=not args.quiet,
     )
     return _report(report, args)
@@ -130,6 +147,7 @@ def _ingest_multilabel(args: argparse.Namespace) -> int:
         seed=args.seed,
         split_file=args.split_file,
         overwrite=args.overwrite,
+        resume=args.resume,
         progress=not args.quiet,
     )
     return _report(report, args)
@@ -186,7 +204,7 @@ def build_parser() -> argparse.ArgumentParser:
     folder.add_argument("--val-frac", type=float, default=0.2, help="fraction for the val split")
     folder.add_argument("--seed", type=int, default=0, help="seed of the split")
     folder.add_argument("--split-file", help="where to write the split file")
-    folder.add_argument("--overwrite", action="store_true", help="replace existing tables")
+    _write_mode_args(folder)
     folder.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     folder.set_defaults(func=_ingest_folder)
 
@@ -252,7 +270,24 @@ def main(argv: list[str] | None = None) -> int:
         return code
     except (LoaderError, OSError, ValueError) as e:
         print(f"crs4-cassandra: error: {e}", file=sys.stderr)
+        if args.command == "ingest" and isinstance(
+            e, (StoreConnectionError, StoreTimeoutError, StoreIOError)
+        ):
+            print(
+                "crs4-cassandra: what was written is kept: run the same command with "
+                "--resume to finish it",
+                file=sys.stderr,
+            )
         return 2
+    except KeyboardInterrupt:
+        if args.command != "ingest":
+            raise
+        print(
+            "crs4-cassandra: interrupted; what was written is kept: run the same command "
+            "with --resume to finish it (or --overwrite to start over)",
+            file=sys.stderr,
+        )
+        return 130
 
 
 if __name__ == "__main__":

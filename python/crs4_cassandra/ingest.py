@@ -3,10 +3,12 @@ table (id, label, label_name, path, split) and a split file."""
 
 from __future__ import annotations
 
+import functools
 import os
+import re
 import sys
 import uuid as uuidlib
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -16,7 +18,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from . import _native
-from .errors import InvalidArgumentError
+from .errors import InvalidArgumentError, TableExistsError, TableNotFoundError
 from .split_builder import MULTILABEL_SEP, add_splits, split_name
 from .split_file import LabelType, SplitFile
 
@@ -29,7 +31,11 @@ IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".ti
 class IngestReport:
     table: str
     metadata_table: str
+    # Samples in the table once ingest is done, and of them those an earlier,
+    # interrupted run had written (``resume``).
     written: int = 0
+    resumed: int = 0
+    source: str = ""
     per_class: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     split_file: SplitFile | None = None
@@ -40,8 +46,15 @@ class IngestReport:
             f"wrote {self.written} samples into {self.table!r}{classes}, "
             f"metadata into {self.metadata_table!r}"
         ]
+        if self.resumed:
+            lines.append(
+                f"resumed: {self.resumed} of them were written by an earlier run, "
+                f"{self.written - self.resumed} now"
+            )
         if self.skipped:
-            lines.append(f"skipped {len(self.skipped)} files that are not decodable images:")
+            under = f" under {self.source}" if self.source else ""
+            lines.append(f"skipped {len(self.skipped)} files{under}, not decodable images:")
+            # One line a file: its path under the source, then why it was skipped.
             lines += [f"  {path}: {why}" for path, why in self.skipped]
         if self.split_file is not None:
             sizes = ", ".join(
@@ -52,9 +65,15 @@ class IngestReport:
 
 
 def check_image(data: bytes) -> str | None:
-    """None if ``data`` decodes as an image, else the reason it does not."""
+    """None if ``data`` decodes as an image, else the reason it does not: "empty
+    file (0 bytes)", "not an image (...)", "truncated image (...)" or "cannot
+    decode (...)", PIL's own words in the brackets."""
     import io
 
+    from PIL import UnidentifiedImageError
+
+    if not data:
+        return "empty file (0 bytes)"
     try:
         with Image.open(io.BytesIO(data)) as im:
             # Decoding at 1/8 scale (JPEG DCT scaling) still reads the whole
@@ -62,8 +81,14 @@ def check_image(data: bytes) -> str | None:
             im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
         return None
+    except UnidentifiedImageError:
+        return "not an image (PIL: cannot identify image file)"
     except Exception as e:  # PIL raises many types for bad files
-        return f"{type(e).__name__}: {e}"
+        # PIL names the file it read, here a BytesIO: "<_io.BytesIO object at 0x...>".
+        msg = re.sub(r"\s*<_io\.BytesIO object at 0x[0-9a-fA-F]+>", "", str(e)).strip()
+        if "truncated" in msg.lower() or "broken data stream" in msg.lower():
+            return f"truncated image (PIL: {msg})"
+        return f"cannot decode ({type(e).__name__}: {msg})"
 
 
 SPLIT_TAGS = ("train", "val", "valid", "validation", "test")
@@ -128,6 +153,45 @@ def open_for_writing(store: str | _native.Store) -> _native.Store:
     return store
 
 
+# A sample's id is a uuid5 of the table's name and the source file's path under
+# the source folder, so that running an ingest again (``resume``) gives every
+# sample the id the first run gave it: a resumed ingest ends with the ids, the
+# rows and the split file an uninterrupted one writes.
+ID_NAMESPACE = uuidlib.UUID("5d0c3b7e-8a4f-5c1e-9b2d-6f7a8e9c0d1b")
+
+
+def sample_uuid(table: str, path: str, occurrence: int = 0) -> bytes:
+    """The id ingest gives the sample of ``path`` (relative to the source, with
+    "/") in ``table``; ``occurrence`` counts earlier samples of the same path
+    (a multilabel list may name an image twice)."""
+    name = f"{table}\n{path}" if occurrence == 0 else f"{table}\n{path}\n{occurrence}"
+    return uuidlib.uuid5(ID_NAMESPACE, name).bytes
+
+
+Label = int | bytes | None
+
+
+@dataclass
+class _Sample:
+    """One sample a source lists, before it is read: its metadata, and how to
+    read its label and data (or why it is skipped)."""
+
+    path: str
+    label_id: int | None
+    label_name: str | None
+    tag: str | None
+    read: Callable[[], tuple[Label, bytes] | str]
+    counts: tuple[str, ...] = ()
+
+    def metadata(self) -> tuple[int | None, str | None, str | None, str | None]:
+        return (self.label_id, self.label_name, self.path, self.tag)
+
+
+def _read_folder_file(path: Path, label: int) -> tuple[Label, bytes] | str:
+    data = path.read_bytes()
+    return check_image(data) or (label, data)
+
+
 def ingest_folder(
     src: str | os.PathLike[str],
     store: str | _native.Store,
@@ -137,6 +201,7 @@ def ingest_folder(
     seed: int = 0,
     split_file: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     chunk: int = 64,
     progress: bool = True,
 ) -> IngestReport:
@@ -145,39 +210,57 @@ def ingest_folder(
     of ``store`` with int labels; metadata goes to ``<table>_metadata``.
 
     Files that are not decodable images are skipped, counted and listed in the
-    report. Refuses to replace existing tables unless ``overwrite``.
+    report. Refuses to replace existing tables unless ``overwrite``; ``resume``
+    finishes an interrupted ingest of the same source into them (see
+    :func:`sample_uuid`).
     """
-    _check_val_frac(val_frac)
+    _check_args(val_frac, chunk, overwrite, resume)
     src_path = Path(src)
     scan = scan_image_folder(src_path)
     classes = scan.classes
-    st = open_for_writing(store)
-    metadata_table = f"{table}_metadata"
-    st.create_tables(table, metadata_table, "int", overwrite=overwrite)
-    report = IngestReport(table=table, metadata_table=metadata_table)
-    w = SampleWriter(st, table, metadata_table, chunk)
-    for path, label, tag in progress_bar(scan.files, f"ingest {table}", progress):
-        data = path.read_bytes()
-        why = check_image(data)
-        rel = str(path.relative_to(src_path))
-        if why is not None:
-            report.skipped.append((rel, why))
-            continue
-        w.add(label, data, label_id=label, label_name=classes[label], path=rel, tag=tag)
-        report.per_class[classes[label]] = report.per_class.get(classes[label], 0) + 1
-    w.flush()
+    samples = [
+        _Sample(
+            rel,
+            label,
+            classes[label],
+            tag,
+            functools.partial(_read_folder_file, path, label),
+            (classes[label],),
+        )
+        for path, label, tag in scan.files
+        for rel in [path.relative_to(src_path).as_posix()]
+    ]
     # The dataset's own split (train/ and val/ folders) wins over val_frac.
-    return _finish(report, w, st, "int", classes, src_path, val_frac, seed, split_file)
+    return _ingest(
+        src_path,
+        store,
+        table,
+        "int",
+        samples,
+        classes,
+        val_frac=val_frac,
+        seed=seed,
+        split_file=split_file,
+        overwrite=overwrite,
+        resume=resume,
+        chunk=chunk,
+        progress=progress,
+    )
 
 
-# Shared by the ingest functions below and ingest_folder: writing in chunks,
-# and the split file from the dataset's own split tags or from val_frac.
+# Shared by the ingest functions below and ingest_folder: creating or resuming
+# the tables, writing in chunks, and the split file from the dataset's own
+# split tags or from val_frac.
 
 MetadataRow = tuple[bytes, int | None, str | None, str | None, str | None]
 
 
 class SampleWriter:
-    """Writes samples and their metadata rows in chunks, counting what it wrote."""
+    """Writes samples and their metadata rows in chunks, counting what it wrote.
+
+    Each chunk's data rows are written before its metadata rows, so that a
+    metadata row is there only if its sample is: after an interruption the
+    metadata table says which samples are written (``resume`` trusts it)."""
 
     def __init__(
         self, store: _native.Store, table: str, metadata_table: str, chunk: int = 64
@@ -188,25 +271,32 @@ class SampleWriter:
         self.chunk = chunk
         self.ids: list[bytes] = []
         self.tags: list[str | None] = []
-        self._pending: list[tuple[bytes, int | bytes | None, bytes, MetadataRow]] = []
+        self._pending: list[tuple[bytes, Label, bytes, MetadataRow]] = []
 
     def add(
         self,
-        label: int | bytes | None,
+        label: Label,
         data: bytes,
         *,
         label_id: int | None = None,
         label_name: str | None = None,
         path: str | None = None,
         tag: str | None = None,
+        uid: bytes | None = None,
     ) -> bytes:
-        uid = uuidlib.uuid4().bytes
+        """Queues a sample (its id ``uid``, a random one if None) and returns its id."""
+        uid = uid if uid is not None else uuidlib.uuid4().bytes
         self.ids.append(uid)
         self.tags.append(tag)
         self._pending.append((uid, label, data, (uid, label_id, label_name, path, tag)))
         if len(self._pending) >= self.chunk:
             self.flush()
         return uid
+
+    def keep(self, uid: bytes, tag: str | None) -> None:
+        """Counts a sample that is in the tables already (written by an earlier run)."""
+        self.ids.append(uid)
+        self.tags.append(tag)
 
     def flush(self) -> None:
         if not self._pending:
@@ -222,15 +312,154 @@ class SampleWriter:
         return np.frombuffer(b"".join(self.ids), dtype=np.uint8).reshape(-1, 16)
 
 
+def _ingest(
+    src: Path,
+    store: str | _native.Store,
+    table: str,
+    label_type: LabelType,
+    samples: Sequence[_Sample],
+    classes: Sequence[str],
+    *,
+    val_frac: float,
+    seed: int,
+    split_file: str | os.PathLike[str] | None,
+    overwrite: bool,
+    resume: bool,
+    chunk: int,
+    progress: bool,
+) -> IngestReport:
+    """Writes ``samples`` (what a source lists, not yet read) into ``table``,
+    skipping those an earlier run wrote when ``resume``, then the split file."""
+    seen: dict[str, int] = {}
+    ids = []
+    for s in samples:
+        ids.append(sample_uuid(table, s.path, seen.get(s.path, 0)))
+        seen[s.path] = seen.get(s.path, 0) + 1
+    # The source is scanned and checked before the store is touched.
+    st = open_for_writing(store)
+    metadata_table = f"{table}_metadata"
+    done = _prepare_tables(st, table, metadata_table, label_type, overwrite, resume)
+    if done:
+        _check_resumable(done, samples, ids, table, metadata_table, src)
+    report = IngestReport(table=table, metadata_table=metadata_table)
+    w = SampleWriter(st, table, metadata_table, chunk)
+    for s, uid in progress_bar(list(zip(samples, ids, strict=True)), f"ingest {table}", progress):
+        if uid in done:
+            w.keep(uid, s.tag)
+            report.resumed += 1
+        else:
+            got = s.read()
+            if isinstance(got, str):
+                report.skipped.append((s.path, got))
+                continue
+            label, data = got
+            w.add(
+                label,
+                data,
+                label_id=s.label_id,
+                label_name=s.label_name,
+                path=s.path,
+                tag=s.tag,
+                uid=uid,
+            )
+        for c in s.counts:
+            report.per_class[c] = report.per_class.get(c, 0) + 1
+    w.flush()
+    return _finish(report, w, st, label_type, classes, src, val_frac, seed, split_file)
+
+
+def _prepare_tables(
+    st: _native.Store,
+    table: str,
+    metadata_table: str,
+    label_type: LabelType,
+    overwrite: bool,
+    resume: bool,
+) -> dict[bytes, MetadataRow]:
+    """Creates the tables, or with ``resume`` finds what they hold: the metadata
+    rows by id (empty when the tables were missing and are created now)."""
+    if not resume:
+        try:
+            st.create_tables(table, metadata_table, label_type, overwrite=overwrite)
+        except TableExistsError as e:
+            exists = TableExistsError(
+                f"{e}, or resume=True (--resume) to finish an interrupted ingest into it"
+            )
+            exists.table = getattr(e, "table", table)  # type: ignore[attr-defined]
+            raise exists from None
+        return {}
+    try:
+        st.check_table(table, label_type)
+        has_data = True
+    except TableNotFoundError:
+        has_data = False
+    try:
+        rows = st.scan_metadata(metadata_table)
+        has_metadata = True
+    except TableNotFoundError:
+        rows, has_metadata = [], False
+    if not has_data and not has_metadata:
+        st.create_tables(table, metadata_table, label_type)
+        return {}
+    if not has_data or not has_metadata:
+        there, missing = (table, metadata_table) if has_data else (metadata_table, table)
+        absent = TableNotFoundError(
+            f"cannot resume an ingest into {table!r} of {st.url}: table {there!r} exists "
+            f"but {missing!r} does not, so what was written is not known; "
+            "pass overwrite=True (--overwrite) to start over"
+        )
+        absent.table = missing  # type: ignore[attr-defined]
+        raise absent
+    return {bytes(r[0]): r for r in rows}
+
+
+def _check_resumable(
+    done: dict[bytes, MetadataRow],
+    samples: Sequence[_Sample],
+    ids: Sequence[bytes],
+    table: str,
+    metadata_table: str,
+    src: Path,
+) -> None:
+    """Refuses to resume into tables that hold samples the source does not list,
+    or list otherwise (another label or split): an ingest of something else."""
+    listed = dict(zip(ids, samples, strict=True))
+    foreign = [r for uid, r in done.items() if uid not in listed]
+    if foreign:
+        r = foreign[0]
+        raise InvalidArgumentError(
+            f"cannot resume the ingest into {table!r}: {metadata_table!r} holds "
+            f"{len(foreign)} samples that {src} does not list (e.g. id "
+            f"{uuidlib.UUID(bytes=bytes(r[0]))}, path {r[3]!r}), so it holds another "
+            "ingest; pass overwrite=True (--overwrite) to replace it"
+        )
+    for uid, r in done.items():
+        s = listed[uid]
+        if tuple(r[1:]) != s.metadata():
+            raise InvalidArgumentError(
+                f"cannot resume the ingest into {table!r}: {s.path} is in {metadata_table!r} "
+                f"with (label, label_name, path, split) {tuple(r[1:])}, but {src} now gives "
+                f"{s.metadata()}: the source changed since; pass overwrite=True (--overwrite) "
+                "to start over"
+            )
+
+
 def progress_bar(items: Sequence[_T], desc: str, progress: bool) -> Iterable[_T]:
     return tqdm(  # type: ignore[no-any-return]
         items, desc=desc, unit="img", disable=not progress, file=sys.stderr
     )
 
 
-def _check_val_frac(val_frac: float) -> None:
+def _check_args(val_frac: float, chunk: int, overwrite: bool, resume: bool) -> None:
     if not 0.0 <= val_frac < 1.0:
         raise InvalidArgumentError(f"val_frac must be in [0, 1), got {val_frac}")
+    if chunk < 1:
+        raise InvalidArgumentError(f"chunk must be 1 or more, got {chunk}")
+    if overwrite and resume:
+        raise InvalidArgumentError(
+            "overwrite and resume exclude each other: overwrite starts over, "
+            "resume finishes what the tables hold"
+        )
 
 
 def _tagged_subfolders(folder: Path) -> list[tuple[Path, str | None]]:
@@ -280,6 +509,7 @@ def ingest_segmentation(
     seed: int = 0,
     split_file: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     chunk: int = 64,
     progress: bool = True,
 ) -> IngestReport:
@@ -291,28 +521,46 @@ def ingest_segmentation(
 
     Images without a mask, and images or masks that do not decode, are skipped
     and listed in the report; the split tags of the folders are kept.
+    ``overwrite`` and ``resume`` as for :func:`ingest_folder`.
     """
-    _check_val_frac(val_frac)
+    _check_args(val_frac, chunk, overwrite, resume)
     src_path = Path(src)
     triples = scan_segmentation_folder(src_path, images, annotations)
-    st = open_for_writing(store)
-    metadata_table = f"{table}_metadata"
-    st.create_tables(table, metadata_table, "blob", overwrite=overwrite)
-    report = IngestReport(table=table, metadata_table=metadata_table)
-    w = SampleWriter(st, table, metadata_table, chunk)
-    for img, mask, tag in progress_bar(triples, f"ingest {table}", progress):
-        rel = str(img.relative_to(src_path))
-        if mask is None:
-            report.skipped.append((rel, "no mask of the same name"))
-            continue
-        data, label = img.read_bytes(), mask.read_bytes()
-        why = check_image(data) or check_image(label)
-        if why is not None:
-            report.skipped.append((rel, why))
-            continue
-        w.add(label, data, path=rel, tag=tag)
-    w.flush()
-    return _finish(report, w, st, "blob", classes, src_path, val_frac, seed, split_file)
+    samples = [
+        _Sample(
+            img.relative_to(src_path).as_posix(),
+            None,
+            None,
+            tag,
+            functools.partial(_read_segmentation_pair, img, mask, src_path),
+        )
+        for img, mask, tag in triples
+    ]
+    return _ingest(
+        src_path,
+        store,
+        table,
+        "blob",
+        samples,
+        classes,
+        val_frac=val_frac,
+        seed=seed,
+        split_file=split_file,
+        overwrite=overwrite,
+        resume=resume,
+        chunk=chunk,
+        progress=progress,
+    )
+
+
+def _read_segmentation_pair(img: Path, mask: Path | None, src: Path) -> tuple[Label, bytes] | str:
+    if mask is None:
+        return "no mask of the same name"
+    data, label = img.read_bytes(), mask.read_bytes()
+    why = check_image(data)
+    if why is None and (mask_why := check_image(label)) is not None:
+        why = f"mask {mask.relative_to(src).as_posix()}: {mask_why}"
+    return why or (label, data)
 
 
 def read_multilabel_lists(
@@ -362,6 +610,7 @@ def ingest_multilabel(
     seed: int = 0,
     split_file: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
+    resume: bool = False,
     chunk: int = 64,
     progress: bool = True,
 ) -> IngestReport:
@@ -369,9 +618,11 @@ def ingest_multilabel(
     and ``SRC/train.json``, ``SRC/test.json`` label files): the label blob is the
     multi-hot vector over the sorted classes, serialized with ``np.save``. The
     metadata keeps the label names (``|``-separated), the split file the classes
-    and the label files' tags as splits.
+    and the label files' tags as splits. Images the lists name but that are
+    missing or do not decode are skipped and listed in the report.
+    ``overwrite`` and ``resume`` as for :func:`ingest_folder`.
     """
-    _check_val_frac(val_frac)
+    _check_args(val_frac, chunk, overwrite, resume)
     src_path = Path(src)
     if not src_path.is_dir():
         raise FileNotFoundError(f"source folder {src_path} does not exist")
@@ -386,36 +637,45 @@ def ingest_multilabel(
         )
     classes, rows = read_multilabel_lists(files)
     index = {c: i for i, c in enumerate(classes)}
-    st = open_for_writing(store)
-    metadata_table = f"{table}_metadata"
-    st.create_tables(table, metadata_table, "blob", overwrite=overwrite)
-    report = IngestReport(table=table, metadata_table=metadata_table)
-    w = SampleWriter(st, table, metadata_table, chunk)
     tagged = len(files) > 1
-    for name, labels, tag in progress_bar(rows, f"ingest {table}", progress):
-        path = src_path / images / name
-        rel = str(path.relative_to(src_path))
-        try:
-            data = path.read_bytes()
-        except OSError as e:
-            report.skipped.append((rel, f"{type(e).__name__}: {e.strerror or e}"))
-            continue
-        why = check_image(data)
-        if why is not None:
-            report.skipped.append((rel, why))
-            continue
-        label = encode_multihot([index[x] for x in labels], len(classes))
-        for x in labels:
-            report.per_class[x] = report.per_class.get(x, 0) + 1
-        w.add(
-            label,
-            data,
-            label_name=MULTILABEL_SEP.join(labels),
-            path=rel,
-            tag=tag if tagged else None,
+    samples = [
+        _Sample(
+            (src_path / images / name).relative_to(src_path).as_posix(),
+            None,
+            MULTILABEL_SEP.join(labels),
+            tag if tagged else None,
+            functools.partial(
+                _read_multilabel_image,
+                src_path / images / name,
+                encode_multihot([index[x] for x in labels], len(classes)),
+            ),
+            tuple(labels),
         )
-    w.flush()
-    return _finish(report, w, st, "blob", classes, src_path, val_frac, seed, split_file)
+        for name, labels, tag in rows
+    ]
+    return _ingest(
+        src_path,
+        store,
+        table,
+        "blob",
+        samples,
+        classes,
+        val_frac=val_frac,
+        seed=seed,
+        split_file=split_file,
+        overwrite=overwrite,
+        resume=resume,
+        chunk=chunk,
+        progress=progress,
+    )
+
+
+def _read_multilabel_image(path: Path, label: bytes) -> tuple[Label, bytes] | str:
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        return f"cannot read ({type(e).__name__}: {e.strerror or e})"
+    return check_image(data) or (label, data)
 
 
 def _finish(
@@ -430,6 +690,7 @@ def _finish(
     split_file: str | os.PathLike[str] | None,
 ) -> IngestReport:
     report.written = len(w.ids)
+    report.source = str(src)
     if not w.ids:
         raise InvalidArgumentError(f"no decodable image in {src}")
     sf = SplitFile(
