@@ -259,7 +259,7 @@ class InteractiveModel(_Base):
             if name not in wanted:
                 continue
             cfg = pb.get_output_config_by_name(self.model_config, name)
-            dims = [0] + [d if d > 0 else 0 for d in cfg["dims"][1:]]
+            dims = [0] + [max(int(d), 0) for d in cfg["dims"][1:]]
             dtype = pb.triton_string_to_numpy(cfg["data_type"])
             out.append(pb.Tensor(name, np.zeros(dims, dtype=dtype)))
         return out

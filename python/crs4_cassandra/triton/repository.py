@@ -11,7 +11,8 @@ from typing import Literal
 INTERACTIVE = "crs4_cassandra_interactive"
 STREAM = "crs4_cassandra_stream"
 
-_MODEL_PY = '''"""Triton Python-backend model {name}: crs4_cassandra.triton.backend.{cls}.
+_MODEL_PY = '''"""Triton Python-backend model {name}:
+crs4_cassandra.triton.backend.{cls}.
 
 Written by crs4_cassandra.triton.write_repository; settings are the parameters in
 config.pbtxt (or $CRS4_TRITON_<NAME> where a parameter is left empty).

@@ -162,11 +162,18 @@ class TritonServer:
         self.stop()
 
     def wait(self) -> int:
-        """Blocks until the server exits (Ctrl-C stops it); its exit code."""
+        """Blocks until the server exits; Ctrl-C or SIGTERM stops it. Its exit code."""
         assert self.process is not None
+
+        def terminate(signum: int, frame: object) -> None:
+            raise KeyboardInterrupt
+
+        previous = signal.signal(signal.SIGTERM, terminate)
         try:
             return self.process.wait()
         except KeyboardInterrupt:
             print("stopping tritonserver", file=sys.stderr)
-            self.stop()
             return 130
+        finally:
+            self.stop()
+            signal.signal(signal.SIGTERM, previous)
