@@ -152,6 +152,7 @@ def local_served(
         served.images = images  # type: ignore[attr-defined]
         served.model_path = root / "tiny.pt"  # type: ignore[attr-defined]
         served.url = url  # type: ignore[attr-defined]
+        served.split = split  # type: ignore[attr-defined]
         yield served
     finally:
         proc.terminate()  # the CLI stops its tritonserver (and the stubs) on SIGTERM
@@ -369,6 +370,32 @@ def test_bad_requests_get_clear_errors_and_the_server_stays_healthy(
         assert error is None and responses == []
     finally:
         client.close()
+
+
+@pytest.mark.parametrize(
+    "client, port, extra",
+    [
+        ("client_http.py", "http", ["--batch", "16"]),
+        ("client_grpc.py", "grpc", ["--batch", "16"]),
+        ("client_grpc_stream.py", "grpc", ["--batch-size", "10"]),
+    ],
+)
+def test_example_clients(local_served: Served, client: str, port: str, extra: list[str]) -> None:
+    url = local_served.http if port == "http" else local_served.grpc
+    split = str(local_served.split)  # type: ignore[attr-defined]
+    r = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "triton" / client), "--url", url]
+        + ["--split-file", split, "--split", "train", *extra],
+        env={**os.environ, "PYTHONPATH": package_root()},
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert r.returncode == 0, r.stderr
+    n = 16 if client == "client_http.py" else 105
+    assert f"{n} samples" in r.stdout, r.stdout
+    if client == "client_http.py":
+        assert "accuracy" in r.stdout  # the server runs a model: PREDICTIONS came back
 
 
 # --- the Cassandra node --------------------------------------------------------------------
