@@ -191,6 +191,106 @@ def _split_create(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve_triton(args: argparse.Namespace) -> int:
+    """``serve triton``: writes the model repository and runs tritonserver over it."""
+    import tempfile
+
+    from .triton import ModelSettings, TritonServer, write_repository
+    from .triton.server import package_root
+
+    keys = (
+        "username",
+        "password_env",
+        "use_ssl",
+        "ssl_certificate",
+        "ssl_own_certificate",
+        "ssl_own_key",
+        "connect_timeout",
+    )
+    options = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    size = None
+    if args.size:
+        h, w = (int(x) for x in args.size.lower().replace("x", ",").split(","))
+        size = (h, w)
+    elif args.model:
+        size = (224, 224)
+    settings = ModelSettings(
+        store=args.store.url,
+        table=args.table,
+        label_type=args.label_type,
+        store_options=options,
+        batch_size=args.batch_size,
+        max_uuids=args.max_uuids,
+        size=size,
+        decoder=args.decoder,
+        model=args.model or "",
+        instances=args.instances,
+        gpu=args.gpu,
+        python_path=args.python_path or package_root(),
+    )
+    if args.write_repository:
+        out = write_repository(args.write_repository, settings)
+        print(f"model repository written to {out}: tritonserver --model-repository {out}")
+        return 0
+    with tempfile.TemporaryDirectory(prefix="crs4-triton-") as tmp:
+        repo = write_repository(args.repository or f"{tmp}/models", settings)
+        server = TritonServer(
+            repo,
+            http_port=args.http_port,
+            grpc_port=args.grpc_port,
+            metrics_port=args.metrics_port,
+            tritonserver=args.tritonserver,
+            log_path=args.log,
+            verbose=args.verbose,
+        )
+        server.start()
+        print(
+            f"serving {args.table!r} of {args.store.url}: models crs4_cassandra_interactive and "
+            f"crs4_cassandra_stream; HTTP on :{args.http_port}, gRPC on :{args.grpc_port}, "
+            f"metrics on :{args.metrics_port} (Ctrl-C stops)",
+            flush=True,
+        )
+        return server.wait()
+
+
+def _add_serve_parser(sub: Any) -> None:
+    serve = sub.add_parser("serve", help="serve the samples for inference")
+    ssub = serve.add_subparsers(dest="server", required=True)
+    t = ssub.add_parser(
+        "triton",
+        help="NVIDIA Triton: models crs4_cassandra_interactive and crs4_cassandra_stream",
+    )
+    _store_args(t)
+    t.add_argument("--table", required=True, help="data table")
+    t.add_argument("--label-type", choices=("int", "blob", "none"), default="int")
+    t.add_argument("--model", help="TorchScript file run on the decoded images (PREDICTIONS)")
+    t.add_argument("--size", help="decode and resize images to H,W (default 224,224 with --model)")
+    t.add_argument(
+        "--decoder",
+        choices=("auto", "rust", "dali"),
+        default="auto",
+        help="auto: DALI on GPU instances when installed, else Rust on CPU",
+    )
+    t.add_argument("--gpu", action="store_true", help="run the model instances on GPU 0")
+    t.add_argument("--instances", type=int, default=2, help="interactive model instances")
+    t.add_argument("--batch-size", type=int, default=64, help="samples per stream response")
+    t.add_argument("--max-uuids", type=int, default=4096, help="uuids per interactive request")
+    t.add_argument("--http-port", type=int, default=8000)
+    t.add_argument("--grpc-port", type=int, default=8001)
+    t.add_argument("--metrics-port", type=int, default=8002)
+    t.add_argument("--tritonserver", help="a stock tritonserver binary (default: the bundled one)")
+    t.add_argument("--python-path", help="where the models import crs4_cassandra from")
+    t.add_argument("--repository", help="where to write the model repository (default: a temp dir)")
+    t.add_argument(
+        "--write-repository",
+        metavar="DIR",
+        help="only write the model repository to DIR, for a stock tritonserver",
+    )
+    t.add_argument("--log", help="tritonserver's log file (default: discarded)")
+    t.add_argument("--verbose", action="store_true", help="tritonserver --log-verbose=1")
+    t.set_defaults(func=_serve_triton)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crs4-cassandra", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -258,6 +358,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("-o", "--output", required=True, help="split file to write")
     create.set_defaults(func=_split_create)
+    _add_serve_parser(sub)
     return p
 
 
