@@ -166,7 +166,9 @@ pub fn store_err(e: StoreError) -> PyErr {
                 ("column", column.clone()),
             ],
         ),
-        StoreError::Io { path, .. } | StoreError::Lmdb { path, .. } => {
+        StoreError::Io { path, .. }
+        | StoreError::Lmdb { path, .. }
+        | StoreError::ReadOnly { path, .. } => {
             (StoreIOError, vec![("path", path.display().to_string())])
         }
         StoreError::Connection { hosts, .. } => {
