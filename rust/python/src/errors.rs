@@ -203,9 +203,9 @@ pub fn split_err(e: SplitError) -> PyErr {
             &[("split", name.clone())],
             None,
         ),
-        SplitError::UuidBytes { .. } | SplitError::DuplicateName(_) => {
-            build(Class::InvalidArgumentError, msg, &[], None)
-        }
+        SplitError::UuidBytes { .. }
+        | SplitError::DuplicateName(_)
+        | SplitError::DuplicateUuid { .. } => build(Class::InvalidArgumentError, msg, &[], None),
         _ => build(
             Class::SplitFileError,
             msg,

@@ -6,12 +6,12 @@ use crate::batch::NativeBatch;
 use crate::block::{self, SIGNAL_POLL};
 use crate::errors::{invalid, plan_err, state_err, store_err};
 use crate::memory;
-use crate::store::{uuids_from_bytes, Store};
+use crate::store::Store;
 use crs4_cassandra_core::{LoaderState, Owner, Progress as CoreProgress, RunIdentity};
 use crs4_cassandra_store::engine::Next;
 use crs4_cassandra_store::reader::label_type;
 use crs4_cassandra_store::{
-    OnError, Reader as CoreReader, ReaderConfig as Config, Share, TableSpec,
+    reader_ids, OnError, Reader as CoreReader, ReaderConfig as Config, Share, TableSpec,
 };
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -116,7 +116,7 @@ impl ReaderConfig {
         config.validate().map_err(store_err)?;
         let run = config.run_identity(&uuids);
         Ok(Self {
-            ids: uuids_from_bytes(&uuids)?.into(),
+            ids: reader_ids(&uuids).map_err(store_err)?.into(),
             run,
             config: Arc::new(config),
         })

@@ -9,7 +9,8 @@ use crate::error::{Result, StoreError};
 use crate::runtime::runtime;
 use crate::{DecodeOptions, LabelType, SampleStore, TableReader, TableSpec};
 use crs4_cassandra_core::{
-    uuids_fingerprint, EpochPlan, LoaderState, PlanSpec, PlannedBatch, Progress, RunIdentity,
+    find_duplicate, uuids_fingerprint, EpochPlan, LoaderState, PlanSpec, PlannedBatch, Progress,
+    RunIdentity,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -338,6 +339,40 @@ impl Reader {
     }
 }
 
+/// A reader's uuid list from its bytes (16 a uuid), as every front end takes
+/// it in: refused if a uuid appears twice, since that sample would be served
+/// twice per epoch (see [`check_unique_ids`]).
+pub fn reader_ids(uuid_bytes: &[u8]) -> Result<Vec<Uuid>> {
+    if !uuid_bytes.len().is_multiple_of(16) {
+        return Err(invalid(format!(
+            "uuid bytes length {} is not a multiple of 16",
+            uuid_bytes.len()
+        )));
+    }
+    duplicates_refused(uuid_bytes)?;
+    Ok(uuid_bytes
+        .chunks_exact(16)
+        .map(|c| Uuid::from_bytes(c.try_into().expect("16 bytes")))
+        .collect())
+}
+
+/// Refuses a uuid list that names a sample twice, naming one such uuid and
+/// where it appears.
+pub fn check_unique_ids(ids: &[Uuid]) -> Result<()> {
+    let bytes: Vec<u8> = ids.iter().flat_map(|u| *u.as_bytes()).collect();
+    duplicates_refused(&bytes)
+}
+
+fn duplicates_refused(uuid_bytes: &[u8]) -> Result<()> {
+    match find_duplicate(uuid_bytes) {
+        None => Ok(()),
+        Some((uuid, first, second)) => Err(invalid(format!(
+            "uuid {uuid} appears twice in the uuid list (at positions {first} and {second}): \
+             each sample must appear once, or it is served twice per epoch"
+        ))),
+    }
+}
+
 /// The label type named `s` ("int", "blob" or "none").
 pub fn label_type(s: &str) -> Result<LabelType> {
     LabelType::parse(s).ok_or_else(|| {
@@ -417,6 +452,29 @@ mod tests {
             .to_string()
             .contains("label_type"));
         assert!(OnError::parse("ignore").is_err());
+    }
+
+    #[test]
+    fn a_uuid_listed_twice_is_refused_and_named() {
+        let ids: Vec<Uuid> = (1..=5u128).map(Uuid::from_u128).collect();
+        let bytes: Vec<u8> = ids.iter().flat_map(|u| *u.as_bytes()).collect();
+        assert_eq!(reader_ids(&bytes).unwrap(), ids);
+        assert!(check_unique_ids(&ids).is_ok());
+        let mut twice = ids.clone();
+        twice.insert(1, ids[3]);
+        let twice_bytes: Vec<u8> = twice.iter().flat_map(|u| *u.as_bytes()).collect();
+        for err in [
+            reader_ids(&twice_bytes).unwrap_err(),
+            check_unique_ids(&twice).unwrap_err(),
+        ] {
+            assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&ids[3].to_string()) && msg.contains("positions 1 and 4"),
+                "{msg}"
+            );
+        }
+        assert!(reader_ids(&bytes[..17]).is_err());
     }
 
     #[test]

@@ -11,7 +11,8 @@ use crs4_cassandra_store::cassandra::OptionValue;
 use crs4_cassandra_store::engine::Next;
 use crs4_cassandra_store::runtime::runtime;
 use crs4_cassandra_store::{
-    open_store, Batch, Labels, OnError, Reader, ReaderConfig, Share, TableReader, TableSpec,
+    check_unique_ids, open_store, Batch, Labels, OnError, Reader, ReaderConfig, Share, TableReader,
+    TableSpec,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -204,6 +205,7 @@ impl LoaderBuilder {
                 (ids, Some(file.header))
             }
         };
+        check_unique_ids(&ids)?;
         if let Some(h) = &header {
             if h.table != self.table {
                 return Err(Error::InvalidArgument(format!(
