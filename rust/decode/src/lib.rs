@@ -154,6 +154,21 @@ pub fn check_png_complete(bytes: &[u8]) -> Result<(), DecodeError> {
     }
 }
 
+/// The error of a JPEG whose headers did not parse: that it is truncated,
+/// if it is (a clearer message than the decoder's), else the decoder's.
+fn jpeg_header_error(bytes: &[u8], e: impl std::fmt::Debug) -> DecodeError {
+    check_jpeg_complete(bytes)
+        .err()
+        .unwrap_or_else(|| DecodeError::Jpeg(format!("{e:?}")))
+}
+
+/// As [`jpeg_header_error`], for a PNG.
+fn png_header_error(bytes: &[u8], e: impl std::fmt::Debug) -> DecodeError {
+    check_png_complete(bytes)
+        .err()
+        .unwrap_or_else(|| DecodeError::Png(format!("{e:?}")))
+}
+
 fn jpeg_decoder(bytes: &[u8]) -> JpegDecoder<ZCursor<&[u8]>> {
     let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
     JpegDecoder::new_with_options(ZCursor::new(bytes), options)
@@ -170,14 +185,13 @@ pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), DecodeError> {
         Format::Jpeg => {
             let mut d = jpeg_decoder(bytes);
             d.decode_headers()
-                .map_err(|e| DecodeError::Jpeg(format!("{e:?}")))?;
+                .map_err(|e| jpeg_header_error(bytes, e))?;
             d.dimensions()
                 .ok_or_else(|| DecodeError::Jpeg("no frame header".into()))?
         }
         Format::Png => {
             let mut d = png_decoder(bytes);
-            d.decode_headers()
-                .map_err(|e| DecodeError::Png(format!("{e:?}")))?;
+            d.decode_headers().map_err(|e| png_header_error(bytes, e))?;
             d.dimensions()
                 .ok_or_else(|| DecodeError::Png("no image header".into()))?
         }
@@ -197,7 +211,7 @@ pub fn decode_rgb_into(
             check_jpeg_complete(bytes)?;
             let mut d = jpeg_decoder(bytes);
             d.decode_headers()
-                .map_err(|e| DecodeError::Jpeg(format!("{e:?}")))?;
+                .map_err(|e| jpeg_header_error(bytes, e))?;
             let (w, h) = d
                 .dimensions()
                 .ok_or_else(|| DecodeError::Jpeg("no frame header".into()))?;
@@ -209,8 +223,7 @@ pub fn decode_rgb_into(
         Format::Png => {
             check_png_complete(bytes)?;
             let mut d = png_decoder(bytes);
-            d.decode_headers()
-                .map_err(|e| DecodeError::Png(format!("{e:?}")))?;
+            d.decode_headers().map_err(|e| png_header_error(bytes, e))?;
             let (w, h) = d
                 .dimensions()
                 .ok_or_else(|| DecodeError::Png("no image header".into()))?;
