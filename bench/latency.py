@@ -87,7 +87,9 @@ def run(folder: Path, batch_size: int = 128, seconds: float = 8.0) -> dict[str, 
                 # The tuner keeps what it learned at the previous delay, as it
                 # would in a job whose network slows down.
                 try:
-                    ds = cc.ShardedDataset(store, "data", uuids, batch_size, window=window)
+                    ds = cc.ShardedDataset(
+                        store, "data", uuids, batch_size, window=window, allow_repeats=True
+                    )
                     for _ in ds:  # warm-up epoch (and the tuner's learning, for auto)
                         pass
                     runs, firsts, epoch = [], [], 1

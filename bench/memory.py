@@ -29,7 +29,9 @@ def status():
 url, table, split, tile, budget, batch = sys.argv[1:7]
 sf = cc.SplitFile.load(split)
 uuids = np.tile(sf.uuids("train"), (int(tile), 1))
-ds = cc.ShardedDataset(url, table, uuids, int(batch), memory_budget=int(budget))
+ds = cc.ShardedDataset(
+    url, table, uuids, int(batch), memory_budget=int(budget), allow_repeats=True
+)
 base = status()
 peak = dict(base)
 stop = False

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import uuid
+import zlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -192,3 +193,39 @@ def test_a_path_that_is_not_a_store(tmp_path: Path) -> None:
             cc.open_store(f"local:{path}")
         assert isinstance(ei.value, (errors.StoreNotFoundError, errors.StoreIOError))
         assert str(path) in str(ei.value)
+
+
+def test_a_uuid_listed_twice_is_refused_naming_it(tmp_path: Path) -> None:
+    url = f"local:{tmp_path / 'store'}"
+    ids = make(url, "t", "int", [1, 2, 3, 4], [b"a", b"b", b"c", b"d"])
+    twice = np.concatenate([ids, ids[2:3]])  # uuid #2 again, at position 4
+    culprit = uuid_at(ids, 2)
+    with pytest.raises(errors.InvalidArgumentError, match=f"{culprit}.*positions 2 and 4"):
+        cc.ShardedDataset(url, "t", twice, 2)
+    with pytest.raises(errors.InvalidArgumentError, match=culprit):
+        cc.ShardedDataset(url, "t", [uuid.UUID(bytes=bytes(u)) for u in twice], 2)
+    # A split file with a uuid twice can neither be written nor served...
+    sf = cc.SplitFile("t", "int")
+    sf.add("train", twice)
+    with pytest.raises(errors.InvalidArgumentError, match=f'"train".*{culprit}'):
+        sf.save(tmp_path / "twice.split")
+    assert not (tmp_path / "twice.split").exists()
+    with pytest.raises(errors.InvalidArgumentError, match=culprit):
+        cc.ShardedDataset.from_split(url, sf, "train", 2)
+    # ...and one written before duplicates were refused names file, split and uuid.
+    sf.add("train", ids)
+    sf.save(tmp_path / "old.split")
+    raw = (tmp_path / "old.split").read_bytes()[:-4]
+    raw = raw.replace(ids[3].tobytes(), ids[2].tobytes())
+    (tmp_path / "old.split").write_bytes(raw + zlib.crc32(raw).to_bytes(4, "little"))
+    with pytest.raises(errors.SplitFileError) as ei:
+        cc.SplitFile.load(tmp_path / "old.split")
+    message = str(ei.value)
+    assert "old.split" in message and '"train"' in message and culprit in message, message
+    with pytest.raises(errors.SplitFileError, match=culprit):
+        cc.ShardedDataset.from_split(url, tmp_path / "old.split", "train", 2)
+    # Deliberate oversampling: each entry of the list is served once per epoch.
+    over = cc.ShardedDataset(url, "t", twice, 2, allow_repeats=True, shuffle=False)
+    served = [i for b in over for i in b.indices[~b.is_pad].tolist()]
+    assert sorted(served) == [0, 1, 2, 3, 4]
+    assert [uuid_at(twice, i) for i in (2, 4)] == [culprit, culprit]

@@ -3,7 +3,10 @@ the local store, plus connection, authentication and TLS behaviour."""
 
 from __future__ import annotations
 
+import re
 import socket
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +18,7 @@ from torch.utils.data import DataLoader
 
 import crs4_cassandra as cc
 from crs4_cassandra import errors
+from crs4_cassandra.split_builder import create_split
 from testbed import gen_certs
 
 from .conftest import Secure
@@ -98,6 +102,33 @@ def test_missing_uuid_table_and_column(cassandra_store: tuple[str, Path]) -> Non
         cc.ShardedDataset(url, "shapes", uuids, 4, label_col="lbl")
     with pytest.raises(errors.SchemaError, match="label"):
         cc.ShardedDataset(url, "shapes", uuids, 4, label_type="blob")
+
+
+def test_missing_metadata_table_or_keyspace_when_splitting_and_reading(
+    cassandra_store: tuple[str, Path], tmp_path: Path
+) -> None:
+    url, split = cassandra_store
+    uuids = cc.SplitFile.load(split).uuids("train")[:5]
+    listed = r'ks\.nothing_metadata.*available tables: \[.*"shapes_metadata"'
+    with pytest.raises(errors.TableNotFoundError, match=listed):
+        create_split(url, "nothing_metadata")
+    r = subprocess.run(
+        [sys.executable, "-m", "crs4_cassandra.cli", "split", "create", "--store", url]
+        + ["-m", "nothing_metadata", "-o", str(tmp_path / "s.split")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert re.search(listed, r.stderr) and "Traceback" not in r.stderr, r.stderr
+    assert not (tmp_path / "s.split").exists()
+    # A store URL naming a keyspace that does not exist: said so, for a scan and a read.
+    gone = url.rsplit("/", 1)[0] + "/no_such_keyspace"
+    missing = 'keyspace "no_such_keyspace" .* does not exist'
+    with pytest.raises(errors.TableNotFoundError, match=missing):
+        create_split(gone, "shapes_metadata")
+    with pytest.raises(errors.TableNotFoundError, match=missing):
+        cc.ShardedDataset(gone, "shapes", uuids, 4)
 
 
 def test_unreachable_host_fails_fast_and_names_it() -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -194,3 +195,81 @@ def test_torchvision_decode_names_the_corrupt_sample(
     with pytest.raises(CorruptSampleError) as info:
         decode_jpeg(batch, device="cpu", table="solid")
     assert str(uuid.UUID(bytes=ids[bad].tobytes())) in str(info.value)
+
+
+def truncations() -> tuple[list[bytes], list[tuple[str, bytes]]]:
+    """Whole images (JPEG baseline, progressive, with restart markers, grayscale,
+    CMYK; PNG RGB and palette) and each cut at 10%, 50%, 90% and just before its
+    end marker (JPEG EOI, PNG IEND chunk), with a name for each cut."""
+    rng = np.random.default_rng(5)
+    base = shape_image(rng, "star", (64, 48), noise=20.0)
+    options: list[tuple[str, Image.Image, str, dict[str, object]]] = [
+        ("baseline", base, "JPEG", {"quality": 90}),
+        ("progressive", base, "JPEG", {"quality": 90, "progressive": True}),
+        ("restart", base, "JPEG", {"quality": 90, "restart_marker_blocks": 1}),
+        ("gray", base.convert("L"), "JPEG", {}),
+        ("cmyk", base.convert("CMYK"), "JPEG", {}),
+        ("png", base, "PNG", {}),
+        ("palette", base.convert("P"), "PNG", {}),
+    ]
+    whole, cut = [], []
+    for name, img, fmt, kw in options:
+        buf = io.BytesIO()
+        img.save(buf, format=fmt, **kw)
+        data = buf.getvalue()
+        whole.append(data)
+        end = 2 if fmt == "JPEG" else 12
+        for at in (len(data) // 10, len(data) // 2, len(data) * 9 // 10, len(data) - end):
+            cut.append((f"{name}[:{at}]", data[:at]))
+    return whole, cut
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("size", [None, (16, 16)])
+def test_truncated_images_raise_naming_the_uuid(
+    tmp_path: Path, size: tuple[int, int] | None
+) -> None:
+    whole, cut = truncations()
+    for data in whole:  # valid images, as Pillow reads them
+        pillow_rgb(data)
+    url = f"local:{tmp_path / 'store'}"
+    ids = write_table(url, "cut", whole + [data for _, data in cut])
+    good = ids[: len(whole)]
+    for i, (name, _) in enumerate(cut):
+        bad = ids[len(whole) + i]
+        ds = cc.ShardedDataset(
+            url, "cut", np.stack([good[0], bad, good[1]]), 3, decode="rgb", size=size
+        )
+        with pytest.raises(CorruptSampleError) as info:
+            list(ds)
+        culprit = str(uuid.UUID(bytes=bad.tobytes()))
+        assert info.value.uuid == culprit, name  # type: ignore[attr-defined]
+        assert culprit in str(info.value) and "cut" in str(info.value), name
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("size", [None, (16, 16)])
+def test_truncated_images_are_skipped_and_reported(
+    tmp_path: Path, size: tuple[int, int] | None
+) -> None:
+    whole, cut = truncations()
+    url = f"local:{tmp_path / 'store'}"
+    blobs = whole + [data for _, data in cut]
+    ids = write_table(url, "cut", blobs)
+    ds = cc.ShardedDataset(url, "cut", ids, 5, decode="rgb", size=size, on_error="skip", seed=1)
+    served: list[int] = []
+    skipped: list[int] = []
+    for b in ds:
+        assert b.labels is not None
+        served += b.indices[~b.is_pad].tolist()
+        skipped += b.skipped.tolist()
+        images = list(b.images) if isinstance(b.images, torch.Tensor) else b.images
+        assert images is not None
+        for img, label in zip(images, b.labels.tolist(), strict=True):
+            assert label < len(whole), f"{cut[label - len(whole)][0]} was served"
+            if size is None:
+                ref = pillow_rgb(blobs[label])
+                assert np.abs(img.numpy().astype(int) - ref.astype(int)).mean() < 2.0, label
+    assert sorted(skipped) == list(range(len(whole), len(blobs)))
+    assert sorted(ds.skipped) == sorted(skipped)
+    assert sorted(set(served)) == list(range(len(whole)))

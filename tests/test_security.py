@@ -147,3 +147,25 @@ def test_password_never_shows(secure: Secure) -> None:
     with pytest.raises(errors.InvalidArgumentError) as ei3:
         cc.open_store(url, password=12345678987654321)
     assert "12345678987654321" not in everything_shown(ei3.value)
+
+
+def test_missing_credentials_name_the_options_to_pass(
+    secure: Secure, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("CRS4_CASSANDRA_PASSWORD", raising=False)
+    url = secure.url("nocred_ks")
+    with pytest.raises(errors.AuthenticationError) as ei:
+        cc.open_store(url, connect_timeout=2.0).check_table("t", "int")
+    message = str(ei.value)
+    for option in ("username=", "password=", "CRS4_CASSANDRA_PASSWORD", "password_env="):
+        assert option in message, message
+    assert "127.0.1.1" in message
+    # Nothing shown speaks of the Rust driver's API.
+    assert "SessionBuilder" not in everything_shown(ei.value)
+    # A username without a password: the server's refusal, and what is missing.
+    secure.role("trainer", PASSWORD)
+    with pytest.raises(errors.AuthenticationError) as ei2:
+        cc.open_store(url, username="trainer", connect_timeout=2.0).check_table("t", "int")
+    message = str(ei2.value)
+    assert "no password" in message and "password=" in message, message
+    assert "SessionBuilder" not in everything_shown(ei2.value)

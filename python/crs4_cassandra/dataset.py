@@ -340,6 +340,11 @@ class ShardedDataset(IterableDataset[Any]):
     With DataLoader workers started by spawn it must be picklable (a
     module-level function, not a lambda).
 
+    A uuid listed twice is refused (naming it): it would be served twice per
+    epoch. ``allow_repeats=True`` lifts that for deliberate oversampling: each
+    entry of the list is served once per epoch, so a uuid listed k times is
+    served k times.
+
     Prefetching tunes itself: the number of batch reads in flight grows while it
     raises throughput, up to ``memory_budget`` bytes of batches (default 1 GiB,
     shared by the DataLoader workers of a process). ``window`` fixes that number
@@ -396,6 +401,7 @@ class ShardedDataset(IterableDataset[Any]):
         layout: Literal["NHWC", "NCHW"] = "NHWC",
         on_error: Literal["raise", "skip"] = "raise",
         transform: Callable[[Batch], Any] | None = None,
+        allow_repeats: bool = False,
     ) -> None:
         super().__init__()
         if isinstance(batch_size, bool) or not isinstance(batch_size, int):
@@ -420,6 +426,7 @@ class ShardedDataset(IterableDataset[Any]):
             size=None if size is None else (int(size[0]), int(size[1])),
             layout=layout,
             on_error=on_error,
+            allow_repeats=allow_repeats,
         )
         if transform is not None and not callable(transform):
             raise InvalidArgumentError(f"transform must be callable, got {transform!r}")

@@ -154,8 +154,10 @@ def create_split(
         raise InvalidArgumentError(f"mode must be one of {MODES}, got {mode!r}")
     st = _native.open_store(store) if isinstance(store, str) else store
     table = table or data_table_for(metadata_table)
-    label_type = label_type or detect_label_type(st, table)
+    # The metadata table first: a missing one is reported by its own name, not
+    # as the data table derived from it.
     rows = sorted(st.scan_metadata(metadata_table), key=lambda r: bytes(r[0]))
+    label_type = label_type or detect_label_type(st, table)
     if not rows:
         raise InvalidArgumentError(f"metadata table {metadata_table!r} is empty")
     uuids = np.frombuffer(b"".join(bytes(r[0]) for r in rows), dtype=np.uint8).reshape(-1, 16)

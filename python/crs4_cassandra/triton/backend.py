@@ -162,6 +162,8 @@ class _Base:
             shuffle=False,
             decode="rgb" if rust else None,
             size=self.size if rust else None,
+            # A request may name a sample more than once: each entry is answered.
+            allow_repeats=True,
         )
 
     def tensors(self, nb: Any, wanted: set[str], keep: npt.NDArray[np.intp]) -> list[Any]:

@@ -9,7 +9,7 @@ pub mod state;
 
 pub use fork::{Owner, ProcessOwned};
 pub use plan::{guess_next_epoch, EpochPlan, PlanError, PlanSpec, PlannedBatch, Resume};
-pub use split::{LabelType, SplitError, SplitFile, SplitHeader};
+pub use split::{find_duplicate, LabelType, SplitError, SplitFile, SplitHeader};
 pub use state::{
     uuids_fingerprint, Consumed, LoaderState, Progress, RunIdentity, StateError,
     READABLE_STATE_VERSIONS, STATE_VERSION,

@@ -11,6 +11,7 @@
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
+use uuid::Uuid;
 
 const MAGIC: &[u8; 8] = b"C4SPLIT1";
 pub const UUID_LEN: usize = 16;
@@ -42,6 +43,46 @@ pub enum SplitError {
     UuidBytes { name: String, len: usize },
     #[error("split name {0:?} appears twice")]
     DuplicateName(String),
+    #[error(
+        "split {name:?} lists uuid {uuid} twice (at positions {first} and {second}): \
+         each sample must appear once, or it is served twice per epoch"
+    )]
+    DuplicateUuid {
+        name: String,
+        uuid: Uuid,
+        first: usize,
+        second: usize,
+    },
+    #[error(
+        "split file {path}: split {name:?} lists uuid {uuid} twice (at positions {first} and \
+         {second}); each sample must appear once: write the file again without duplicates"
+    )]
+    DuplicateUuidInFile {
+        path: PathBuf,
+        name: String,
+        uuid: Uuid,
+        first: usize,
+        second: usize,
+    },
+}
+
+/// A uuid that `uuids` (16 bytes each) lists more than once, with the
+/// positions of its first two occurrences; None if every uuid is unique.
+///
+/// Sorts a copy (16 bytes a uuid): a million uuids take some tens of
+/// milliseconds, once per reader or split file.
+pub fn find_duplicate(uuids: &[u8]) -> Option<(Uuid, usize, usize)> {
+    let value = |c: &[u8]| u128::from_be_bytes(c.try_into().expect("16 bytes"));
+    let mut sorted: Vec<u128> = uuids.chunks_exact(UUID_LEN).map(value).collect();
+    sorted.sort_unstable();
+    let twice = sorted.windows(2).find(|w| w[0] == w[1])?[0];
+    let mut at = uuids
+        .chunks_exact(UUID_LEN)
+        .enumerate()
+        .filter(|(_, c)| value(c) == twice)
+        .map(|(i, _)| i);
+    let (first, second) = (at.next()?, at.next()?);
+    Some((Uuid::from_u128(twice), first, second))
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -142,6 +183,14 @@ impl SplitFile {
         if self.splits.iter().any(|(n, _)| n == name) {
             return Err(SplitError::DuplicateName(name.into()));
         }
+        if let Some((uuid, first, second)) = find_duplicate(&uuids) {
+            return Err(SplitError::DuplicateUuid {
+                name: name.into(),
+                uuid,
+                first,
+                second,
+            });
+        }
         self.splits.push((name.into(), uuids));
         Ok(())
     }
@@ -225,7 +274,23 @@ impl SplitFile {
                 .checked_mul(UUID_LEN)
                 .filter(|&l| l <= body.len())
                 .ok_or_else(|| corrupt(&format!("split {:?} runs past the end", entry.name)))?;
-            file.add_split(&entry.name, body[..len].to_vec())?;
+            file.add_split(&entry.name, body[..len].to_vec())
+                .map_err(|e| match e {
+                    // Written by an older version, which took duplicates.
+                    SplitError::DuplicateUuid {
+                        name,
+                        uuid,
+                        first,
+                        second,
+                    } => SplitError::DuplicateUuidInFile {
+                        path: path.to_path_buf(),
+                        name,
+                        uuid,
+                        first,
+                        second,
+                    },
+                    other => other,
+                })?;
             body = &body[len..];
         }
         if !body.is_empty() {
@@ -276,7 +341,8 @@ mod tests {
     #[test]
     fn round_trip_and_errors_name_the_file() {
         let mut f = SplitFile::new(header());
-        f.add_split("train", vec![7u8; 32]).unwrap();
+        f.add_split("train", [[7u8; 16], [8u8; 16]].concat())
+            .unwrap();
         f.add_split("val", vec![9u8; 16]).unwrap();
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("s.split");
@@ -296,6 +362,46 @@ mod tests {
         );
         std::fs::write(&p, b"hello world, not a split").unwrap();
         assert!(matches!(SplitFile::load(&p), Err(SplitError::Magic { .. })));
+    }
+
+    #[test]
+    fn a_uuid_listed_twice_is_refused_and_named() {
+        let id = |i: u8| [i; 16];
+        let uuids = [id(1), id(2), id(3), id(2), id(4), id(2)].concat();
+        let twice = Uuid::from_bytes(id(2));
+        assert_eq!(find_duplicate(&uuids), Some((twice, 1, 3)));
+        assert_eq!(find_duplicate(&[id(1), id(2)].concat()), None);
+        assert_eq!(find_duplicate(&[]), None);
+
+        let mut f = SplitFile::new(header());
+        let err = f.add_split("train", uuids.clone()).unwrap_err();
+        assert!(matches!(err, SplitError::DuplicateUuid { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("\"train\"") && msg.contains(&twice.to_string()),
+            "{msg}"
+        );
+        assert!(f.splits.is_empty(), "nothing was added");
+
+        // A file with duplicates, as an older version wrote it, is refused
+        // naming the file, the split and the uuid.
+        f.add_split("val", id(9).to_vec()).unwrap();
+        f.splits.push(("train".into(), uuids));
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("old.split");
+        std::fs::write(&p, f.to_bytes()).unwrap();
+        let err = SplitFile::load(&p).unwrap_err();
+        assert!(
+            matches!(err, SplitError::DuplicateUuidInFile { .. }),
+            "{err:?}"
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("old.split")
+                && msg.contains("\"train\"")
+                && msg.contains(&twice.to_string()),
+            "{msg}"
+        );
     }
 
     proptest! {

@@ -53,6 +53,122 @@ pub fn sniff(bytes: &[u8]) -> Result<Format, DecodeError> {
     }
 }
 
+/// Checks that a JPEG is whole: its marker segments, and the entropy-coded
+/// data of every scan, run up to an end-of-image (EOI) marker.
+///
+/// zune-jpeg, like browsers, decodes what a truncated file holds and fills
+/// the rest with grey, without an error; so does a scan cut short. This walk
+/// catches every cut: segments are skipped by their lengths (an EXIF
+/// thumbnail's own EOI inside APP1 included), and a scan's data ends at the
+/// first marker that is neither a stuffed 0xFF00 nor a restart marker. Bytes
+/// after the EOI are ignored, as decoders do. It reads the bytes once, with
+/// memchr, which costs little next to decoding them.
+pub fn check_jpeg_complete(bytes: &[u8]) -> Result<(), DecodeError> {
+    let truncated = |inside: &str| {
+        DecodeError::Jpeg(format!(
+            "truncated: the data ({} bytes) ends inside {inside}, before the end-of-image (EOI) marker",
+            bytes.len()
+        ))
+    };
+    let len = bytes.len();
+    let mut i = 2; // after SOI, which sniff() has seen
+    loop {
+        // The next marker: 0xFF, any fill bytes 0xFF, then its code. Stray
+        // bytes between segments are skipped, as zune-jpeg and libjpeg do.
+        i += memchr::memchr(0xFF, &bytes[i.min(len)..]).ok_or_else(|| truncated("the headers"))?;
+        while i < len && bytes[i] == 0xFF {
+            i += 1;
+        }
+        let Some(&code) = bytes.get(i) else {
+            return Err(truncated("a marker"));
+        };
+        i += 1;
+        match code {
+            0xD9 => return Ok(()),
+            // Markers without a length; 0x00 is a stray stuffed byte.
+            0x00 | 0x01 | 0xD0..=0xD8 => continue,
+            _ => {}
+        }
+        let segment = bytes
+            .get(i..i + 2)
+            .map(|l| u16::from_be_bytes([l[0], l[1]]) as usize)
+            .ok_or_else(|| truncated(&format!("the 0xFF{code:02X} segment")))?;
+        if segment < 2 {
+            return Err(DecodeError::Jpeg(format!(
+                "segment 0xFF{code:02X} at byte {} has length {segment}",
+                i - 2
+            )));
+        }
+        i += segment;
+        if i > len {
+            return Err(truncated(&format!("the 0xFF{code:02X} segment")));
+        }
+        if code == 0xDA {
+            // Start of scan: entropy-coded data up to the next real marker.
+            loop {
+                let ff = i + memchr::memchr(0xFF, &bytes[i..])
+                    .ok_or_else(|| truncated("the entropy-coded data of a scan"))?;
+                let mut j = ff + 1;
+                while j < len && bytes[j] == 0xFF {
+                    j += 1;
+                }
+                match bytes.get(j) {
+                    None => return Err(truncated("the entropy-coded data of a scan")),
+                    Some(0x00 | 0xD0..=0xD7) => i = j + 1,
+                    Some(_) => {
+                        i = j - 1; // the 0xFF before the marker's code
+                        break;
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Checks that a PNG is whole: its chunks, each as long as its length says,
+/// run up to the IEND chunk. Stricter than Pillow, which takes a file cut
+/// just before IEND: a file cut there was cut all the same.
+pub fn check_png_complete(bytes: &[u8]) -> Result<(), DecodeError> {
+    let mut i = 8; // after the signature, which sniff() has seen
+    loop {
+        let Some(header) = bytes.get(i..i + 8) else {
+            return Err(DecodeError::Png(format!(
+                "truncated: the data ({} bytes) ends before the IEND chunk",
+                bytes.len()
+            )));
+        };
+        let n = u32::from_be_bytes(header[..4].try_into().expect("4 bytes")) as usize;
+        let kind = String::from_utf8_lossy(&header[4..8]).into_owned();
+        // Length, type, data, CRC.
+        let end = i.checked_add(12).and_then(|e| e.checked_add(n));
+        if end.is_none_or(|e| e > bytes.len()) {
+            return Err(DecodeError::Png(format!(
+                "truncated: the data ({} bytes) ends inside its {kind} chunk, before the IEND chunk",
+                bytes.len()
+            )));
+        }
+        if kind == "IEND" {
+            return Ok(());
+        }
+        i = end.expect("checked");
+    }
+}
+
+/// The error of a JPEG whose headers did not parse: that it is truncated,
+/// if it is (a clearer message than the decoder's), else the decoder's.
+fn jpeg_header_error(bytes: &[u8], e: impl std::fmt::Debug) -> DecodeError {
+    check_jpeg_complete(bytes)
+        .err()
+        .unwrap_or_else(|| DecodeError::Jpeg(format!("{e:?}")))
+}
+
+/// As [`jpeg_header_error`], for a PNG.
+fn png_header_error(bytes: &[u8], e: impl std::fmt::Debug) -> DecodeError {
+    check_png_complete(bytes)
+        .err()
+        .unwrap_or_else(|| DecodeError::Png(format!("{e:?}")))
+}
+
 fn jpeg_decoder(bytes: &[u8]) -> JpegDecoder<ZCursor<&[u8]>> {
     let options = DecoderOptions::default().jpeg_set_out_colorspace(ColorSpace::RGB);
     JpegDecoder::new_with_options(ZCursor::new(bytes), options)
@@ -69,14 +185,13 @@ pub fn dimensions(bytes: &[u8]) -> Result<(u32, u32), DecodeError> {
         Format::Jpeg => {
             let mut d = jpeg_decoder(bytes);
             d.decode_headers()
-                .map_err(|e| DecodeError::Jpeg(format!("{e:?}")))?;
+                .map_err(|e| jpeg_header_error(bytes, e))?;
             d.dimensions()
                 .ok_or_else(|| DecodeError::Jpeg("no frame header".into()))?
         }
         Format::Png => {
             let mut d = png_decoder(bytes);
-            d.decode_headers()
-                .map_err(|e| DecodeError::Png(format!("{e:?}")))?;
+            d.decode_headers().map_err(|e| png_header_error(bytes, e))?;
             d.dimensions()
                 .ok_or_else(|| DecodeError::Png("no image header".into()))?
         }
@@ -93,9 +208,10 @@ pub fn decode_rgb_into(
 ) -> Result<(u32, u32), DecodeError> {
     match sniff(bytes)? {
         Format::Jpeg => {
+            check_jpeg_complete(bytes)?;
             let mut d = jpeg_decoder(bytes);
             d.decode_headers()
-                .map_err(|e| DecodeError::Jpeg(format!("{e:?}")))?;
+                .map_err(|e| jpeg_header_error(bytes, e))?;
             let (w, h) = d
                 .dimensions()
                 .ok_or_else(|| DecodeError::Jpeg("no frame header".into()))?;
@@ -105,9 +221,9 @@ pub fn decode_rgb_into(
             Ok((w as u32, h as u32))
         }
         Format::Png => {
+            check_png_complete(bytes)?;
             let mut d = png_decoder(bytes);
-            d.decode_headers()
-                .map_err(|e| DecodeError::Png(format!("{e:?}")))?;
+            d.decode_headers().map_err(|e| png_header_error(bytes, e))?;
             let (w, h) = d
                 .dimensions()
                 .ok_or_else(|| DecodeError::Png("no image header".into()))?;

@@ -166,7 +166,9 @@ pub fn store_err(e: StoreError) -> PyErr {
                 ("column", column.clone()),
             ],
         ),
-        StoreError::Io { path, .. } | StoreError::Lmdb { path, .. } => {
+        StoreError::Io { path, .. }
+        | StoreError::Lmdb { path, .. }
+        | StoreError::ReadOnly { path, .. } => {
             (StoreIOError, vec![("path", path.display().to_string())])
         }
         StoreError::Connection { hosts, .. } => {
@@ -201,9 +203,9 @@ pub fn split_err(e: SplitError) -> PyErr {
             &[("split", name.clone())],
             None,
         ),
-        SplitError::UuidBytes { .. } | SplitError::DuplicateName(_) => {
-            build(Class::InvalidArgumentError, msg, &[], None)
-        }
+        SplitError::UuidBytes { .. }
+        | SplitError::DuplicateName(_)
+        | SplitError::DuplicateUuid { .. } => build(Class::InvalidArgumentError, msg, &[], None),
         _ => build(
             Class::SplitFileError,
             msg,

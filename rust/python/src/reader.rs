@@ -6,12 +6,12 @@ use crate::batch::NativeBatch;
 use crate::block::{self, SIGNAL_POLL};
 use crate::errors::{invalid, plan_err, state_err, store_err};
 use crate::memory;
-use crate::store::{uuids_from_bytes, Store};
+use crate::store::Store;
 use crs4_cassandra_core::{Consumed, LoaderState, Owner, Progress as CoreProgress, RunIdentity};
 use crs4_cassandra_store::engine::Next;
 use crs4_cassandra_store::reader::{decode_mode, label_type};
 use crs4_cassandra_store::{
-    Layout, OnError, Reader as CoreReader, ReaderConfig as Config, Share, TableSpec,
+    reader_ids, Layout, OnError, Reader as CoreReader, ReaderConfig as Config, Share, TableSpec,
 };
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
@@ -44,7 +44,8 @@ impl ReaderConfig {
     #[pyo3(signature = (
         table, uuids, batch_size, *, label_type="int", id_col="id", label_col="label", data_col="data",
         shuffle=true, seed=0, drop_last=false, ordered=true, rank=None, world_size=None, window=None,
-        memory_budget=None, decode=None, size=None, layout="NHWC", on_error="raise"
+        memory_budget=None, decode=None, size=None, layout="NHWC", on_error="raise",
+        allow_repeats=false
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -67,6 +68,7 @@ impl ReaderConfig {
         size: Option<(i64, i64)>,
         layout: &str,
         on_error: &str,
+        allow_repeats: bool,
     ) -> PyResult<Self> {
         let decode = decode_mode(decode).map_err(store_err)?;
         let size = match size {
@@ -100,6 +102,7 @@ impl ReaderConfig {
             decode,
             size,
             layout: Layout::parse(layout).map_err(store_err)?,
+            allow_repeats,
             on_error: OnError::parse(on_error).map_err(store_err)?,
             ready: None,
             rank: rank.map(|r| count("rank", r, false)).transpose()?,
@@ -110,7 +113,9 @@ impl ReaderConfig {
         config.validate().map_err(store_err)?;
         let run = config.run_identity(&uuids);
         Ok(Self {
-            ids: uuids_from_bytes(&uuids)?.into(),
+            ids: reader_ids(&uuids, config.allow_repeats)
+                .map_err(store_err)?
+                .into(),
             run,
             config: Arc::new(config),
         })
@@ -140,6 +145,7 @@ impl ReaderConfig {
         d.set_item("decode", c.decode.then_some("rgb"))?;
         d.set_item("size", c.size)?;
         d.set_item("layout", c.layout.as_str())?;
+        d.set_item("allow_repeats", c.allow_repeats)?;
         d.set_item("on_error", c.on_error.as_str())?;
         Ok(d)
     }
@@ -214,6 +220,10 @@ impl ReaderConfig {
     #[getter]
     fn size(&self) -> Option<(u32, u32)> {
         self.config.size
+    }
+    #[getter]
+    fn allow_repeats(&self) -> bool {
+        self.config.allow_repeats
     }
     #[getter]
     fn layout(&self) -> &'static str {

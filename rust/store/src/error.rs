@@ -54,6 +54,11 @@ pub enum StoreError {
     },
     #[error("LMDB error in {path}: {message}")]
     Lmdb { path: PathBuf, message: String },
+    #[error(
+        "the local store {path} is read-only here ({reason}): it was opened for reading only \
+         and cannot be written; write to a copy on a filesystem this process can write"
+    )]
+    ReadOnly { path: PathBuf, reason: String },
     #[error("I/O error on {path}: {source}")]
     Io {
         path: PathBuf,

@@ -27,7 +27,9 @@ pub use decode::DecodeOptions;
 pub use engine::{BatchStream, EngineOptions, FetchEngine};
 pub use error::{Cause, Result, StoreError};
 pub use open::{open_store, Opened};
-pub use reader::{read_sample, Layout, OnError, Reader, ReaderConfig, Share};
+pub use reader::{
+    check_unique_ids, read_sample, reader_ids, Layout, OnError, Reader, ReaderConfig, Share,
+};
 
 /// Which table and columns to read, and how to interpret the label.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

@@ -39,12 +39,28 @@ pub struct Env {
     raw: ProcessOwned<RawEnv>,
     path: PathBuf,
     dbis: Mutex<HashMap<String, Dbi>>,
+    /// Why the environment was opened read-only (see [`Env::open`]); None
+    /// when it is open for writing.
+    read_only: Option<String>,
 }
 
 // LMDB environments are thread-safe; read transactions are opened with
 // MDB_NOTLS so they are not tied to the opening thread.
 unsafe impl Send for Env {}
 unsafe impl Sync for Env {}
+
+/// Whether an `mdb_env_open` failure means "not allowed to write here": a
+/// read-only filesystem or missing permissions (on the lock or data file).
+fn is_permission(rc: i32) -> bool {
+    matches!(rc, libc::EROFS | libc::EACCES | libc::EPERM)
+}
+
+fn lmdb_error(path: &Path, rc: i32) -> StoreError {
+    StoreError::Lmdb {
+        path: path.to_path_buf(),
+        message: strerror(rc),
+    }
+}
 
 fn strerror(rc: i32) -> String {
     unsafe { CStr::from_ptr(ffi::mdb_strerror(rc)) }
@@ -92,19 +108,65 @@ impl Env {
         Ok(env)
     }
 
+    /// Opens the environment for writing if the filesystem lets this process
+    /// write it, else read-only.
+    ///
+    /// A store is often read from a volume this process cannot write: a
+    /// dataset shared read-only on a cluster, a directory of another user.
+    /// LMDB opens `lock.mdb` (beside `data.mdb`) for writing even to read,
+    /// and fails where it cannot, except for an `MDB_RDONLY` environment on a
+    /// read-only filesystem, or one opened `MDB_NOLOCK`. So opening falls back:
+    ///
+    /// 1. read-write, with the lock file: readers and a concurrent writer
+    ///    (another process ingesting into the store) coordinate through it;
+    /// 2. if the filesystem or permissions refuse that, `MDB_RDONLY`: the lock
+    ///    file is still used where it can be written to, and LMDB itself skips
+    ///    it on a read-only filesystem, where no one can write the store;
+    /// 3. if the lock file cannot be opened either, `MDB_RDONLY | MDB_NOLOCK`.
+    ///    Without the lock file this process's read transactions are not
+    ///    registered, so a writer in another process could reuse pages they
+    ///    read; that is safe only while nobody writes the store, which is
+    ///    the case of a shared read-only dataset (a writer would need the
+    ///    write access this process lacks). Within this process nothing can
+    ///    write it: [`Env::write`] refuses, naming the path.
     fn open_raw(path: &Path) -> Result<Env> {
-        let err = |rc: i32| StoreError::Lmdb {
-            path: path.to_path_buf(),
-            message: strerror(rc),
+        let read_write = match Self::open_with(path, 0) {
+            Ok(raw) => return Ok(Self::from_raw(raw, path, None)),
+            Err(rc) if is_permission(rc) => strerror(rc),
+            Err(rc) => return Err(lmdb_error(path, rc)),
         };
-        let cpath = CString::new(path.as_os_str().as_encoded_bytes())
-            .map_err(|_| StoreError::InvalidArgument(format!("path {path:?} contains a NUL")))?;
+        let raw = match Self::open_with(path, ffi::MDB_RDONLY) {
+            Ok(raw) => raw,
+            Err(rc) if is_permission(rc) => {
+                Self::open_with(path, ffi::MDB_RDONLY | ffi::MDB_NOLOCK)
+                    .map_err(|rc| lmdb_error(path, rc))?
+            }
+            Err(rc) => return Err(lmdb_error(path, rc)),
+        };
+        Ok(Self::from_raw(raw, path, Some(read_write)))
+    }
+
+    fn from_raw(raw: RawEnv, path: &Path, read_only: Option<String>) -> Env {
+        Env {
+            raw: ProcessOwned::new(raw),
+            path: path.to_path_buf(),
+            dbis: Mutex::new(HashMap::new()),
+            read_only,
+        }
+    }
+
+    /// One attempt at `mdb_env_open` with `flags` (besides MDB_NOTLS); the
+    /// LMDB return code on failure.
+    fn open_with(path: &Path, flags: u32) -> std::result::Result<RawEnv, i32> {
+        // A path with a NUL cannot exist: canonicalize() has found it.
+        let cpath = CString::new(path.as_os_str().as_encoded_bytes()).map_err(|_| libc::ENOENT)?;
         let mut env: *mut ffi::MDB_env = ptr::null_mut();
         let rc = unsafe { ffi::mdb_env_create(&mut env) };
         if rc != 0 {
-            return Err(err(rc));
+            return Err(rc);
         }
-        // Closed on the error paths below by its Drop.
+        // Closed on the error paths below by its Drop (a failed mdb_env_open
+        // leaves a handle that must be closed, and cannot be opened again).
         let raw = RawEnv(env);
         unsafe {
             let setup = [
@@ -113,18 +175,25 @@ impl Env {
                 ffi::mdb_env_set_maxreaders(env, MAX_READERS),
             ];
             if let Some(&rc) = setup.iter().find(|&&rc| rc != 0) {
-                return Err(err(rc));
+                return Err(rc);
             }
-            let rc = ffi::mdb_env_open(env, cpath.as_ptr(), ffi::MDB_NOTLS, 0o644);
+            let rc = ffi::mdb_env_open(env, cpath.as_ptr(), ffi::MDB_NOTLS | flags, 0o644);
             if rc != 0 {
-                return Err(err(rc));
+                return Err(rc);
             }
         }
-        Ok(Env {
-            raw: ProcessOwned::new(raw),
-            path: path.to_path_buf(),
-            dbis: Mutex::new(HashMap::new()),
-        })
+        Ok(raw)
+    }
+
+    /// The error of a write attempted on a read-only environment.
+    fn check_writable(&self) -> Result<()> {
+        match &self.read_only {
+            None => Ok(()),
+            Some(reason) => Err(StoreError::ReadOnly {
+                path: self.path.clone(),
+                reason: reason.clone(),
+            }),
+        }
     }
 
     pub fn path(&self) -> &Path {
@@ -159,6 +228,9 @@ impl Env {
         let cname = CString::new(name).map_err(|_| {
             StoreError::InvalidArgument(format!("table name {name:?} contains a NUL"))
         })?;
+        if create {
+            self.check_writable()?;
+        }
         let flags = if create { 0 } else { ffi::MDB_RDONLY };
         let mut txn: *mut ffi::MDB_txn = ptr::null_mut();
         unsafe {
@@ -205,6 +277,7 @@ impl Env {
 
     /// Runs `f` inside a write transaction, committed if `f` returns Ok.
     pub fn write<T>(&self, f: impl FnOnce(&RwTxn<'_>) -> Result<T>) -> Result<T> {
+        self.check_writable()?;
         let env = self.ptr()?;
         let mut txn: *mut ffi::MDB_txn = ptr::null_mut();
         let rc = unsafe { ffi::mdb_txn_begin(env, ptr::null_mut(), 0, &mut txn) };

@@ -10,7 +10,8 @@ use crate::error::{Result, StoreError};
 use crate::runtime::runtime;
 use crate::{DecodeOptions, LabelType, LabelValue, SampleRow, SampleStore, TableReader, TableSpec};
 use crs4_cassandra_core::{
-    uuids_fingerprint, EpochPlan, LoaderState, PlanSpec, PlannedBatch, Progress, RunIdentity,
+    find_duplicate, uuids_fingerprint, EpochPlan, LoaderState, PlanSpec, PlannedBatch, Progress,
+    RunIdentity,
 };
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -104,6 +105,9 @@ pub struct ReaderConfig {
     /// Layout of the decoded images; channels-first needs `decode`.
     #[serde(default)]
     pub layout: Layout,
+    /// Whether the uuid list may name a sample more than once (see [`reader_ids`]).
+    #[serde(default)]
+    pub allow_repeats: bool,
     pub on_error: OnError,
     /// Finished batches queued ahead of the consumer; None: the engine's default.
     pub ready: Option<usize>,
@@ -132,6 +136,7 @@ impl ReaderConfig {
             decode: false,
             size: None,
             layout: Layout::Nhwc,
+            allow_repeats: false,
             on_error: OnError::Raise,
             ready: None,
             rank: None,
@@ -411,6 +416,45 @@ pub fn decode_mode(s: Option<&str>) -> Result<bool> {
     }
 }
 
+/// A reader's uuid list from its bytes (16 a uuid), as every front end takes
+/// it in: refused if a uuid appears twice, since that sample would be served
+/// twice per epoch (see [`check_unique_ids`]), unless `allow_repeats` (each
+/// entry of the list is then served once per epoch: a uuid listed k times,
+/// k times, as deliberate oversampling does).
+pub fn reader_ids(uuid_bytes: &[u8], allow_repeats: bool) -> Result<Vec<Uuid>> {
+    if !uuid_bytes.len().is_multiple_of(16) {
+        return Err(invalid(format!(
+            "uuid bytes length {} is not a multiple of 16",
+            uuid_bytes.len()
+        )));
+    }
+    if !allow_repeats {
+        duplicates_refused(uuid_bytes)?;
+    }
+    Ok(uuid_bytes
+        .chunks_exact(16)
+        .map(|c| Uuid::from_bytes(c.try_into().expect("16 bytes")))
+        .collect())
+}
+
+/// Refuses a uuid list that names a sample twice, naming one such uuid and
+/// where it appears.
+pub fn check_unique_ids(ids: &[Uuid]) -> Result<()> {
+    let bytes: Vec<u8> = ids.iter().flat_map(|u| *u.as_bytes()).collect();
+    duplicates_refused(&bytes)
+}
+
+fn duplicates_refused(uuid_bytes: &[u8]) -> Result<()> {
+    match find_duplicate(uuid_bytes) {
+        None => Ok(()),
+        Some((uuid, first, second)) => Err(invalid(format!(
+            "uuid {uuid} appears twice in the uuid list (at positions {first} and {second}): \
+             each sample must appear once, or it is served twice per epoch \
+             (allow_repeats=True serves each entry of the list once, for oversampling)"
+        ))),
+    }
+}
+
 /// The label type named `s` ("int", "blob" or "none").
 pub fn label_type(s: &str) -> Result<LabelType> {
     LabelType::parse(s).ok_or_else(|| {
@@ -497,6 +541,30 @@ mod tests {
             .to_string()
             .contains("label_type"));
         assert!(OnError::parse("ignore").is_err());
+    }
+
+    #[test]
+    fn a_uuid_listed_twice_is_refused_and_named() {
+        let ids: Vec<Uuid> = (1..=5u128).map(Uuid::from_u128).collect();
+        let bytes: Vec<u8> = ids.iter().flat_map(|u| *u.as_bytes()).collect();
+        assert_eq!(reader_ids(&bytes, false).unwrap(), ids);
+        assert!(check_unique_ids(&ids).is_ok());
+        let mut twice = ids.clone();
+        twice.insert(1, ids[3]);
+        let twice_bytes: Vec<u8> = twice.iter().flat_map(|u| *u.as_bytes()).collect();
+        for err in [
+            reader_ids(&twice_bytes, false).unwrap_err(),
+            check_unique_ids(&twice).unwrap_err(),
+        ] {
+            assert!(matches!(err, StoreError::InvalidArgument(_)), "{err:?}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(&ids[3].to_string()) && msg.contains("positions 1 and 4"),
+                "{msg}"
+            );
+        }
+        assert!(reader_ids(&bytes[..17], false).is_err());
+        assert_eq!(reader_ids(&twice_bytes, true).unwrap(), twice);
     }
 
     #[test]

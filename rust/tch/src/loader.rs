@@ -11,7 +11,8 @@ use crs4_cassandra_store::cassandra::OptionValue;
 use crs4_cassandra_store::engine::Next;
 use crs4_cassandra_store::runtime::runtime;
 use crs4_cassandra_store::{
-    open_store, Batch, Labels, OnError, Reader, ReaderConfig, Share, TableReader, TableSpec,
+    check_unique_ids, open_store, Batch, Labels, OnError, Reader, ReaderConfig, Share, TableReader,
+    TableSpec,
 };
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -58,9 +59,18 @@ pub struct LoaderBuilder {
     resize: Option<(u32, u32)>,
     skip_errors: bool,
     prefetch: usize,
+    allow_repeats: bool,
 }
 
 impl LoaderBuilder {
+    /// Let the uuid list name a sample more than once (deliberate
+    /// oversampling: each entry is served once per epoch); by default a
+    /// repeated uuid is refused, naming it.
+    pub fn allow_repeats(mut self, allow: bool) -> Self {
+        self.allow_repeats = allow;
+        self
+    }
+
     /// A connection option of the store (e.g. `username`, `use_ssl`,
     /// `request_timeout`: the names the Python `open_store` takes).
     pub fn store_option(mut self, name: &str, value: OptionValue) -> Self {
@@ -204,6 +214,9 @@ impl LoaderBuilder {
                 (ids, Some(file.header))
             }
         };
+        if !self.allow_repeats {
+            check_unique_ids(&ids)?;
+        }
         if let Some(h) = &header {
             if h.table != self.table {
                 return Err(Error::InvalidArgument(format!(
@@ -234,6 +247,7 @@ impl LoaderBuilder {
                 OnError::Raise
             },
             ready: Some(self.prefetch),
+            allow_repeats: self.allow_repeats,
             rank: Some(self.rank),
             world_size: Some(self.world_size),
             ..ReaderConfig::new(
@@ -313,6 +327,7 @@ impl Loader {
             resize: None,
             skip_errors: false,
             prefetch: 2,
+            allow_repeats: false,
         }
     }
 

@@ -129,6 +129,29 @@ pub(super) fn connection_kind(e: &ConnectionError) -> Kind {
     }
 }
 
+/// Whether the server asked for credentials and the session gave none: the
+/// control connection's setup was refused with the driver's
+/// `MissingAuthentication`.
+fn missing_credentials(e: &NewSessionError) -> bool {
+    use ConnectionSetupRequestErrorKind as Setup;
+    matches!(
+        e,
+        NewSessionError::MetadataError(MetadataError::ConnectionPoolError(
+            ConnectionPoolError::Broken {
+                last_connection_error: ConnectionError::ConnectionSetupRequestError(setup),
+            },
+        )) if matches!(setup.get_error(), Setup::MissingAuthentication)
+    )
+}
+
+/// What to pass when the server wants credentials that were not given, in
+/// the option names of `open_store` (the driver's own message names its
+/// Rust API instead).
+const NO_CREDENTIALS: &str = "the server requires a username and password and none were given: \
+     pass username= and password= to open_store (or set the password in the \
+     CRS4_CASSANDRA_PASSWORD environment variable, or name another variable with password_env=); \
+     on the command line, --username with CRS4_CASSANDRA_PASSWORD or --password-env";
+
 /// Session creation fails in the control connection: opening it (a broken
 /// pool naming its last connection's error) or reading the cluster's metadata
 /// (a role without permission to read the system tables).
@@ -229,6 +252,26 @@ impl CassandraStore {
     pub(super) fn connection_error(&self, e: NewSessionError) -> StoreError {
         let (hosts, message) = (self.hosts(), e.to_string());
         match session_kind(&e) {
+            // The driver's error says nothing more than this message, and
+            // its advice (a SessionBuilder method) is not for this API: it
+            // is left out of the source chain.
+            Kind::Authentication if missing_credentials(&e) => StoreError::Authentication {
+                hosts,
+                message: NO_CREDENTIALS.into(),
+                source: None,
+            },
+            Kind::Authentication
+                if self.opts.username.is_some() && self.opts.password.is_none() =>
+            {
+                StoreError::Authentication {
+                    hosts,
+                    message: format!(
+                        "{message} (a username was given but no password: pass password= \
+                         or set CRS4_CASSANDRA_PASSWORD, or name a variable with password_env=)"
+                    ),
+                    source: Some(e.into()),
+                }
+            }
             Kind::Authentication => StoreError::Authentication {
                 hosts,
                 message,
