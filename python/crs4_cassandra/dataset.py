@@ -278,6 +278,7 @@ def open_store(
     max_in_flight: int | None = None,
     replication: str | None = None,
     connections: int | None = None,
+    **other: Any,
 ) -> _native.Store:
     """Opens a store; options left at None take the store's defaults.
 
@@ -297,9 +298,11 @@ def open_store(
       ``consistency`` (default ``"local_one"``), ``max_in_flight`` (sample
       requests at once, 16384), ``replication`` (for keyspaces ingest
       creates), ``connections`` (per node, 4). Passwords never appear in
-      reprs, logs or error messages.
+      reprs, logs or error messages. An option not listed here is refused by
+      name, with the list of known ones.
     """
-    given = {k: v for k, v in locals().items() if k != "url" and v is not None}
+    named = {k: v for k, v in locals().items() if k not in ("url", "other")}
+    given = {k: v for k, v in {**named, **other}.items() if v is not None}
     return _native.open_store(url, options=given or None)
 
 
