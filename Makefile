@@ -22,14 +22,27 @@ export CRS4_TOXIPROXY := $(ENV_CACHE)/toxiproxy-$(TOXIPROXY_VERSION)/bin/toxipro
 SRC ?=
 DEMO_DIR ?= demo-data
 
+# A wheel for older Linux distributions: `maturin build` on this machine links
+# against its glibc and tags the wheel manylinux_2_34 or newer, which pip
+# refuses on RHEL/Rocky 8 (glibc 2.28). `make wheel` links through zig against
+# glibc 2.28's symbols instead. Its tools live in a virtualenv of their own,
+# keyed by the hash of requirements-wheel.txt; tests/test_wheel.py installs the
+# wheel into another one, with an older torch (requirements-compat.txt).
+WHEEL_TOOLS ?= $(ENV_CACHE)/wheel-tools-$(shell sha256sum requirements-wheel.txt | cut -c1-16)
+COMPAT_VENV ?= $(ENV_CACHE)/venv-compat-$(shell sha256sum requirements-compat.txt | cut -c1-16)
+MANYLINUX := manylinux_2_28
+WHEEL_TARGET := x86_64-unknown-linux-gnu
+WHEEL_DIR ?= dist
+
 PHASES := env servers lint test-rust test-tch test-python
 
-.PHONY: help env servers cassandra toxiproxy build test test-rust test-tch test-python lint format demo bench clean
+.PHONY: help env servers cassandra toxiproxy build wheel wheel-tools compat-env test test-rust test-tch test-python lint format demo bench clean
 
 help:
 	@echo "make demo    build, make (or take SRC=) an image folder, ingest it locally, read, train and evaluate"
 	@echo "make test    lint + every Rust and Python test (fetches and starts Apache Cassandra and toxiproxy)"
 	@echo "make bench   benchmarks (bench/README.md)"
+	@echo "make wheel   a wheel for glibc 2.28 and newer (RHEL/Rocky 8), Python 3.10+, into $(WHEEL_DIR)/"
 
 # The development environment (torch, DALI, drivers...) is several GB: it lives
 # outside the clone, keyed by the hash of requirements-dev.txt, and is built
@@ -49,6 +62,35 @@ $(VENV)/.complete:
 # The extension module, built in release mode into the environment (editable).
 build: env
 	$(BIN)/maturin develop --release -q
+
+# An explicit --target keeps these outputs (built with zig's C compiler and
+# linker) apart from `make build`'s under the same CARGO_TARGET_DIR, so neither
+# rebuilds the other's.
+wheel: wheel-tools
+	rm -f $(WHEEL_DIR)/crs4_cassandra-*-$(MANYLINUX)_x86_64.whl
+	PATH=$(WHEEL_TOOLS)/bin:$$PATH VIRTUAL_ENV=$(WHEEL_TOOLS) $(WHEEL_TOOLS)/bin/maturin build \
+		--release --locked --zig --compatibility $(MANYLINUX) --target $(WHEEL_TARGET) \
+		--out $(WHEEL_DIR)
+	$(WHEEL_TOOLS)/bin/auditwheel show $(WHEEL_DIR)/crs4_cassandra-*-$(MANYLINUX)_x86_64.whl
+
+wheel-tools: $(WHEEL_TOOLS)/.complete
+$(WHEEL_TOOLS)/.complete:
+	rm -rf $(WHEEL_TOOLS)
+	mkdir -p $(ENV_CACHE)
+	$(PYTHON) -m venv $(WHEEL_TOOLS)
+	$(WHEEL_TOOLS)/bin/python -m pip install -q -r requirements-wheel.txt
+	touch $@
+
+# No development tools in it: what a user installs beside the wheel. Prints
+# its path last.
+compat-env: $(COMPAT_VENV)/.complete
+	@echo $(COMPAT_VENV)
+$(COMPAT_VENV)/.complete:
+	rm -rf $(COMPAT_VENV)
+	mkdir -p $(ENV_CACHE)
+	$(PYTHON) -m venv $(COMPAT_VENV)
+	$(COMPAT_VENV)/bin/python -m pip install -q -r requirements-compat.txt
+	touch $@
 
 lint: env
 	cargo fmt --all --check

@@ -1,7 +1,12 @@
 """The examples, end to end, through the scripts a user runs: make the
 stand-in dataset, ingest it, build the split file, train briefly, evaluate on
 held-out images. Each must learn: the bars are out of an untrained model's reach
-(chance is 1/5 accuracy, ~0.25 mean IoU, ~0.5 micro-F1 at best)."""
+(chance is 1/5 accuracy, ~0.25 mean IoU, ~0.5 micro-F1 at best).
+
+The stand-in recipes are the READMEs' own: ``test_readme_recipe`` extracts
+every block marked ``<!-- tested: ... -->`` (tests/readme_recipes.py), runs it
+as written and checks the figure the README states, and that the clone is left
+as it was."""
 
 from __future__ import annotations
 
@@ -20,6 +25,7 @@ import crs4_cassandra as cc
 from crs4_cassandra import errors
 from crs4_cassandra.ingest import ingest_multilabel, ingest_segmentation
 from testbed import Cluster
+from tests.readme_recipes import Recipe, all_recipes, clone_state, last_metrics, run_recipe
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 # One thread a process: the CI machine has two cores, and BLAS threads that
@@ -59,79 +65,6 @@ try:
     DALI_CPU: tuple[str, ...] = ("--decode", "dali-cpu") if find_spec("nvidia.dali") else ()
 except ModuleNotFoundError:
     DALI_CPU = ()
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_imagenette_classification(tmp_path: Path) -> None:
-    src = tmp_path / "imagenette2-320"
-    py(
-        "imagenette/make_standin.py",
-        src,
-        "--classes",
-        "5",
-        "--train-per-class",
-        "160",
-        "--val-per-class",
-        "30",
-        cwd=tmp_path,
-    )
-    assert sorted(p.name for p in src.iterdir()) == ["train", "val"]
-    assert len(list((src / "val" / "n01440764").glob("*.JPEG"))) == 30
-    store = f"local:{tmp_path / 'store'}"
-    out = cli(
-        "ingest", "folder", src, "--store", store, "--table", "imagenette", "-q", cwd=tmp_path
-    )
-    assert "wrote 950 samples" in out
-    cli(
-        "split",
-        "create",
-        "--store",
-        store,
-        "-m",
-        "imagenette_metadata",
-        "--mode",
-        "original",
-        "-o",
-        "imagenette.split",
-        cwd=tmp_path,
-    )
-    sf = cc.SplitFile.load(tmp_path / "imagenette.split")
-    assert len(sf.uuids("train")) == 800 and len(sf.uuids("val")) == 150
-    out = py(
-        "imagenette/train.py",
-        "--split-file",
-        "imagenette.split",
-        "--size",
-        "32",
-        "--epochs",
-        "10",
-        "--batch-size",
-        "32",
-        "--checkpoint",
-        "model.pt",
-        *TRAIN,
-        cwd=tmp_path,
-    )
-    assert "images/s" in out
-    trained = final(out, "FINAL")
-    assert trained["world_size"] == 1 and len(trained["epochs"]) == 10  # type: ignore[arg-type]
-    py(
-        "imagenette/evaluate.py",
-        "--split-file",
-        "imagenette.split",
-        "--checkpoint",
-        "model.pt",
-        "--workers",
-        "0",
-        "--metrics-out",
-        "metrics.json",
-        "-q",
-        cwd=tmp_path,
-    )
-    m = json.loads((tmp_path / "metrics.json").read_text())
-    assert m["samples"] == 150
-    assert m["accuracy"] >= 0.9, m
 
 
 @pytest.mark.slow
@@ -230,185 +163,132 @@ def test_imagenette_under_torchrun_two_processes(tmp_path: Path) -> None:
     assert m["accuracy"] >= 0.9, m
 
 
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_ade20k_segmentation(tmp_path: Path) -> None:
-    src = tmp_path / "ADEChallengeData2016"
-    py("ade20k/make_standin.py", src, "--train", "400", "--val", "100", cwd=tmp_path)
-    assert (src / "annotations" / "validation" / "ADE_val_00000001.png").is_file()
-    store = f"local:{tmp_path / 'store'}"
-    out = cli(
-        "ingest",
-        "ade20k",
-        src,
-        "--store",
-        store,
-        "--table",
-        "ade20k",
-        "--classes",
-        f"@{src / 'classes.txt'}",
-        "--split-file",
-        "ade20k.split",
-        "-q",
-        cwd=tmp_path,
+# The READMEs' recipes, as written.
+
+RECIPES = all_recipes()
+# The quick start's own variables, after its last line (it prints nothing).
+QUICKSTART_CHECKS = """
+import torch
+assert epoch == 9 and len(train) == 2, (epoch, len(train))
+assert labels.dtype == torch.int64 and len(jpegs) == labels.shape[0] == 128
+assert all(bytes(j[:2].numpy()) == b"\\xff\\xd8" for j in jpegs)
+print("QUICKSTART OK")
+"""
+
+
+def test_every_example_readme_has_a_tested_recipe() -> None:
+    readmes = {r.readme for r in RECIPES}
+    for ex in ("imagenette", "ade20k", "corel5k", "lightning", "splitfile"):
+        assert f"examples/{ex}/README.md" in readmes, ex
+    assert {r.name for r in RECIPES if r.readme == "README.md"} == {"quickstart"}
+    # The top-level README's example block is imagenette's, run once.
+    top = (EXAMPLES.parent / "README.md").read_text()
+    assert (
+        RECIPES[[r.readme for r in RECIPES].index("examples/imagenette/README.md")].blocks[0][1]
+        in top
     )
-    assert "train=400, val=100" in out
-    sf = cc.SplitFile.load(tmp_path / "ade20k.split")
-    assert sf.label_type == "blob" and sf.classes == ["background", "circle", "square", "triangle"]
-    out = py(
-        "ade20k/train.py",
-        "--split-file",
-        "ade20k.split",
-        "--size",
-        "32",
-        "--epochs",
-        "10",
-        "--batch-size",
-        "16",
-        "--checkpoint",
-        "model.pt",
-        *TRAIN,
-        cwd=tmp_path,
-    )
-    assert final(out, "FINAL")["task"] == "segmentation"
-    out = py(
-        "ade20k/evaluate.py",
-        "--split-file",
-        "ade20k.split",
-        "--checkpoint",
-        "model.pt",
-        "--workers",
-        "0",
-        "-q",
-        *DALI_CPU,
-        cwd=tmp_path,
-    )
-    m = final(out, "METRICS")
-    assert m["samples"] == 100
-    assert m["mean_iou"] >= 0.5, m  # type: ignore[operator]
+
+
+def extra_checks(r: Recipe, stdout: str, work: Path) -> None:
+    """What each recipe's outputs must also hold, beyond the README's figure."""
+    if r.readme == "README.md":
+        assert "QUICKSTART OK" in stdout
+    elif r.readme == "examples/imagenette/README.md":
+        src = work / "imagenette-standin"
+        assert sorted(p.name for p in src.iterdir()) == ["train", "val"]
+        assert len(list((src / "val" / "n01440764").glob("*.JPEG"))) == 30
+        assert "wrote 950 samples" in stdout
+        sf = cc.SplitFile.load(work / "standin.split")
+        assert len(sf.uuids("train")) == 800 and len(sf.uuids("val")) == 150
+        assert last_metrics(stdout)["samples"] == 150
+    elif r.readme == "examples/ade20k/README.md":
+        src = work / "ade20k-standin"
+        assert (src / "annotations" / "validation" / "ADE_val_00000001.png").is_file()
+        assert "train=400, val=100" in stdout
+        sf = cc.SplitFile.load(work / "ade.split")
+        assert sf.label_type == "blob"
+        assert sf.classes == ["background", "circle", "square", "triangle"]
+        assert last_metrics(stdout)["samples"] == 100
+        if DALI_CPU:
+            # The masks through a DALI pipeline (DALI's CPU decoders).
+            out = py(
+                "ade20k/evaluate.py",
+                "--split-file",
+                "ade.split",
+                "--checkpoint",
+                "small.pt",
+                "--workers",
+                "0",
+                "-q",
+                *DALI_CPU,
+                cwd=work,
+            )
+            m = final(out, "METRICS")
+            assert m["samples"] == 100 and m["mean_iou"] >= 0.5, m  # type: ignore[operator]
+    elif r.readme == "examples/corel5k/README.md":
+        assert {p.name for p in (work / "corel5k-standin").iterdir()} == {
+            "images", "train.json", "test.json"
+        }  # fmt: skip
+        # The split file again, from the metadata: the label files' own split,
+        # and the classes recovered from the label names.
+        out = cli(
+            "split",
+            "create",
+            "--store",
+            "local:store",
+            "-m",
+            "corel5k_metadata",
+            "--mode",
+            "original",
+            "-o",
+            "again.split",
+            cwd=work,
+        )
+        assert "train=600, test=150" in out
+        sf = cc.SplitFile.load(work / "again.split")
+        assert sf.classes == sorted(["circle", "square", "triangle", "cross", "ring"])
+        assert last_metrics(stdout)["samples"] == 150
+        if DALI_CPU:
+            # The npy labels through a DALI pipeline (DALI's CPU decoders).
+            out = py(
+                "corel5k/evaluate.py",
+                "--split-file",
+                "again.split",
+                "--checkpoint",
+                "small.pt",
+                "--split",
+                "test",
+                "--workers",
+                "0",
+                "-q",
+                *DALI_CPU,
+                cwd=work,
+            )
+            m = final(out, "METRICS")
+            assert m["samples"] == 150 and m["micro_f1"] >= 0.8, m  # type: ignore[operator]
+    elif r.readme == "examples/lightning/README.md":
+        assert (work / "runs" / "epoch=5-step=140.ckpt").is_file()
+        m = last_metrics(stdout)
+        assert m["val_samples"] == 150
+    elif r.readme == "examples/splitfile/README.md":
+        sf = cc.SplitFile.load(work / "standin-8-2.split")
+        val = sf.uuids("val")
+        assert len(sf.uuids("train")) == 760 and len(val) == 190
 
 
 @pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_corel5k_multilabel(tmp_path: Path) -> None:
-    src = tmp_path / "Corel-5k"
-    py("corel5k/make_standin.py", src, "--train", "600", "--test", "150", cwd=tmp_path)
-    assert {p.name for p in src.iterdir()} == {"images", "train.json", "test.json"}
-    store = f"local:{tmp_path / 'store'}"
-    cli("ingest", "corel5k", src, "--store", store, "--table", "corel5k", "-q", cwd=tmp_path)
-    # The split file from the metadata: the label files' own split, and the
-    # classes recovered from the label names.
-    out = cli(
-        "split",
-        "create",
-        "--store",
-        store,
-        "-m",
-        "corel5k_metadata",
-        "--mode",
-        "original",
-        "-o",
-        "corel5k.split",
-        cwd=tmp_path,
+@pytest.mark.timeout(400)
+@pytest.mark.parametrize("recipe", RECIPES, ids=[r.id for r in RECIPES])
+def test_readme_recipe(recipe: Recipe, tmp_path: Path) -> None:
+    before = clone_state()
+    stdout, work = run_recipe(
+        recipe,
+        tmp_path,
+        Path(sys.executable),
+        epilogue=QUICKSTART_CHECKS if recipe.name == "quickstart" else "",
     )
-    assert "train=600, test=150" in out
-    sf = cc.SplitFile.load(tmp_path / "corel5k.split")
-    assert sf.classes == sorted(["circle", "square", "triangle", "cross", "ring"])
-    out = py(
-        "corel5k/train.py",
-        "--split-file",
-        "corel5k.split",
-        "--val-split",
-        "test",
-        "--size",
-        "48",
-        "--epochs",
-        "10",
-        "--batch-size",
-        "16",
-        "--checkpoint",
-        "model.pt",
-        *TRAIN,
-        cwd=tmp_path,
-    )
-    assert final(out, "FINAL")["task"] == "multilabel"
-    py(
-        "corel5k/evaluate.py",
-        "--split-file",
-        "corel5k.split",
-        "--checkpoint",
-        "model.pt",
-        "--split",
-        "test",
-        "--workers",
-        "0",
-        *DALI_CPU,
-        "--metrics-out",
-        "m.json",
-        "-q",
-        cwd=tmp_path,
-    )
-    m = json.loads((tmp_path / "m.json").read_text())
-    assert m["samples"] == 150
-    assert m["micro_f1"] >= 0.8, m
-
-
-@pytest.mark.slow
-@pytest.mark.timeout(300)
-def test_lightning_example(tmp_path: Path) -> None:
-    src = tmp_path / "imagenette2-320"
-    py(
-        "imagenette/make_standin.py",
-        src,
-        "--classes",
-        "5",
-        "--train-per-class",
-        "160",
-        "--val-per-class",
-        "30",
-        cwd=tmp_path,
-    )
-    store = f"local:{tmp_path / 'store'}"
-    cli(
-        "ingest",
-        "folder",
-        src,
-        "--store",
-        store,
-        "--table",
-        "imagenette",
-        "--split-file",
-        "imagenette.split",
-        "-q",
-        cwd=tmp_path,
-    )
-    out = py(
-        "lightning/train.py",
-        "--split-file",
-        "imagenette.split",
-        "--accelerator",
-        "cpu",
-        "--devices",
-        "1",
-        "--size",
-        "32",
-        "--epochs",
-        "10",
-        "--batch-size",
-        "32",
-        "--workers",
-        "0",
-        "--lr",
-        "1e-2",
-        "--arch",
-        "small",
-        "--metrics-out",
-        "m.json",
-        cwd=tmp_path,
-    )
-    m = final(out, "FINAL")
-    assert m["val_samples"] == 150
-    assert m["val_accuracy"] >= 0.9, m  # type: ignore[operator]
+    extra_checks(recipe, stdout, work)
+    assert clone_state() == before, "the recipe wrote into the clone"
 
 
 # The ingest layouts, on their own.
