@@ -54,6 +54,24 @@ def _store_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+# The connection flags (see _store_args), by their option names.
+CONNECTION_OPTIONS = (
+    "username",
+    "password_env",
+    "use_ssl",
+    "ssl_certificate",
+    "ssl_own_certificate",
+    "ssl_own_key",
+    "connect_timeout",
+    "replication",
+)
+
+
+def _connection_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The connection flags given on the command line, as open_store options."""
+    return {k: getattr(args, k) for k in CONNECTION_OPTIONS if getattr(args, k, None) is not None}
+
+
 def _open_store(args: argparse.Namespace) -> Any:
     """The store named by --store and the connection flags; ingest creates a local store."""
     from . import _native
@@ -66,18 +84,7 @@ def _open_store(args: argparse.Namespace) -> Any:
             # a missing or empty source leaves no empty store behind.
             return url
         return _native.open_store(url)
-    keys = (
-        "username",
-        "password_env",
-        "use_ssl",
-        "ssl_certificate",
-        "ssl_own_certificate",
-        "ssl_own_key",
-        "connect_timeout",
-        "replication",
-    )
-    options = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
-    return open_store(url, **options)
+    return open_store(url, **_connection_options(args))
 
 
 def _common_ingest_args(p: argparse.ArgumentParser) -> None:
@@ -198,16 +205,7 @@ def _serve_triton(args: argparse.Namespace) -> int:
     from .triton import ModelSettings, TritonServer, write_repository
     from .triton.server import package_root
 
-    keys = (
-        "username",
-        "password_env",
-        "use_ssl",
-        "ssl_certificate",
-        "ssl_own_certificate",
-        "ssl_own_key",
-        "connect_timeout",
-    )
-    options = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    options = _connection_options(args)
     size = None
     if args.size:
         h, w = (int(x) for x in args.size.lower().replace("x", ",").split(","))

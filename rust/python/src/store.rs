@@ -24,16 +24,8 @@ type PyMetadataRow<B> = (
 );
 
 pub fn uuids_from_bytes(bytes: &[u8]) -> PyResult<Vec<Uuid>> {
-    if !bytes.len().is_multiple_of(16) {
-        return Err(invalid(format!(
-            "uuid bytes length {} is not a multiple of 16",
-            bytes.len()
-        )));
-    }
-    Ok(bytes
-        .chunks_exact(16)
-        .map(|c| Uuid::from_bytes(c.try_into().expect("16 bytes")))
-        .collect())
+    // Rows to write may repeat an id (the store keeps the last): no uniqueness check.
+    crs4_cassandra_store::reader_ids(bytes, true).map_err(crate::errors::store_err)
 }
 
 /// Python option values, as the store crate takes them (None: not given).
