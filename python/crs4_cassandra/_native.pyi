@@ -7,12 +7,18 @@ from uuid import UUID
 
 __all__ = [
     "ArenaTensor",
+    "NativeArray",
     "NativeBatch",
+    "PatchSource",
     "ProcessMark",
     "Progress",
     "Reader",
     "ReaderConfig",
     "Store",
+    "array_create",
+    "array_delete",
+    "array_list",
+    "array_open",
     "guess_next_epoch",
     "open_store",
     "read_split_file",
@@ -123,6 +129,7 @@ class ReaderConfig:
         layout: Literal["NHWC", "NCHW"] = "NHWC",
         on_error: Literal["raise", "skip"] = "raise",
         allow_repeats: bool = False,
+        patches: str | None = None,
     ) -> ReaderConfig: ...
     def kwargs(self) -> dict[str, Any]: ...
     def replace(self, **changes: Any) -> ReaderConfig: ...
@@ -233,3 +240,73 @@ def read_split_file(path: str | PathLike[str]) -> tuple[str, list[tuple[str, byt
 def write_split_file(
     path: str | PathLike[str], header: str, splits: list[tuple[str, bytes]]
 ) -> None: ...
+
+@final
+class NativeArray:
+    @property
+    def name(self) -> str: ...
+    @property
+    def shape(self) -> list[int]: ...
+    @property
+    def chunks(self) -> list[int]: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def compression(self) -> str | None: ...
+    @property
+    def fill(self) -> list[int]: ...
+    @property
+    def num_chunks(self) -> int: ...
+    @property
+    def store_url(self) -> str: ...
+    def read(self, sel: list[tuple[int, int, int]], ptr: int, len: int) -> None: ...
+    def write(self, sel: list[tuple[int, int, int]], ptr: int, len: int) -> None: ...
+
+def array_create(
+    store: Store,
+    name: str,
+    shape: list[int],
+    chunks: list[int],
+    dtype: str,
+    itemsize: int,
+    fill: list[int],
+    *,
+    compression: str | None = None,
+    level: int | None = None,
+    overwrite: bool = False,
+) -> NativeArray: ...
+def array_open(store: Store, name: str) -> NativeArray: ...
+def array_delete(store: Store, name: str) -> None: ...
+def array_list(store: Store) -> list[str]: ...
+
+@final
+class PatchSource:
+    def __new__(
+        cls,
+        store: Store,
+        arrays: list[str],
+        patch_shape: list[int],
+        *,
+        labels: list[str] | None = None,
+        per_epoch: int | None = None,
+        grid: bool = False,
+        stride: list[int] | None = None,
+        seed: int = 0,
+    ) -> PatchSource: ...
+    @property
+    def spec_json(self) -> str: ...
+    @property
+    def table(self) -> str: ...
+    @property
+    def label_type(self) -> _LabelType: ...
+    def __len__(self) -> int: ...
+    def uuids(self) -> bytes: ...
+    @property
+    def patch_shape(self) -> list[int]: ...
+    @property
+    def dtype(self) -> str: ...
+    @property
+    def label_shape(self) -> list[int] | None: ...
+    @property
+    def label_dtype(self) -> str | None: ...
+    def locate(self, epoch: int, slot: int) -> tuple[str, list[int]]: ...

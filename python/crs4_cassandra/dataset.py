@@ -149,7 +149,7 @@ class Batch:
                 state[k] = f(v)
             elif isinstance(v, list):
                 state[k] = [f(t) for t in v]
-        out = Batch.__new__(Batch)
+        out = type(self).__new__(type(self))
         out.__setstate__(state)
         return out
 
@@ -164,7 +164,7 @@ class Batch:
         return self._map(lambda t: t.pin_memory())
 
     def __getstate__(self) -> dict[str, Any]:
-        return {k: getattr(self, k) for k in self.__slots__}
+        return {k: getattr(self, k) for k in Batch.__slots__}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         for k, v in state.items():
@@ -431,12 +431,17 @@ class ShardedDataset(IterableDataset[Any]):
             on_error=on_error,
             allow_repeats=allow_repeats,
         )
+        self._start(store, transform)
+        # Fail here, not in a worker: missing table, columns or label type mismatch.
+        self.store.check_table(table, label_type, id_col, label_col, data_col)
+
+    def _start(self, store: _native.Store | str, transform: Callable[[Batch], Any] | None) -> None:
+        """The state every dataset of batches starts with, its reader
+        configuration (``self._config``) made."""
         if transform is not None and not callable(transform):
             raise InvalidArgumentError(f"transform must be callable, got {transform!r}")
         self.transform = transform
         self.store = open_store(store) if isinstance(store, str) else store
-        # Fail here, not in a worker: missing table, columns or label type mismatch.
-        self.store.check_table(table, label_type, id_col, label_col, data_col)
         # Positions of the samples skipped (undecodable) in the epoch being
         # iterated in this process; with DataLoader workers, read Batch.skipped.
         self.skipped: list[int] = []
@@ -593,10 +598,10 @@ class ShardedDataset(IterableDataset[Any]):
         self._positions = []
         self.skipped = []
         finished = False
-        config, size, layout, transform = self._config, self.size, self.layout, self.transform
+        config, make, transform = self._config, self._batch, self.transform
         try:
             for nb in reader:
-                batch = Batch.from_native(nb, epoch, size, layout)
+                batch = make(nb, epoch)
                 if batch.skipped.numel():
                     self.skipped.extend(batch.skipped.tolist())
                 self._positions.append(batch.position)
@@ -609,6 +614,10 @@ class ShardedDataset(IterableDataset[Any]):
                 self._ahead = (config, share, then, reader)
             else:
                 reader.close()
+
+    def _batch(self, nb: _native.NativeBatch, epoch: int) -> Batch:
+        """The batch yielded for a native one."""
+        return Batch.from_native(nb, epoch, self.size, self.layout)
 
     def close(self) -> None:
         """Stops the reads of a next epoch started ahead (see the class

@@ -83,11 +83,27 @@ class StateDictError(LoaderError, ValueError):
     """A state dict does not belong to this dataset (seed, split or batch size differ)."""
 
 
+class ArrayNotFoundError(LoaderError, KeyError):
+    """The store has no array of that name (``array`` names it)."""
+
+
+class ArrayExistsError(LoaderError, FileExistsError):
+    """The array exists already (pass overwrite=True to replace it)."""
+
+
+class CorruptChunkError(LoaderError, ValueError):
+    """A stored chunk of an array is damaged (``array`` names it, ``chunk``
+    its coordinates in the chunk grid)."""
+
+
 class InsecureTLSWarning(UserWarning):
     """TLS is on but the server's certificate is not verified (``ssl_verify=False``)."""
 
 
 __all__ = [
+    "ArrayExistsError",
+    "ArrayNotFoundError",
+    "CorruptChunkError",
     "AuthenticationError",
     "InsecureTLSWarning",
     "QueryError",

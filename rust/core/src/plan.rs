@@ -57,6 +57,8 @@ pub struct Resume {
 /// One batch as planned: positions in the uuid list, with pads flagged.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlannedBatch {
+    /// The epoch the batch belongs to.
+    pub epoch: u64,
     /// Rank-local position of the batch in this epoch (0-based, counted from the resume point).
     pub position: usize,
     pub indices: Vec<u32>,
@@ -191,6 +193,7 @@ impl EpochPlan {
             }
         }
         PlannedBatch {
+            epoch: self.spec.epoch,
             position,
             indices,
             is_pad,
@@ -306,6 +309,7 @@ mod tests {
                             merged.push(std::mem::replace(
                                 &mut per_worker[w][cursors[w]],
                                 PlannedBatch {
+                                    epoch: 0,
                                     position: 0,
                                     indices: vec![],
                                     is_pad: vec![],

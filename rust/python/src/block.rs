@@ -80,3 +80,24 @@ pub fn store<T: Send + 'static>(
 ) -> PyResult<T> {
     run(py, fut, store_err)
 }
+
+/// Runs `fut` on this thread, without the GIL, until it ends or a signal
+/// handler raises. Unlike [`run`], the future is dropped here before this
+/// returns (nothing it borrows is touched afterwards): for futures that write
+/// into memory the caller lends, such as a numpy array.
+pub fn here<T: Send>(
+    py: Python<'_>,
+    fut: impl Future<Output = crs4_cassandra_store::Result<T>> + Send,
+) -> PyResult<T> {
+    let rt = runtime();
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let polled = py.detach(|| {
+            rt.block_on(async { tokio::time::timeout(SIGNAL_POLL, fut.as_mut()).await })
+        });
+        match polled {
+            Ok(result) => return result.map_err(store_err),
+            Err(_) => py.check_signals()?,
+        }
+    }
+}

@@ -35,9 +35,12 @@ pub enum Class {
     TLSConfigError,
     StateDictError,
     InsecureTLSWarning,
+    ArrayNotFoundError,
+    ArrayExistsError,
+    CorruptChunkError,
 }
 
-const CLASSES: [Class; 19] = [
+const CLASSES: [Class; 22] = [
     Class::LoaderError,
     Class::InvalidArgumentError,
     Class::StoreNotFoundError,
@@ -57,6 +60,9 @@ const CLASSES: [Class; 19] = [
     Class::TLSConfigError,
     Class::StateDictError,
     Class::InsecureTLSWarning,
+    Class::ArrayNotFoundError,
+    Class::ArrayExistsError,
+    Class::CorruptChunkError,
 ];
 
 static RESOLVED: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();
@@ -183,6 +189,14 @@ pub fn store_err(e: StoreError) -> PyErr {
             vec![("hosts", hosts.clone()), ("table", table.clone())],
         ),
         StoreError::Tls(_) => (TLSConfigError, vec![]),
+        StoreError::ArrayNotFound { name, .. } => {
+            (ArrayNotFoundError, vec![("array", name.clone())])
+        }
+        StoreError::ArrayExists { name, .. } => (ArrayExistsError, vec![("array", name.clone())]),
+        StoreError::CorruptChunk { array, chunk, .. } => (
+            CorruptChunkError,
+            vec![("array", array.clone()), ("chunk", format!("{chunk:?}"))],
+        ),
         StoreError::Internal(_) => (LoaderError, vec![]),
     };
     build(class, msg, &attrs, source)

@@ -2,9 +2,10 @@
 //! store crates; each module here converts one area's arguments and results:
 //! `store` (opening, checking and writing stores), `reader` (reader
 //! configuration, resume state, iteration), `batch` (batches as DLPack
-//! tensors), `split` (split files), `errors` (Rust errors to the Python
+//! tensors), `array` (chunked N-d arrays), `split` (split files), `errors` (Rust errors to the Python
 //! exception tree), `block` (blocking calls without the GIL, interruptible).
 
+mod array;
 mod batch;
 mod block;
 mod errors;
@@ -31,7 +32,13 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(reader::guess_next_epoch, m)?)?;
     m.add_function(wrap_pyfunction!(split::read_split_file, m)?)?;
     m.add_function(wrap_pyfunction!(split::write_split_file, m)?)?;
+    m.add_function(wrap_pyfunction!(array::array_create, m)?)?;
+    m.add_function(wrap_pyfunction!(array::array_open, m)?)?;
+    m.add_function(wrap_pyfunction!(array::array_delete, m)?)?;
+    m.add_function(wrap_pyfunction!(array::array_list, m)?)?;
     m.add_class::<store::Store>()?;
+    m.add_class::<array::NativeArray>()?;
+    m.add_class::<array::PatchSource>()?;
     m.add_class::<reader::ReaderConfig>()?;
     m.add_class::<reader::Progress>()?;
     m.add_class::<reader::Reader>()?;

@@ -8,6 +8,7 @@ use crate::errors::{invalid, plan_err, state_err, store_err};
 use crate::memory;
 use crate::store::Store;
 use crs4_cassandra_core::{Consumed, LoaderState, Owner, Progress as CoreProgress, RunIdentity};
+use crs4_cassandra_store::array::patch::PatchSpec;
 use crs4_cassandra_store::engine::Next;
 use crs4_cassandra_store::reader::{decode_mode, label_type};
 use crs4_cassandra_store::{
@@ -45,7 +46,7 @@ impl ReaderConfig {
         table, uuids, batch_size, *, label_type="int", id_col="id", label_col="label", data_col="data",
         shuffle=true, seed=0, drop_last=false, ordered=true, rank=None, world_size=None, window=None,
         memory_budget=None, decode=None, size=None, layout="NHWC", on_error="raise",
-        allow_repeats=false
+        allow_repeats=false, patches=None
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -69,8 +70,15 @@ impl ReaderConfig {
         layout: &str,
         on_error: &str,
         allow_repeats: bool,
+        patches: Option<&str>,
     ) -> PyResult<Self> {
         let decode = decode_mode(decode).map_err(store_err)?;
+        let patches = patches
+            .map(|json| {
+                serde_json::from_str::<PatchSpec>(json)
+                    .map_err(|e| invalid(format!("bad patch spec: {e}")))
+            })
+            .transpose()?;
         let size = match size {
             Some((h, w)) => Some((
                 u32::try_from(h).map_err(|_| {
@@ -109,6 +117,7 @@ impl ReaderConfig {
             world_size: world_size
                 .map(|w| count("world_size", w, true))
                 .transpose()?,
+            patches,
         };
         config.validate().map_err(store_err)?;
         let run = config.run_identity(&uuids);
@@ -147,6 +156,11 @@ impl ReaderConfig {
         d.set_item("layout", c.layout.as_str())?;
         d.set_item("allow_repeats", c.allow_repeats)?;
         d.set_item("on_error", c.on_error.as_str())?;
+        let patches = c
+            .patches
+            .as_ref()
+            .map(|p| serde_json::to_string(p).expect("serializable"));
+        d.set_item("patches", patches)?;
         Ok(d)
     }
 
@@ -423,7 +437,7 @@ impl Reader {
         let share = Share::new(rank, world_size, num_workers, worker_id).map_err(store_err)?;
         let progress = progress.map(|p| p.0.clone()).unwrap_or_default();
         let (cfg, store) = (config.config.clone(), store.inner.clone());
-        let table = block::store(py, async move { cfg.open_table(store.as_ref()).await })?;
+        let table = block::store(py, async move { cfg.open_table(&store).await })?;
         let (cfg, ids) = (config.config.clone(), config.ids.clone());
         let reader = py
             .detach(|| CoreReader::start(table, cfg, ids, share, &progress))

@@ -209,6 +209,7 @@ async fn engine(addr: &str, mode: &str, window: usize, secs: f64) {
     let nb = (secs * 20000.0 / bs as f64) as usize;
     let batches: Vec<PlannedBatch> = (0..nb)
         .map(|p| PlannedBatch {
+            epoch: 0,
             position: p,
             indices: (0..bs).map(|j| ((p * bs + j) % 2000) as u32).collect(),
             is_pad: vec![false; bs],

@@ -130,6 +130,8 @@ pub struct Images {
 /// What the fetch engine asks a table reader to fill.
 #[derive(Debug, Clone)]
 pub struct BatchJob {
+    /// The epoch of the batch.
+    pub epoch: u64,
     /// Rank-local position of the batch in the epoch.
     pub position: usize,
     pub indices: Vec<u32>,

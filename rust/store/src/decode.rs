@@ -91,6 +91,7 @@ mod tests {
 
     fn batch(samples: &[&[u8]], pads: &[bool]) -> Batch {
         let job = BatchJob {
+            epoch: 0,
             position: 0,
             indices: (0..samples.len() as u32).map(|i| i * 10).collect(),
             is_pad: pads.to_vec(),

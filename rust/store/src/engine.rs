@@ -469,6 +469,7 @@ impl Driver {
             let seq = self.issued;
             self.issued += 1;
             let job = BatchJob {
+                epoch: planned.epoch,
                 position: planned.position,
                 ids: planned
                     .indices

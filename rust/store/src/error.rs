@@ -37,6 +37,22 @@ pub enum StoreError {
         actual: String,
         requested: String,
     },
+    #[error("array {name:?} not found in {store}; available arrays: {available:?}")]
+    ArrayNotFound {
+        store: String,
+        name: String,
+        available: Vec<String>,
+    },
+    #[error(
+        "array {name:?} already exists in {store}; pass overwrite=True (--overwrite) to replace it"
+    )]
+    ArrayExists { store: String, name: String },
+    #[error("array {array:?}: chunk {chunk:?} is corrupt: {reason}")]
+    CorruptChunk {
+        array: String,
+        chunk: Vec<u64>,
+        reason: String,
+    },
     #[error("sample {uuid} not found in table {table:?}")]
     MissingSample { table: String, uuid: Uuid },
     #[error("sample {uuid} in table {table:?} has a null or empty {column:?} column")]

@@ -4,6 +4,7 @@
 //! opens [`TableReader`]s; the [`engine`] keeps a bounded window of batch reads
 //! in flight on the process's tokio runtime and delivers finished [`Batch`]es.
 
+pub mod array;
 pub mod batch;
 pub mod cassandra;
 pub mod decode;
@@ -17,6 +18,7 @@ pub mod reorder;
 pub mod runtime;
 pub mod tuner;
 
+use bytes::Bytes;
 use futures::future::BoxFuture;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -115,4 +117,30 @@ pub trait SampleStore: Send + Sync + 'static {
 
     /// Every row of a metadata table.
     fn scan_metadata(&self, table: &str) -> BoxFuture<'static, Result<Vec<MetadataRow>>>;
+
+    // Arrays (see [`array`]): metadata by name, chunks by array id and index.
+
+    /// The metadata of array `name` (JSON), None if there is none.
+    fn array_meta(&self, name: &str) -> BoxFuture<'static, Result<Option<String>>>;
+
+    /// Records (Some) or removes (None) the metadata of array `name`.
+    fn put_array_meta(&self, name: &str, meta: Option<String>) -> BoxFuture<'static, Result<()>>;
+
+    /// Names of the arrays in the store.
+    fn list_arrays(&self) -> BoxFuture<'static, Result<Vec<String>>>;
+
+    /// The stored value of a chunk, None if it was never written.
+    fn get_chunk(&self, array: Uuid, index: u64) -> BoxFuture<'static, Result<Option<Bytes>>>;
+
+    /// Stores (Some) or deletes (None) chunks.
+    fn put_chunks(
+        &self,
+        array: Uuid,
+        chunks: Vec<(u64, Option<Vec<u8>>)>,
+    ) -> BoxFuture<'static, Result<()>>;
+
+    /// The largest value the store keeps in one cell, if it has a limit.
+    fn max_chunk_bytes(&self) -> Option<usize> {
+        None
+    }
 }

@@ -411,6 +411,16 @@ impl RwTxn<'_> {
         Ok(())
     }
 
+    /// Removes `key` (nothing happens if it is absent).
+    pub fn del(&self, dbi: Dbi, key: &[u8]) -> Result<()> {
+        let mut k = val(key);
+        let rc = unsafe { ffi::mdb_del(self.ro.txn, dbi, &mut k, ptr::null_mut()) };
+        if rc != 0 && rc != ffi::MDB_NOTFOUND {
+            return Err(self.ro.env.err(rc));
+        }
+        Ok(())
+    }
+
     /// Empties the database (keeps its handle).
     pub fn clear(&self, dbi: Dbi) -> Result<()> {
         let rc = unsafe { ffi::mdb_drop(self.ro.txn, dbi, 0) };

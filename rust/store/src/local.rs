@@ -18,6 +18,9 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 const REGISTRY: &str = "__crs4_cassandra_tables__";
+/// Array metadata (name -> JSON) and chunks (16 id bytes + 8 big-endian index bytes -> value).
+const ARRAYS: &str = "__crs4_cassandra_arrays__";
+const CHUNKS: &str = "__crs4_cassandra_array_chunks__";
 const NULL_LABEL: u32 = u32::MAX;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -233,6 +236,79 @@ impl LocalStore {
     }
 }
 
+fn chunk_key(array: Uuid, index: u64) -> [u8; 24] {
+    let mut key = [0u8; 24];
+    key[..16].copy_from_slice(array.as_bytes());
+    key[16..].copy_from_slice(&index.to_be_bytes());
+    key
+}
+
+impl LocalStore {
+    pub fn array_meta_sync(&self, name: &str) -> Result<Option<String>> {
+        let env = self.env()?;
+        let Some(dbi) = env.dbi(ARRAYS, false)? else {
+            return Ok(None);
+        };
+        env.read(|txn| {
+            Ok(txn
+                .get(dbi, name.as_bytes())?
+                .map(|v| String::from_utf8_lossy(v).into_owned()))
+        })
+    }
+
+    pub fn put_array_meta_sync(&self, name: &str, meta: Option<&str>) -> Result<()> {
+        let env = self.env()?;
+        let dbi = env.dbi(ARRAYS, true)?.expect("created");
+        env.write(|txn| match meta {
+            Some(json) => txn.put(dbi, name.as_bytes(), json.as_bytes()),
+            None => txn.del(dbi, name.as_bytes()),
+        })
+    }
+
+    pub fn list_arrays_sync(&self) -> Result<Vec<String>> {
+        let env = self.env()?;
+        let Some(dbi) = env.dbi(ARRAYS, false)? else {
+            return Ok(Vec::new());
+        };
+        env.read(|txn| {
+            let mut names = Vec::new();
+            txn.for_each(dbi, |k, _| {
+                names.push(String::from_utf8_lossy(k).into_owned());
+                Ok(true)
+            })?;
+            Ok(names)
+        })
+    }
+
+    pub fn get_chunk_sync(&self, array: Uuid, index: u64) -> Result<Option<bytes::Bytes>> {
+        let env = self.env()?;
+        let Some(dbi) = env.dbi(CHUNKS, false)? else {
+            return Ok(None);
+        };
+        env.read(|txn| {
+            Ok(txn
+                .get(dbi, &chunk_key(array, index))?
+                .map(bytes::Bytes::copy_from_slice))
+        })
+    }
+
+    /// Every chunk of the call in one transaction (one commit).
+    pub fn put_chunks_sync(&self, array: Uuid, chunks: &[(u64, Option<Vec<u8>>)]) -> Result<()> {
+        let env = self.env()?;
+        let dbi = env.dbi(CHUNKS, true)?.expect("created");
+        env.write(|txn| {
+            for (index, value) in chunks {
+                let key = chunk_key(array, *index);
+                match value {
+                    Some(v) => txn.put(dbi, &key, v)?,
+                    None => txn.del(dbi, &key)?,
+                }
+            }
+            Ok(())
+        })
+    }
+}
+
 impl SampleStore for LocalStore {
     fn url(&self) -> String {
         format!("local:{}", self.path.display())
@@ -271,6 +347,40 @@ impl SampleStore for LocalStore {
 
     fn scan_metadata(&self, table: &str) -> BoxFuture<'static, Result<Vec<MetadataRow>>> {
         future::ready(self.scan_metadata_sync(table)).boxed()
+    }
+
+    fn array_meta(&self, name: &str) -> BoxFuture<'static, Result<Option<String>>> {
+        future::ready(self.array_meta_sync(name)).boxed()
+    }
+
+    fn put_array_meta(&self, name: &str, meta: Option<String>) -> BoxFuture<'static, Result<()>> {
+        future::ready(self.put_array_meta_sync(name, meta.as_deref())).boxed()
+    }
+
+    fn list_arrays(&self) -> BoxFuture<'static, Result<Vec<String>>> {
+        future::ready(self.list_arrays_sync()).boxed()
+    }
+
+    fn get_chunk(
+        &self,
+        array: Uuid,
+        index: u64,
+    ) -> BoxFuture<'static, Result<Option<bytes::Bytes>>> {
+        future::ready(self.get_chunk_sync(array, index)).boxed()
+    }
+
+    fn put_chunks(
+        &self,
+        array: Uuid,
+        chunks: Vec<(u64, Option<Vec<u8>>)>,
+    ) -> BoxFuture<'static, Result<()>> {
+        let this = self.clone();
+        async move {
+            tokio::task::spawn_blocking(move || this.put_chunks_sync(array, &chunks))
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))?
+        }
+        .boxed()
     }
 }
 

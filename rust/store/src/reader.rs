@@ -4,6 +4,7 @@
 //! [`Reader`] that streams that share's batches through the fetch engine,
 //! epoch after epoch.
 
+use crate::array::patch::{PatchSpec, PatchTable};
 use crate::batch::{ArenaPool, BatchJob, Labels};
 use crate::engine::{BatchStream, EngineOptions, FetchEngine, Next};
 use crate::error::{Result, StoreError};
@@ -115,6 +116,10 @@ pub struct ReaderConfig {
     /// environment decides (e.g. torch.distributed).
     pub rank: Option<usize>,
     pub world_size: Option<usize>,
+    /// Read patches of arrays instead of samples of `table` (whose name is
+    /// then the spec's, see [`PatchSpec::table_name`]); the uuids are slot ids.
+    #[serde(default)]
+    pub patches: Option<PatchSpec>,
 }
 
 fn invalid(message: impl Into<String>) -> StoreError {
@@ -141,6 +146,7 @@ impl ReaderConfig {
             ready: None,
             rank: None,
             world_size: None,
+            patches: None,
         }
     }
 
@@ -164,6 +170,16 @@ impl ReaderConfig {
             return Err(invalid(
                 "prefetch (batches ready ahead) must be positive, got 0",
             ));
+        }
+        if let Some(p) = &self.patches {
+            if self.decode {
+                return Err(invalid(
+                    "patches are arrays, not images: decode must be None",
+                ));
+            }
+            if self.table.table != p.table_name() || self.table.label_type != p.label_type() {
+                return Err(invalid("a patch reader's table is its patch spec's"));
+            }
         }
         if self.layout == Layout::Nchw && !self.decode {
             return Err(invalid("layout=\"NCHW\" needs decode=\"rgb\""));
@@ -251,9 +267,15 @@ impl ReaderConfig {
             .map_err(|e| invalid(e.to_string()))
     }
 
-    /// Opens the table this reader reads (checking its columns and label type).
-    pub async fn open_table(&self, store: &dyn SampleStore) -> Result<Arc<dyn TableReader>> {
-        store.open_table(&self.table).await
+    /// Opens the table this reader reads (checking its columns and label
+    /// type), or the arrays of its patches.
+    pub async fn open_table(&self, store: &Arc<dyn SampleStore>) -> Result<Arc<dyn TableReader>> {
+        match &self.patches {
+            Some(spec) => Ok(Arc::new(
+                PatchTable::open(store.clone(), spec, self.seed).await?,
+            )),
+            None => store.open_table(&self.table).await,
+        }
     }
 
     /// The state of one rank after `progress` (see [`LoaderState`]).
@@ -387,6 +409,7 @@ impl Reader {
 pub async fn read_sample(store: &dyn SampleStore, spec: &TableSpec, id: Uuid) -> Result<SampleRow> {
     let table = store.open_table(spec).await?;
     let job = BatchJob {
+        epoch: 0,
         position: 0,
         indices: vec![0],
         is_pad: vec![false],

@@ -270,7 +270,7 @@ impl LoaderBuilder {
             format!("local:{}", self.store)
         };
         let store = open_store(&url, self.store_options)?.store;
-        let reader = runtime().block_on(config.open_table(store.as_ref()))?;
+        let reader = runtime().block_on(config.open_table(&store))?;
         let uuid_bytes: Vec<u8> = ids.iter().flat_map(|u| *u.as_bytes()).collect();
         // Validates the plan options once, with the sizes of this split.
         EpochPlan::new(config.plan_spec(ids.len(), self.world_size, self.epoch))?;

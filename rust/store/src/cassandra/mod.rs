@@ -13,8 +13,10 @@
 //! - `retry`: which errors are retried, and the backoff loop;
 //! - `errors`: driver errors to [`StoreError`](crate::StoreError), by type;
 //! - `read`: [`CassandraTable`], the batch reads;
-//! - `write`: the schema, inserts, and the metadata scan.
+//! - `write`: the schema, inserts, and the metadata scan;
+//! - `array`: the tables of arrays and their chunks.
 
+mod array;
 mod errors;
 mod options;
 mod read;
@@ -28,6 +30,7 @@ pub use read::CassandraTable;
 
 use crate::error::{Result, StoreError};
 use crate::{MetadataRow, SampleRow, SampleStore, TableReader, TableSpec};
+use bytes::Bytes;
 use crs4_cassandra_core::ProcessOwned;
 use futures::future::{BoxFuture, FutureExt};
 use scylla::client::session::Session;
@@ -36,6 +39,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use tokio::sync::{Mutex, Semaphore};
+use uuid::Uuid;
 
 pub struct CassandraStore {
     opts: Arc<CassandraOptions>,
@@ -119,5 +123,35 @@ impl SampleStore for Arc<CassandraStore> {
 
     fn scan_metadata(&self, table: &str) -> BoxFuture<'static, Result<Vec<MetadataRow>>> {
         self.clone().scan_metadata_async(table.to_string()).boxed()
+    }
+
+    fn array_meta(&self, name: &str) -> BoxFuture<'static, Result<Option<String>>> {
+        self.clone().array_meta_async(name.to_string()).boxed()
+    }
+
+    fn put_array_meta(&self, name: &str, meta: Option<String>) -> BoxFuture<'static, Result<()>> {
+        self.clone()
+            .put_array_meta_async(name.to_string(), meta)
+            .boxed()
+    }
+
+    fn list_arrays(&self) -> BoxFuture<'static, Result<Vec<String>>> {
+        self.clone().list_arrays_async().boxed()
+    }
+
+    fn get_chunk(&self, array: Uuid, index: u64) -> BoxFuture<'static, Result<Option<Bytes>>> {
+        self.clone().get_chunk_async(array, index).boxed()
+    }
+
+    fn put_chunks(
+        &self,
+        array: Uuid,
+        chunks: Vec<(u64, Option<Vec<u8>>)>,
+    ) -> BoxFuture<'static, Result<()>> {
+        self.clone().put_chunks_async(array, chunks).boxed()
+    }
+
+    fn max_chunk_bytes(&self) -> Option<usize> {
+        Some(array::MAX_CHUNK_BYTES)
     }
 }

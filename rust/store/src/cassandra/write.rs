@@ -69,7 +69,7 @@ impl CassandraStore {
     }
 
     /// Runs a schema change (with retries).
-    async fn execute_ddl(&self, table: &str, cql: String) -> Result<()> {
+    pub(super) async fn execute_ddl(&self, table: &str, cql: String) -> Result<()> {
         let session = self.session().await?;
         self.retrying(table, || session.query_unpaged(cql.clone(), ()))
             .await
