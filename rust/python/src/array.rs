@@ -92,12 +92,12 @@ impl NativeArray {
         if len == 0 {
             return Ok(());
         }
-        let (store, meta) = (&self.store, &self.meta);
+        let (chunks, meta) = (self.store.chunk_source().map_err(store_err)?, &self.meta);
         block::here(py, async move {
             // SAFETY: the caller keeps the array alive and unmoved for this
             // call, and `block::here` drops this future before returning.
             let out = unsafe { std::slice::from_raw_parts_mut(ptr as *mut u8, len) };
-            array::read(store, meta, &sel, out).await
+            array::read(chunks.as_ref(), meta, &sel, out).await
         })
     }
 
@@ -119,7 +119,7 @@ impl NativeArray {
         block::here(py, async move {
             // SAFETY: as in `read`; only read from.
             let data = unsafe { std::slice::from_raw_parts(ptr as *const u8, len) };
-            array::write(store, meta, &sel, data).await
+            array::write(store.as_ref(), meta, &sel, data).await
         })
     }
 

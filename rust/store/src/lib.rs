@@ -95,6 +95,12 @@ pub trait TableReader: Send + Sync + 'static {
     fn spec(&self) -> &TableSpec;
 }
 
+/// Reads stored chunks of arrays (see [`SampleStore::chunk_source`]).
+pub trait ChunkSource: Send + Sync + 'static {
+    /// The stored value of a chunk, None if it was never written.
+    fn get_chunk(&self, array: Uuid, index: u64) -> BoxFuture<'static, Result<Option<Bytes>>>;
+}
+
 /// A place where samples live.
 pub trait SampleStore: Send + Sync + 'static {
     /// The store's URL, never with a password in it.
@@ -129,8 +135,10 @@ pub trait SampleStore: Send + Sync + 'static {
     /// Names of the arrays in the store.
     fn list_arrays(&self) -> BoxFuture<'static, Result<Vec<String>>>;
 
-    /// The stored value of a chunk, None if it was never written.
-    fn get_chunk(&self, array: Uuid, index: u64) -> BoxFuture<'static, Result<Option<Bytes>>>;
+    /// What reads chunks of this store's arrays, opened in this process:
+    /// readers hold it (background reads take no process-wide lock, which a
+    /// `fork()` could leave locked in a DataLoader worker).
+    fn chunk_source(&self) -> Result<Arc<dyn ChunkSource>>;
 
     /// Stores (Some) or deletes (None) chunks.
     fn put_chunks(

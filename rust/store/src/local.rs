@@ -280,18 +280,6 @@ impl LocalStore {
         })
     }
 
-    pub fn get_chunk_sync(&self, array: Uuid, index: u64) -> Result<Option<bytes::Bytes>> {
-        let env = self.env()?;
-        let Some(dbi) = env.dbi(CHUNKS, false)? else {
-            return Ok(None);
-        };
-        env.read(|txn| {
-            Ok(txn
-                .get(dbi, &chunk_key(array, index))?
-                .map(bytes::Bytes::copy_from_slice))
-        })
-    }
-
     /// Every chunk of the call in one transaction (one commit).
     pub fn put_chunks_sync(&self, array: Uuid, chunks: &[(u64, Option<Vec<u8>>)]) -> Result<()> {
         let env = self.env()?;
@@ -361,12 +349,8 @@ impl SampleStore for LocalStore {
         future::ready(self.list_arrays_sync()).boxed()
     }
 
-    fn get_chunk(
-        &self,
-        array: Uuid,
-        index: u64,
-    ) -> BoxFuture<'static, Result<Option<bytes::Bytes>>> {
-        future::ready(self.get_chunk_sync(array, index)).boxed()
+    fn chunk_source(&self) -> Result<Arc<dyn crate::ChunkSource>> {
+        Ok(Arc::new(LocalChunks { env: self.env()? }))
     }
 
     fn put_chunks(
@@ -381,6 +365,35 @@ impl SampleStore for LocalStore {
                 .map_err(|e| StoreError::Internal(e.to_string()))?
         }
         .boxed()
+    }
+}
+
+/// Reads chunks of the local store's arrays through one environment handle.
+pub struct LocalChunks {
+    env: Arc<Env>,
+}
+
+impl LocalChunks {
+    pub fn get_chunk_sync(&self, array: Uuid, index: u64) -> Result<Option<bytes::Bytes>> {
+        // Looked up each time: another process may create the database later.
+        let Some(dbi) = self.env.dbi(CHUNKS, false)? else {
+            return Ok(None);
+        };
+        self.env.read(|txn| {
+            Ok(txn
+                .get(dbi, &chunk_key(array, index))?
+                .map(bytes::Bytes::copy_from_slice))
+        })
+    }
+}
+
+impl crate::ChunkSource for LocalChunks {
+    fn get_chunk(
+        &self,
+        array: Uuid,
+        index: u64,
+    ) -> BoxFuture<'static, Result<Option<bytes::Bytes>>> {
+        future::ready(self.get_chunk_sync(array, index)).boxed()
     }
 }
 

@@ -23,10 +23,9 @@ pub use codec::Compression;
 pub use select::DimSel;
 
 use crate::error::{Result, StoreError};
-use crate::SampleStore;
+use crate::{ChunkSource, SampleStore};
 use futures::stream::{self, StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
-use std::sync::Arc;
 use uuid::Uuid;
 
 /// Chunk reads (or read-modify-writes) in flight per selection.
@@ -258,11 +257,11 @@ async fn delete_chunks(store: &dyn SampleStore, meta: &ArrayMeta) -> Result<()> 
 
 /// A chunk's raw bytes, None if it was never written.
 async fn fetch(
-    store: &Arc<dyn SampleStore>,
+    chunks: &dyn ChunkSource,
     meta: &ArrayMeta,
     coords: &[u64],
 ) -> Result<Option<Vec<u8>>> {
-    let stored = store.get_chunk(meta.id, meta.chunk_index(coords)).await?;
+    let stored = chunks.get_chunk(meta.id, meta.chunk_index(coords)).await?;
     let Some(stored) = stored else {
         return Ok(None);
     };
@@ -274,10 +273,11 @@ async fn fetch(
 }
 
 /// Reads `sel` of the array into `out` (the selection's dense C-order bytes,
-/// `meta.selection_len(sel)` long). Copies happen in this future only: once
+/// `meta.selection_len(sel)` long) from `chunks` (the store's
+/// [`SampleStore::chunk_source`]). Copies happen in this future only: once
 /// it is dropped nothing writes to `out`.
 pub async fn read(
-    store: &Arc<dyn SampleStore>,
+    chunks: &dyn ChunkSource,
     meta: &ArrayMeta,
     sel: &[DimSel],
     out: &mut [u8],
@@ -290,7 +290,7 @@ pub async fn read(
     let itemsize = meta.itemsize;
     let mut fetched = stream::iter(parts)
         .map(|part| async move {
-            let raw = fetch(store, meta, &part.coords).await?;
+            let raw = fetch(chunks, meta, &part.coords).await?;
             Ok::<_, StoreError>((part, raw))
         })
         .buffer_unordered(CHUNK_WINDOW);
@@ -317,7 +317,7 @@ fn check_len(meta: &ArrayMeta, sel: &[DimSel], len: usize) -> Result<()> {
 
 /// Writes `data` (the selection's dense C-order bytes) into `sel` of the array.
 pub async fn write(
-    store: &Arc<dyn SampleStore>,
+    store: &dyn SampleStore,
     meta: &ArrayMeta,
     sel: &[DimSel],
     data: &[u8],
@@ -326,6 +326,8 @@ pub async fn write(
     check_len(meta, sel, data.len())?;
     let out_shape: Vec<u64> = sel.iter().map(|s| s.count).collect();
     let parts = select::parts(sel, &meta.chunks);
+    let source = store.chunk_source()?;
+    let chunks = source.as_ref();
     for group in parts.chunks(WRITE_GROUP) {
         // Chunks only partly written are read first (concurrently).
         let mut base = stream::iter(group.iter().cloned())
@@ -333,7 +335,7 @@ pub async fn write(
                 let raw = if select::covers_chunk(&part, &meta.chunks, &meta.shape) {
                     None
                 } else {
-                    fetch(store, meta, &part.coords).await?
+                    fetch(chunks, meta, &part.coords).await?
                 };
                 Ok::<_, StoreError>((part, raw))
             })

@@ -17,7 +17,7 @@
 use super::{ArrayMeta, DimSel};
 use crate::batch::{ArenaPool, Batch, BatchJob, Labels};
 use crate::error::{Result, StoreError};
-use crate::{LabelType, SampleStore, TableReader, TableSpec};
+use crate::{ChunkSource, LabelType, SampleStore, TableReader, TableSpec};
 use crs4_cassandra_core::uuids_fingerprint;
 use futures::future::{try_join_all, BoxFuture, FutureExt};
 use futures::{StreamExt, TryStreamExt};
@@ -71,7 +71,7 @@ pub fn slot_ids(n: u64) -> Vec<Uuid> {
 
 /// The patches of a [`PatchSpec`] over opened arrays: positions and reads.
 pub struct PatchTable {
-    store: Arc<dyn SampleStore>,
+    chunks: Arc<dyn ChunkSource>,
     spec: PatchSpec,
     table: TableSpec,
     seed: u64,
@@ -218,7 +218,7 @@ impl PatchTable {
         cumulative.push(total);
         let table = TableSpec::new(&spec.table_name(), spec.label_type());
         Ok(Self {
-            store,
+            chunks: store.chunk_source()?,
             spec: spec.clone(),
             table,
             seed,
@@ -322,7 +322,7 @@ impl PatchTable {
             .map(|(out, (a, origin))| {
                 let meta = &metas[*a];
                 let sel = self.selection(meta, origin);
-                async move { super::read(&self.store, meta, &sel, out).await }
+                async move { super::read(self.chunks.as_ref(), meta, &sel, out).await }
             });
         try_join_all(reads).await.map(drop)
     }

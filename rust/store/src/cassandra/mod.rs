@@ -89,6 +89,12 @@ impl CassandraStore {
     }
 }
 
+impl crate::ChunkSource for Arc<CassandraStore> {
+    fn get_chunk(&self, array: Uuid, index: u64) -> BoxFuture<'static, Result<Option<Bytes>>> {
+        self.clone().get_chunk_async(array, index).boxed()
+    }
+}
+
 impl SampleStore for Arc<CassandraStore> {
     fn url(&self) -> String {
         self.opts.url()
@@ -139,8 +145,8 @@ impl SampleStore for Arc<CassandraStore> {
         self.clone().list_arrays_async().boxed()
     }
 
-    fn get_chunk(&self, array: Uuid, index: u64) -> BoxFuture<'static, Result<Option<Bytes>>> {
-        self.clone().get_chunk_async(array, index).boxed()
+    fn chunk_source(&self) -> Result<Arc<dyn crate::ChunkSource>> {
+        Ok(Arc::new(self.clone()))
     }
 
     fn put_chunks(
