@@ -1,6 +1,9 @@
 """python -m bench: runs the benchmarks and writes bench/results.md.
 
 python -m bench [--images 2000] [--kb 110] [--runs 3] [--only local,cassandra,split,decode]
+
+Not in the default set (run with --only): slownode (three Cassandra nodes) and
+arrays (random patches from a 1.2 GB image and a volume, about 10 minutes).
 """
 
 from __future__ import annotations
@@ -9,7 +12,7 @@ import argparse
 import time
 from pathlib import Path
 
-from . import cassandra_read, decode, latency, local_read, memory, slow_node, split_load
+from . import arrays, cassandra_read, decode, latency, local_read, memory, slow_node, split_load
 from .common import HERE, folder_stats, image_folder, log, machine, write_json
 
 
@@ -42,7 +45,7 @@ def main() -> None:
     ap.add_argument(
         "--only",
         default="local,cassandra,latency,memory,split,decode",
-        help="comma-separated: local, cassandra, latency, memory, split, decode, slownode",
+        help="comma-separated: local, cassandra, latency, memory, split, decode, slownode, arrays",
     )
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -232,6 +235,10 @@ def main() -> None:
             lines.append(f"| {name} | {fast:,.0f} | {late:,.0f} | {late / fast:.0%} |")
         lines.append("")
         write_json("slow_node", r)
+    if "arrays" in only:
+        r = arrays.run(runs=args.runs)
+        lines += arrays.report(r)
+        write_json("arrays", r)
     out = HERE / "results.md"
     lines = keep_other_sections(out, lines)
     out.write_text("\n".join(lines))

@@ -321,12 +321,14 @@ def test_patch_dataset_resumes_mid_epoch(local: Any, slide: tuple[np.ndarray, np
     again = PatchDataset(local, ["slide"], (8, 8), per_epoch=30, batch_size=4, seed=1)
     again.load_state_dict(state)
     rest = list(again)
-    slots = [int(i) for b in first + rest for i, p in zip(b.indices, b.is_pad) if not p]
+    slots = [
+        int(i) for b in first + rest for i, p in zip(b.indices, b.is_pad, strict=True) if not p
+    ]
     assert sorted(slots) == list(range(30))
     # The resumed patches are those of the uninterrupted epoch.
     whole = {i: img for i, img, _, _ in served(ds, 4)}
     for b in rest:
-        for i, image in zip(b.indices.tolist(), b.images):
+        for i, image in zip(b.indices.tolist(), b.images, strict=True):
             np.testing.assert_array_equal(image.numpy(), whole[i])
 
 
@@ -356,3 +358,65 @@ def test_patches_from_cassandra(cass: Any) -> None:
         _, (z, y, x) = ds.locate(0, i)
         np.testing.assert_array_equal(image, vol[z : z + 8, y : y + 8, x : x + 8])
     assert isinstance(got[0][1], np.ndarray) and torch.is_tensor(next(iter(ds)).images)
+
+
+# Ingest
+
+
+def test_ingest_npy_zarr_and_images_through_the_cli(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    import tifffile
+    import zarr
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    vol = rng.integers(0, 60000, size=(70, 33, 20), dtype=np.uint16)
+    np.save(tmp_path / "vol.npy", vol)
+    z = zarr.create_array(tmp_path / "scan.zarr", shape=(50, 40), chunks=(16, 8), dtype="f4")
+    z[...] = rng.random((50, 40), dtype=np.float32)
+    folder = tmp_path / "slides"
+    (folder / "b").mkdir(parents=True)
+    big = rng.integers(0, 255, size=(600, 700, 3), dtype=np.uint8)
+    tifffile.imwrite(folder / "a.tif", big, tile=(256, 256))
+    gray = rng.integers(0, 255, size=(90, 60), dtype=np.uint8)
+    Image.fromarray(gray).save(folder / "b" / "gray.png")
+    Image.fromarray(big[:100, :120]).save(folder / "b" / "c.jpg", quality=95)
+    (folder / "notes.txt").write_text("not an image")
+    url = f"local:{tmp_path}/store"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "crs4_cassandra.cli", "ingest", "array", *args, "--store", url],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+
+    r = cli(str(tmp_path / "vol.npy"), "--chunks", "16,16,20", "-q")
+    assert r.returncode == 0, r.stderr
+    assert "array 'vol': shape (70, 33, 20) uint16, chunks (16, 16, 20)" in r.stdout
+    r = cli(str(tmp_path / "scan.zarr"), "--compression", "none", "-q")
+    assert r.returncode == 0, r.stderr
+    r = cli(str(folder), "--name", "slides", "-q")
+    assert r.returncode == 0, r.stderr
+    store = open_store(url)
+    assert arrays.names(store) == ["scan", "slides/a", "slides/b/c", "slides/b/gray", "vol"]
+    np.testing.assert_array_equal(arrays.open(store, "vol")[...], vol)
+    scan = arrays.open(store, "scan")
+    assert scan.chunks == (16, 8) and scan.compression is None  # the zarr array's own chunks
+    np.testing.assert_array_equal(scan[...], z[...])
+    a = arrays.open(store, "slides/a")
+    assert a.chunks == (512, 512, 3)
+    np.testing.assert_array_equal(a[...], big)
+    np.testing.assert_array_equal(arrays.open(store, "slides/b/gray")[...], gray)
+    with Image.open(folder / "b" / "c.jpg") as im:
+        np.testing.assert_array_equal(arrays.open(store, "slides/b/c")[...], np.asarray(im))
+    # Again: refused without --overwrite, naming the array; a bad image names its file.
+    r = cli(str(tmp_path / "vol.npy"), "-q")
+    assert r.returncode == 2 and "'vol'" in r.stderr.replace('"', "'") and "overwrite" in r.stderr
+    (folder / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n garbage")
+    r = cli(str(folder), "--name", "again", "-q")
+    assert r.returncode == 2 and "broken.png" in r.stderr
+    assert not [n for n in arrays.names(store) if n.startswith("again")]  # nothing written
+    r = cli(str(tmp_path / "missing.npy"), "-q")
+    assert r.returncode == 2 and "missing.npy" in r.stderr

@@ -23,15 +23,18 @@ chunk at once may lose one's update (each rewrites the whole chunk).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from . import _native
 from .dataset import open_store
+from .errors import InvalidArgumentError
 
-__all__ = ["Array", "create", "delete", "names", "open"]
+__all__ = ["Array", "create", "delete", "ingest", "names", "open"]
 
 
 def _store(store: Any) -> _native.Store:
@@ -236,3 +239,184 @@ class Array:
             f"<crs4_cassandra.arrays.Array {self.name!r} shape={self.shape} dtype={self.dtype} "
             f"chunks={self.chunks} compression={self.compression!r} in {self.store_url}>"
         )
+
+
+# Ingest
+
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+_SLAB_BYTES = 256 << 20
+
+
+def _source_arrays(src: Path) -> list[tuple[str, Any]]:
+    """(name, array-like) of each array of ``src``: a .npy file, a zarr array
+    or group, an image file, or a folder of images (named by their path
+    relative to it, without suffix). Every image's header is read here, so a
+    bad file stops the ingest before anything is written."""
+    if src.is_file() and src.suffix == ".npy":
+        return [(src.stem, np.load(src, mmap_mode="r"))]
+    if src.is_dir() and any((src / m).exists() for m in ("zarr.json", ".zarray", ".zgroup")):
+        import zarr
+
+        opened = zarr.open(str(src), mode="r")
+        if isinstance(opened, zarr.Array):
+            return [(src.stem, opened)]
+        found = [(f"{src.stem}/{k}", a) for k, a in opened.arrays()]
+        if not found:
+            raise InvalidArgumentError(f"zarr group {src} holds no arrays")
+        return sorted(found, key=lambda t: t[0])
+    if src.is_file() and src.suffix.lower() in IMAGE_SUFFIXES:
+        return [(src.stem, _ImageFile(src))]
+    if src.is_dir():
+        files = sorted(
+            p for p in src.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+        )
+        if not files:
+            raise InvalidArgumentError(
+                f"{src} holds no .npy, zarr array or image ({', '.join(IMAGE_SUFFIXES)})"
+            )
+        return [(p.relative_to(src).with_suffix("").as_posix(), _ImageFile(p)) for p in files]
+    raise InvalidArgumentError(
+        f"{src}: not a .npy file, a zarr array, an image or a folder of images"
+    )
+
+
+_PIL_MODES: dict[str, tuple[int, str]] = {
+    # mode: (channels, dtype); other modes are converted to RGB
+    "L": (1, "uint8"),
+    "RGB": (3, "uint8"),
+    "RGBA": (4, "uint8"),
+    "I;16": (1, "<u2"),
+    "I": (1, "<i4"),
+    "F": (1, "<f4"),
+}
+
+
+class _ImageFile:
+    """An image file seen as an array (H, W[, C]): its shape and dtype from
+    the header, its pixels decoded when first sliced (TIFF with tifffile, any
+    size and dtype; others with Pillow). Errors name the file."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._pixels: np.ndarray | None = None
+        try:
+            if self._tiff:
+                import tifffile
+
+                with tifffile.TiffFile(path) as tif:
+                    series = tif.series[0]
+                    self.shape = tuple(int(n) for n in series.shape)
+                    self.dtype = np.dtype(series.dtype)
+            else:
+                from PIL import Image
+
+                Image.MAX_IMAGE_PIXELS = None  # our own files: no decompression-bomb limit
+                with Image.open(path) as im:
+                    channels, dtype = _PIL_MODES.get(im.mode, (3, "uint8"))
+                    w, h = im.size
+                    self.shape = (h, w) if channels == 1 else (h, w, channels)
+                    self.dtype = np.dtype(dtype)
+        except Exception as e:  # noqa: BLE001 (any decoder's error names the file)
+            raise InvalidArgumentError(f"{path}: cannot read the image: {e}") from e
+
+    @property
+    def _tiff(self) -> bool:
+        return self.path.suffix.lower() in (".tif", ".tiff")
+
+    def pixels(self) -> np.ndarray:
+        if self._pixels is None:
+            try:
+                if self._tiff:
+                    import tifffile
+
+                    pixels = np.asarray(tifffile.imread(self.path))
+                else:
+                    from PIL import Image
+
+                    with Image.open(self.path) as opened:
+                        keep = opened.mode in _PIL_MODES
+                        pixels = np.asarray(opened if keep else opened.convert("RGB"))
+            except Exception as e:  # noqa: BLE001
+                raise InvalidArgumentError(f"{self.path}: cannot read the image: {e}") from e
+            if pixels.shape != self.shape:
+                raise InvalidArgumentError(
+                    f"{self.path}: decoded to {pixels.shape}, its header says {self.shape}"
+                )
+            self._pixels = pixels
+        return self._pixels
+
+    def __getitem__(self, key: Any) -> np.ndarray:
+        out: np.ndarray = self.pixels()[key]
+        return out
+
+    def release(self) -> None:
+        self._pixels = None
+
+
+def _default_chunks(source: Any, shape: tuple[int, ...], itemsize: int) -> tuple[int, ...]:
+    own = getattr(source, "chunks", None)
+    if isinstance(own, tuple) and len(own) == len(shape):  # a zarr array's
+        return tuple(int(c) for c in own)
+    # 512 along the first two dimensions (tiles of images), whole beyond; a
+    # 1-D array in chunks of 1 MiB; at most 8 MiB a chunk.
+    if len(shape) == 1:
+        return (max(1, min(shape[0], (1 << 20) // itemsize)),)
+    chunks = [min(n, 512) for n in shape[:2]] + [int(n) for n in shape[2:]]
+    while int(np.prod(chunks)) * itemsize > 8 << 20 and len(chunks) > 2 and chunks[-1] > 1:
+        chunks[-1] = max(1, chunks[-1] // 2)
+    return tuple(chunks)
+
+
+def ingest(
+    src: str | os.PathLike[str],
+    store: Any,
+    *,
+    name: str | None = None,
+    chunks: Sequence[int] | None = None,
+    compression: str | None = "zstd",
+    level: int | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> list[Array]:
+    """Writes the arrays of ``src`` into ``store`` (a store or its URL; a
+    ``local:`` store is made if missing): a ``.npy`` file (read through a
+    memory map), a zarr array or group (each of its arrays), an image file
+    (TIFF, PNG or JPEG), or a folder of images (one array per image, named by
+    its path under the folder without suffix). ``name`` replaces the source's
+    name (a prefix for several arrays). ``chunks`` defaults to the zarr
+    array's own, else 512 x 512 over the first two dimensions and whole
+    beyond. Written a slab of chunk rows at a time (at most about 256 MB in
+    memory); an existing array is refused unless ``overwrite``."""
+    from tqdm import tqdm
+
+    path = Path(src)
+    if not path.exists():
+        raise InvalidArgumentError(f"{path} does not exist")
+    found = _source_arrays(path)
+    if isinstance(store, str):
+        store = open_store(store, create=True) if store.startswith("local:") else open_store(store)
+    if name is not None:
+        found = [(name if len(found) == 1 else f"{name}/{n}", a) for n, a in found]
+    written = []
+    total = sum(int(np.prod(a.shape)) * np.dtype(a.dtype).itemsize for _, a in found)
+    with tqdm(total=total, unit="B", unit_scale=True, disable=not progress, desc="ingest") as bar:
+        for array_name, source in found:
+            shape = tuple(int(n) for n in source.shape)
+            dt = np.dtype(source.dtype)
+            ch = (
+                tuple(chunks) if chunks is not None else _default_chunks(source, shape, dt.itemsize)
+            )
+            a = create(
+                store, array_name, shape, dt, ch,
+                compression=compression, level=level, overwrite=overwrite,
+            )  # fmt: skip
+            row_bytes = int(np.prod(shape[1:], dtype=np.int64)) * dt.itemsize
+            step = a.chunks[0] * max(1, _SLAB_BYTES // max(1, row_bytes * a.chunks[0]))
+            for r in range(0, shape[0], step):
+                slab = np.ascontiguousarray(source[r : r + step], dtype=dt)
+                a[r : r + slab.shape[0]] = slab
+                bar.update(slab.nbytes)
+            if isinstance(source, _ImageFile):
+                source.release()  # one decoded image in memory at a time
+            written.append(a)
+    return written

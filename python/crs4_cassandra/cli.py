@@ -29,6 +29,28 @@ def _ingest_folder(args: argparse.Namespace) -> int:
     return 0
 
 
+def _ingest_array(args: argparse.Namespace) -> int:
+    from .arrays import ingest
+
+    chunks = None if args.chunks is None else [int(c) for c in args.chunks.split(",")]
+    written = ingest(
+        args.src,
+        args.store,
+        name=args.name,
+        chunks=chunks,
+        compression=None if args.compression == "none" else args.compression,
+        level=args.level,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    for a in written:
+        print(
+            f"array {a.name!r}: shape {a.shape} {a.dtype}, chunks {a.chunks}, "
+            f"{a.num_chunks} chunks, {a.nbytes} bytes"
+        )
+    return 0
+
+
 def _store_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--store",
@@ -330,6 +352,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--labels", nargs="+", help="label files (default: every SRC/*.json; each one a split)"
     )
     ml.set_defaults(func=_ingest_multilabel)
+
+    arr = isub.add_parser(
+        "array",
+        help="N-d arrays: a .npy file, a zarr array or group, an image, or a folder of images",
+    )
+    arr.add_argument("src", help=".npy file, zarr array/group, TIFF/PNG/JPEG image or folder")
+    _store_args(arr)
+    arr.add_argument("--name", help="array name (default: the source's; a prefix for several)")
+    arr.add_argument("--chunks", help="chunk shape, e.g. 512,512,3 (default: 512x512 tiles)")
+    arr.add_argument("--compression", choices=("zstd", "none"), default="zstd")
+    arr.add_argument("--level", type=int, help="zstd level (1-22, default 3)")
+    arr.add_argument("--overwrite", action="store_true", help="replace existing arrays")
+    arr.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    arr.set_defaults(func=_ingest_array)
 
     split = sub.add_parser("split", help="split files")
     ssub = split.add_subparsers(dest="split_command", required=True)

@@ -25,7 +25,9 @@ pub use select::DimSel;
 use crate::error::{Result, StoreError};
 use crate::{ChunkSource, SampleStore};
 use futures::stream::{self, StreamExt, TryStreamExt};
+use select::ChunkPart;
 use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
 use uuid::Uuid;
 
 /// Chunk reads (or read-modify-writes) in flight per selection.
@@ -282,24 +284,78 @@ pub async fn read(
     sel: &[DimSel],
     out: &mut [u8],
 ) -> Result<()> {
-    select::check(&meta.shape, sel, &meta.name)?;
-    check_len(meta, sel, out.len())?;
-    let out_shape: Vec<u64> = sel.iter().map(|s| s.count).collect();
-    let parts = select::parts(sel, &meta.chunks);
-    let mut fill: Option<Vec<u8>> = None;
-    let itemsize = meta.itemsize;
-    let mut fetched = stream::iter(parts)
-        .map(|part| async move {
-            let raw = fetch(chunks, meta, &part.coords).await?;
-            Ok::<_, StoreError>((part, raw))
+    read_many(chunks, vec![(meta, sel.to_vec(), out)], None).await
+}
+
+/// One selection of [`read_many`]: the array, the selection, its output.
+pub type ReadRequest<'a> = (&'a ArrayMeta, Vec<DimSel>, &'a mut [u8]);
+
+/// Reads several selections (of one or more arrays) at once: each chunk any
+/// of them touches is fetched and decoded once, and copied into every output
+/// that needs it (the patches of a batch often share chunks). `budget`, when
+/// given, bounds the decoded chunks held at once (one permit a chunk).
+pub async fn read_many(
+    chunks: &dyn ChunkSource,
+    mut reads: Vec<ReadRequest<'_>>,
+    budget: Option<&tokio::sync::Semaphore>,
+) -> Result<()> {
+    // Per chunk (array id, index): its array, its coordinates, and the parts
+    // of each read it serves.
+    let mut wanted: HashMap<(Uuid, u64), (usize, Vec<u64>, Vec<(usize, ChunkPart)>)> =
+        HashMap::new();
+    let mut order = Vec::new();
+    let mut out_shapes = Vec::with_capacity(reads.len());
+    for (i, (meta, sel, out)) in reads.iter().enumerate() {
+        select::check(&meta.shape, sel, &meta.name)?;
+        check_len(meta, sel, out.len())?;
+        out_shapes.push(sel.iter().map(|s| s.count).collect::<Vec<u64>>());
+        for part in select::parts(sel, &meta.chunks) {
+            let key = (meta.id, meta.chunk_index(&part.coords));
+            let entry = wanted.entry(key).or_insert_with(|| {
+                order.push(key);
+                (i, part.coords.clone(), Vec::new())
+            });
+            entry.2.push((i, part));
+        }
+    }
+    let metas: Vec<&ArrayMeta> = reads.iter().map(|r| r.0).collect();
+    let mut fills: HashMap<Uuid, Vec<u8>> = HashMap::new();
+    let jobs = order
+        .into_iter()
+        .map(|key| wanted.remove(&key).expect("listed"));
+    let mut fetched = stream::iter(jobs)
+        .map(|(first, coords, parts)| {
+            let meta = metas[first];
+            async move {
+                let permit = match budget {
+                    Some(b) => Some(
+                        b.acquire()
+                            .await
+                            .map_err(|e| StoreError::Internal(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                let raw = fetch(chunks, meta, &coords).await?;
+                Ok::<_, StoreError>((meta, raw, parts, permit))
+            }
         })
         .buffer_unordered(CHUNK_WINDOW);
-    while let Some((part, raw)) = fetched.try_next().await? {
+    while let Some((meta, raw, parts, _permit)) = fetched.try_next().await? {
         let chunk = match &raw {
             Some(raw) => raw,
-            None => &*fill.get_or_insert_with(|| meta.fill_chunk()),
+            None => &*fills.entry(meta.id).or_insert_with(|| meta.fill_chunk()),
         };
-        select::gather(&part, chunk, &meta.chunks, out, &out_shape, itemsize);
+        for (i, part) in parts {
+            let out = &mut *reads[i].2;
+            select::gather(
+                &part,
+                chunk,
+                &meta.chunks,
+                out,
+                &out_shapes[i],
+                meta.itemsize,
+            );
+        }
     }
     Ok(())
 }

@@ -19,7 +19,7 @@ use crate::batch::{ArenaPool, Batch, BatchJob, Labels};
 use crate::error::{Result, StoreError};
 use crate::{ChunkSource, LabelType, SampleStore, TableReader, TableSpec};
 use crs4_cassandra_core::uuids_fingerprint;
-use futures::future::{try_join_all, BoxFuture, FutureExt};
+use futures::future::{BoxFuture, FutureExt};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -84,7 +84,14 @@ pub struct PatchTable {
     stride: Vec<u64>,
     patch_bytes: usize,
     label_bytes: usize,
+    /// Decoded chunks held at once by all of this reader's batches (permits
+    /// of one chunk): what a batch's reads hold beyond the batch itself.
+    decoded: tokio::sync::Semaphore,
 }
+
+/// Bytes of decoded chunks a patch reader holds at most at once (besides its
+/// batches, which the engine's memory budget bounds).
+const DECODED_CHUNK_BUDGET: usize = 256 << 20;
 
 /// splitmix64: the position of a random slot from (seed, epoch, slot).
 fn mix(mut x: u64) -> u64 {
@@ -217,6 +224,7 @@ impl PatchTable {
         }
         cumulative.push(total);
         let table = TableSpec::new(&spec.table_name(), spec.label_type());
+        let decoded = tokio::sync::Semaphore::new(decoded_permits(&arrays, labels.as_deref()));
         Ok(Self {
             chunks: store.chunk_source()?,
             spec: spec.clone(),
@@ -229,6 +237,7 @@ impl PatchTable {
             stride,
             patch_bytes,
             label_bytes,
+            decoded,
         })
     }
 
@@ -309,6 +318,8 @@ impl PatchTable {
             .collect()
     }
 
+    /// Reads one patch of `metas` per located slot into `out`, `per` bytes
+    /// each, every chunk once for the whole batch.
     async fn read_patches(
         &self,
         metas: &[ArrayMeta],
@@ -321,10 +332,10 @@ impl PatchTable {
             .zip(located)
             .map(|(out, (a, origin))| {
                 let meta = &metas[*a];
-                let sel = self.selection(meta, origin);
-                async move { super::read(self.chunks.as_ref(), meta, &sel, out).await }
-            });
-        try_join_all(reads).await.map(drop)
+                (meta, self.selection(meta, origin), out)
+            })
+            .collect();
+        super::read_many(self.chunks.as_ref(), reads, Some(&self.decoded)).await
     }
 
     async fn read_batch_async(
@@ -362,6 +373,19 @@ impl PatchTable {
         batch.offsets = offsets(self.patch_bytes);
         Ok(batch)
     }
+}
+
+/// Chunks of the largest kind among `arrays` and `labels` that fit
+/// [`DECODED_CHUNK_BUDGET`] (at least 4, so that reads still overlap).
+fn decoded_permits(arrays: &[ArrayMeta], labels: Option<&[ArrayMeta]>) -> usize {
+    let largest = arrays
+        .iter()
+        .chain(labels.unwrap_or(&[]))
+        .map(ArrayMeta::chunk_len)
+        .max()
+        .unwrap_or(1)
+        .max(1);
+    (DECODED_CHUNK_BUDGET / largest).max(4)
 }
 
 fn full_shape(patch: &[u64], meta: &ArrayMeta) -> Vec<u64> {

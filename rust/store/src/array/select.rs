@@ -166,6 +166,8 @@ pub fn strides(shape: &[u64]) -> Vec<u64> {
 /// Calls `f(chunk_offset, out_offset, len)`, in bytes, for each contiguous
 /// stretch of `part`: between a whole chunk (C order, `chunk_shape`) and the
 /// selection's dense array (C order, `out_shape`), `itemsize` bytes an element.
+/// Trailing dimensions that the part covers whole on both sides (the channels
+/// of an image, whole rows) are one stretch with the dimension before them.
 pub fn for_each_run(
     part: &ChunkPart,
     chunk_shape: &[u64],
@@ -173,14 +175,29 @@ pub fn for_each_run(
     itemsize: usize,
     f: &mut impl FnMut(usize, usize, usize),
 ) {
-    let cs = strides(chunk_shape);
-    let os = strides(out_shape);
-    runs_rec(part, 0, 0, 0, &cs, &os, itemsize, f);
+    let mut dims = part.runs.len();
+    let mut itemsize = itemsize;
+    while dims > 1 {
+        let d = dims - 1;
+        let whole = matches!(
+            part.runs[d].as_slice(),
+            [Run { out: 0, local: 0, len }] if *len == chunk_shape[d] && *len == out_shape[d]
+        );
+        if !whole {
+            break;
+        }
+        itemsize *= chunk_shape[d] as usize;
+        dims -= 1;
+    }
+    let cs = strides(&chunk_shape[..dims]);
+    let os = strides(&out_shape[..dims]);
+    let runs = &part.runs[..dims];
+    runs_rec(runs, 0, 0, 0, &cs, &os, itemsize, f);
 }
 
 #[allow(clippy::too_many_arguments)]
 fn runs_rec(
-    part: &ChunkPart,
+    runs: &[Vec<Run>],
     d: usize,
     chunk_off: u64,
     out_off: u64,
@@ -189,8 +206,8 @@ fn runs_rec(
     itemsize: usize,
     f: &mut impl FnMut(usize, usize, usize),
 ) {
-    let last = d + 1 == part.runs.len();
-    for run in &part.runs[d] {
+    let last = d + 1 == runs.len();
+    for run in &runs[d] {
         if last {
             // Innermost strides are 1: a run is contiguous on both sides.
             f(
@@ -201,7 +218,7 @@ fn runs_rec(
         } else {
             for k in 0..run.len {
                 runs_rec(
-                    part,
+                    runs,
                     d + 1,
                     chunk_off + (run.local + k) * cs[d],
                     out_off + (run.out + k) * os[d],
