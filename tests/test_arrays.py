@@ -420,3 +420,68 @@ def test_ingest_npy_zarr_and_images_through_the_cli(tmp_path: Path) -> None:
     assert not [n for n in arrays.names(store) if n.startswith("again")]  # nothing written
     r = cli(str(tmp_path / "missing.npy"), "-q")
     assert r.returncode == 2 and "missing.npy" in r.stderr
+
+
+def _patch_rank(rank: int, url: str, port: int, out: str) -> None:
+    import os
+
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=3)
+    try:
+        ds = PatchDataset(url, ["grid"], (8, 8), grid=True, batch_size=4, seed=5)
+        assert (ds.rank, ds.world_size) == (rank, 3)
+        result = {}
+        for epoch in (0, 1):
+            ds.set_epoch(epoch)
+            batches, slots = 0, []
+            for b in DataLoader(ds, batch_size=None, num_workers=2):
+                batches += 1
+                slots += b.indices[~b.is_pad].tolist()
+                t = torch.ones(1)
+                dist.all_reduce(t)  # an uneven batch count would hang here
+            result[epoch] = {"batches": batches, "len": len(ds), "slots": slots}
+        gathered: list[object] = [None] * 3
+        dist.all_gather_object(gathered, result)
+        if rank == 0:
+            Path(out).write_text(json.dumps(gathered))
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_patches_under_ddp_three_ranks_two_workers(tmp_path: Path) -> None:
+    import socket
+
+    import torch.multiprocessing as tmp_mp
+
+    url = f"local:{tmp_path}/s"
+    a = arrays.create(open_store(url, create=True), "grid", (40, 56), "float32", (16, 16))
+    a[...] = np.arange(40 * 56, dtype=np.float32).reshape(40, 56)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "ranks.json"
+    tmp_mp.start_processes(
+        _patch_rank, args=(url, port, str(out)), nprocs=3, join=True, start_method="spawn"
+    )
+    ranks = json.loads(out.read_text())
+    n = (40 // 8) * (56 // 8)
+    for epoch in ("0", "1"):
+        assert {r[epoch]["batches"] for r in ranks} == {ranks[0][epoch]["len"]}
+        assert sorted(i for r in ranks for i in r[epoch]["slots"]) == list(range(n))
+    assert [r["0"]["slots"] for r in ranks] != [r["1"]["slots"] for r in ranks]
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_patch_dataset_in_spawned_workers(local: Any, slide: tuple[np.ndarray, np.ndarray]) -> None:
+    img, _ = slide
+    ds = PatchDataset(local, ["slide"], (16, 16), per_epoch=24, batch_size=4, seed=8)
+    got = served(ds, 3, num_workers=2, multiprocessing_context="spawn")
+    assert sorted(i for i, *_ in got) == list(range(24))
+    for i, image, _, _ in got:
+        _, (y, x) = ds.locate(3, i)
+        np.testing.assert_array_equal(image, img[y : y + 16, x : x + 16])

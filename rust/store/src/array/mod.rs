@@ -287,6 +287,10 @@ pub async fn read(
     read_many(chunks, vec![(meta, sel.to_vec(), out)], None).await
 }
 
+/// A chunk [`read_many`] fetches: the read whose array it belongs to, its
+/// coordinates, and its part in each read that touches it.
+type ChunkJob = (usize, Vec<u64>, Vec<(usize, ChunkPart)>);
+
 /// One selection of [`read_many`]: the array, the selection, its output.
 pub type ReadRequest<'a> = (&'a ArrayMeta, Vec<DimSel>, &'a mut [u8]);
 
@@ -299,10 +303,9 @@ pub async fn read_many(
     mut reads: Vec<ReadRequest<'_>>,
     budget: Option<&tokio::sync::Semaphore>,
 ) -> Result<()> {
-    // Per chunk (array id, index): its array, its coordinates, and the parts
-    // of each read it serves.
-    let mut wanted: HashMap<(Uuid, u64), (usize, Vec<u64>, Vec<(usize, ChunkPart)>)> =
-        HashMap::new();
+    // Per chunk (array id, index): its array (a read of it), its coordinates,
+    // and the parts of each read it serves.
+    let mut wanted: HashMap<(Uuid, u64), ChunkJob> = HashMap::new();
     let mut order = Vec::new();
     let mut out_shapes = Vec::with_capacity(reads.len());
     for (i, (meta, sel, out)) in reads.iter().enumerate() {
