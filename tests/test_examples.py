@@ -180,7 +180,7 @@ def test_every_example_readme_has_a_tested_recipe() -> None:
     readmes = {r.readme for r in RECIPES}
     for ex in ("imagenette", "ade20k", "corel5k", "lightning", "splitfile"):
         assert f"examples/{ex}/README.md" in readmes, ex
-    assert {r.name for r in RECIPES if r.readme == "README.md"} == {"quickstart"}
+    assert {r.name for r in RECIPES if r.readme == "README.md"} == {"quickstart", "arrays"}
     # The top-level README's example block is imagenette's, run once.
     top = (EXAMPLES.parent / "README.md").read_text()
     assert (
