@@ -59,7 +59,7 @@ import numpy as np
 from crs4_cassandra import arrays, open_store
 from crs4_cassandra.patches import PatchDataset
 
-from .common import DATA, HERE, cpu_seconds, log, machine, write_json
+from .common import DATA, HERE, cpu_seconds, log, machine, settle, write_json
 
 sys.path.insert(0, str(HERE.parent))
 from testbed import Cluster  # noqa: E402
@@ -482,18 +482,6 @@ def timed(
 
 
 # ---- the benchmark -----------------------------------------------------------
-
-
-def settle(cl: Cluster, idle_cores: float = 0.15, timeout: float = 120.0) -> float:
-    """Waits until Cassandra is about idle (flushes and compactions of the
-    writes done), at most ``timeout`` seconds; returns the seconds waited."""
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout:
-        c0 = cl.cpu_seconds()
-        time.sleep(2.0)
-        if (cl.cpu_seconds() - c0) / 2.0 < idle_cores:
-            break
-    return time.perf_counter() - t0
 
 
 def run(

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from crs4_cassandra.testing import make_image_folder
 
@@ -104,3 +105,15 @@ def write_json(name: str, payload: object) -> Path:
     out.parent.mkdir(exist_ok=True)
     out.write_text(json.dumps(payload, indent=2))
     return out
+
+
+def settle(cl: Any, idle_cores: float = 0.15, timeout: float = 120.0) -> float:
+    """Waits until Cassandra is about idle (flushes and compactions of the
+    writes done), at most ``timeout`` seconds; returns the seconds waited."""
+    t0 = time.perf_counter()
+    while time.perf_counter() - t0 < timeout:
+        c0 = cl.cpu_seconds()
+        time.sleep(2.0)
+        if (cl.cpu_seconds() - c0) / 2.0 < idle_cores:
+            break
+    return time.perf_counter() - t0
