@@ -26,6 +26,12 @@ CONFIGS = (
     ("ordered=False", {"ordered": False}, {}),
     ("ordered + speculative 20 ms", {"ordered": True}, {"speculative_delay": 0.02}),
     ("ordered=False + speculative 20 ms", {"ordered": False}, {"speculative_delay": 0.02}),
+    ("ordered + latency-aware", {"ordered": True}, {"latency_aware": True}),
+    (
+        "ordered + latency-aware + speculative 20 ms",
+        {"ordered": True},
+        {"latency_aware": True, "speculative_delay": 0.02},
+    ),
 )
 
 

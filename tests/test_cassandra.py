@@ -239,3 +239,12 @@ def test_cli_ingest_and_split_over_cassandra(
     assert sum(int((~b.is_pad).sum()) for b in ds) == len(sf.uuids(sf.names()[0]))
     r = cli("split", "create", "--store", url, "-m", "shapes_metadata", "-r", "1", "-o", str(out))
     assert r.returncode == 2 and "authentication" in r.stderr.lower()
+
+
+@pytest.mark.timeout(120)
+def test_latency_aware_routing_reads_every_sample(cassandra_store: tuple[str, Path]) -> None:
+    url, split = cassandra_store
+    store = cc.open_store(url, latency_aware=True)
+    ds = cc.ShardedDataset.from_split(store, split, "train", 16)
+    served = [i for b in ds for i in b.indices[~b.is_pad].tolist()]
+    assert sorted(served) == list(range(ds.num_samples))

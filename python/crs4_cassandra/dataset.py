@@ -274,6 +274,7 @@ def open_store(
     retries: int | None = None,
     retry_time_limit: float | None = None,
     speculative_delay: float | None = None,
+    latency_aware: bool | None = None,
     consistency: Consistency | None = None,
     max_in_flight: int | None = None,
     replication: str | None = None,
@@ -295,8 +296,11 @@ def open_store(
       ``connect_timeout``, ``request_timeout`` and ``retry_time_limit``
       (seconds; defaults 5, 10 and 60), ``retries`` (5), ``speculative_delay``
       (seconds; a second copy of a read that has not answered by then),
-      ``consistency`` (default ``"local_one"``), ``max_in_flight`` (sample
-      requests at once, 16384), ``replication`` (for keyspaces ingest
+      ``latency_aware`` (default False; True routes reads away from a node
+      whose recent average latency is over twice the fastest node's, which
+      helps where replicas can serve the reads instead), ``consistency``
+      (default ``"local_one"``), ``max_in_flight`` (sample requests at once,
+      16384), ``replication`` (for keyspaces ingest
       creates), ``connections`` (per node, 4). Passwords never appear in
       reprs, logs or error messages. An option not listed here is refused by
       name, with the list of known ones.

@@ -42,6 +42,7 @@ pub const OPTION_NAMES: &[&str] = &[
     "retries",
     "retry_time_limit",
     "speculative_delay",
+    "latency_aware",
     "consistency",
     "max_in_flight",
     "replication",
@@ -94,6 +95,9 @@ pub struct CassandraOptions {
     pub retry_time_limit: Duration,
     /// Start a second copy of a read that has not answered after this long.
     pub speculative_delay: Option<Duration>,
+    /// Route reads away from nodes much slower than the fastest (the driver's
+    /// latency awareness: such a node goes to the end of query plans).
+    pub latency_aware: bool,
     pub consistency: Consistency,
     /// Sample requests in flight at most, over all batches.
     pub max_in_flight: usize,
@@ -162,6 +166,7 @@ impl CassandraOptions {
             retries: 5,
             retry_time_limit: Duration::from_secs(60),
             speculative_delay: None,
+            latency_aware: false,
             consistency: Consistency::LocalOne,
             max_in_flight: 16384,
             replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
@@ -228,6 +233,7 @@ impl CassandraOptions {
                 "request_timeout" => self.request_timeout = seconds()?,
                 "retry_time_limit" => self.retry_time_limit = seconds()?,
                 "speculative_delay" => self.speculative_delay = Some(seconds()?),
+                "latency_aware" => self.latency_aware = flag()?,
                 "retries" => self.retries = count()? as u32,
                 "max_in_flight" => self.max_in_flight = count()?.max(1),
                 "consistency" => {
@@ -300,6 +306,22 @@ mod tests {
         assert!(CassandraOptions::from_url("cassandra://u:p@a/ks").is_err());
         assert!(CassandraOptions::from_url("http://a").is_err());
         assert!(CassandraOptions::from_url("cassandra://a:xx/ks").is_err());
+    }
+
+    #[test]
+    fn latency_awareness_is_off_unless_asked() {
+        let mut o = CassandraOptions::from_url("cassandra://a/ks").unwrap();
+        assert!(!o.latency_aware);
+        o.apply(vec![("latency_aware".into(), OptionValue::Bool(true))])
+            .unwrap();
+        assert!(o.latency_aware);
+        let e = o
+            .apply(vec![(
+                "latency_aware".into(),
+                OptionValue::Text("x".into()),
+            )])
+            .unwrap_err();
+        assert!(e.to_string().contains("latency_aware"), "{e}");
     }
 
     #[test]

@@ -11,6 +11,7 @@ use scylla::client::execution_profile::ExecutionProfile;
 use scylla::client::session::Session;
 use scylla::client::session_builder::SessionBuilder;
 use scylla::client::PoolSize;
+use scylla::policies::load_balancing::{DefaultPolicy, LatencyAwarenessBuilder};
 use scylla::policies::retry::FallthroughRetryPolicy;
 use scylla::policies::speculative_execution::SimpleSpeculativeExecutionPolicy;
 use scylla::statement::prepared::PreparedStatement;
@@ -38,6 +39,13 @@ impl CassandraStore {
                     retry_interval: delay,
                 },
             )));
+        }
+        if o.latency_aware {
+            let policy = DefaultPolicy::builder()
+                .token_aware(true)
+                .latency_awareness(LatencyAwarenessBuilder::new())
+                .build();
+            profile = profile.load_balancing_policy(policy);
         }
         let mut builder = SessionBuilder::new()
             .known_nodes(&o.hosts)
