@@ -409,9 +409,34 @@ class Cluster:
                 n.launch()
             for n in self.nodes[1:]:
                 n.wait_ready(start_timeout)
+            if nodes > 1:
+                self.wait_ring(start_timeout)
         except BaseException:
             self.stop()
             raise
+
+    def wait_ring(self, timeout: float = 240.0) -> None:
+        """Waits until every node knows every other node's token: a node
+        listening for clients may not have heard of the others yet, and would
+        then take writes of their token ranges for its own (with replication
+        factor 1, a row written there is never found by its owner)."""
+        deadline = time.monotonic() + timeout
+        want = len(self.nodes) - 1
+        for i in range(len(self.nodes)):
+            while True:
+                try:
+                    (peers,) = self.cql("SELECT peer, tokens FROM system.peers", node=i)
+                    known = [p for p in peers if any(c.isdigit() for c in p.get("tokens", ""))]
+                    if len(known) == want:
+                        break
+                except RuntimeError:
+                    pass  # not serving CQL yet
+                if time.monotonic() > deadline:
+                    raise NodeStartError(
+                        f"node {self.nodes[i].address} did not learn the tokens of the other "
+                        f"{want} nodes within {timeout:.0f} s"
+                    )
+                time.sleep(0.5)
 
     @property
     def hosts(self) -> list[str]:
