@@ -453,16 +453,14 @@ def _patch_rank(rank: int, url: str, port: int, out: str) -> None:
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_patches_under_ddp_three_ranks_two_workers(tmp_path: Path) -> None:
-    import socket
-
     import torch.multiprocessing as tmp_mp
+
+    from tests.test_ddp import free_port
 
     url = f"local:{tmp_path}/s"
     a = arrays.create(open_store(url, create=True), "grid", (40, 56), "float32", (16, 16))
     a[...] = np.arange(40 * 56, dtype=np.float32).reshape(40, 56)
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     out = tmp_path / "ranks.json"
     tmp_mp.start_processes(
         _patch_rank, args=(url, port, str(out)), nprocs=3, join=True, start_method="spawn"

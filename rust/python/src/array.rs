@@ -36,6 +36,15 @@ fn check_buffer(len: usize, want: usize) -> PyResult<()> {
     Ok(())
 }
 
+impl NativeArray {
+    /// The selection, if a buffer of `len` bytes fits it and is not empty.
+    fn checked(&self, sel: Vec<(i64, i64, u64)>, len: usize) -> PyResult<Option<Vec<DimSel>>> {
+        let sel = selection(sel);
+        check_buffer(len, self.meta.selection_len(&sel))?;
+        Ok((len > 0).then_some(sel))
+    }
+}
+
 #[pymethods]
 impl NativeArray {
     #[getter]
@@ -87,11 +96,9 @@ impl NativeArray {
         ptr: usize,
         len: usize,
     ) -> PyResult<()> {
-        let sel = selection(sel);
-        check_buffer(len, self.meta.selection_len(&sel))?;
-        if len == 0 {
+        let Some(sel) = self.checked(sel, len)? else {
             return Ok(());
-        }
+        };
         let (chunks, meta) = (self.store.chunk_source().map_err(store_err)?, &self.meta);
         block::here(py, async move {
             // SAFETY: the caller keeps the array alive and unmoved for this
@@ -110,11 +117,9 @@ impl NativeArray {
         ptr: usize,
         len: usize,
     ) -> PyResult<()> {
-        let sel = selection(sel);
-        check_buffer(len, self.meta.selection_len(&sel))?;
-        if len == 0 {
+        let Some(sel) = self.checked(sel, len)? else {
             return Ok(());
-        }
+        };
         let (store, meta) = (&self.store, &self.meta);
         block::here(py, async move {
             // SAFETY: as in `read`; only read from.

@@ -2,6 +2,7 @@
 //! of the raw bytes), then the raw or zstd-compressed bytes. The checksum is
 //! what tells a damaged chunk from a valid one whatever the codec.
 
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 const MAGIC: &[u8; 4] = b"CRA1";
@@ -68,9 +69,10 @@ pub fn encode(raw: &[u8], compression: Compression) -> Vec<u8> {
     out
 }
 
-/// The raw bytes of a stored chunk, which must be `expected` bytes long; the
-/// error says what is wrong with it.
-pub fn decode(stored: &[u8], expected: usize) -> Result<Vec<u8>, String> {
+/// The raw bytes of a stored chunk, which must be `expected` bytes long (a
+/// raw chunk's are a slice of `stored`, not a copy); the error says what is
+/// wrong with it.
+pub fn decode(stored: Bytes, expected: usize) -> Result<Bytes, String> {
     if stored.len() < HEADER || &stored[..4] != MAGIC {
         return Err(format!(
             "not a chunk ({} bytes without the chunk header)",
@@ -89,7 +91,7 @@ pub fn decode(stored: &[u8], expected: usize) -> Result<Vec<u8>, String> {
     }
     let body = &stored[HEADER..];
     let raw = match stored[4] {
-        RAW if body.len() == raw_len => body.to_vec(),
+        RAW if body.len() == raw_len => stored.slice(HEADER..),
         RAW => return Err(format!("{} bytes stored for {raw_len}", body.len())),
         ZSTD => {
             let mut raw = Vec::with_capacity(raw_len);
@@ -102,7 +104,7 @@ pub fn decode(stored: &[u8], expected: usize) -> Result<Vec<u8>, String> {
                     raw.len()
                 ));
             }
-            raw
+            Bytes::from(raw)
         }
         other => return Err(format!("unknown codec {other}")),
     };
@@ -123,7 +125,7 @@ mod tests {
         #[test]
         fn round_trips(raw in proptest::collection::vec(any::<u8>(), 0..2000), zstd in any::<bool>()) {
             let c = if zstd { Compression::Zstd { level: 1 } } else { Compression::None };
-            prop_assert_eq!(decode(&encode(&raw, c), raw.len()).unwrap(), raw);
+            prop_assert_eq!(decode(encode(&raw, c).into(), raw.len()).unwrap(), raw);
         }
 
         #[test]
@@ -143,7 +145,7 @@ mod tests {
                 let i = at.index(stored.len());
                 stored[i] ^= bits;
             }
-            prop_assert!(decode(&stored, raw.len()).is_err());
+            prop_assert!(decode(stored.into(), raw.len()).is_err());
         }
     }
 

@@ -24,6 +24,7 @@ pub use select::DimSel;
 
 use crate::error::{Result, StoreError};
 use crate::{ChunkSource, SampleStore};
+use bytes::Bytes;
 use futures::stream::{self, StreamExt, TryStreamExt};
 use select::ChunkPart;
 use serde::{Deserialize, Serialize};
@@ -262,13 +263,13 @@ async fn fetch(
     chunks: &dyn ChunkSource,
     meta: &ArrayMeta,
     coords: &[u64],
-) -> Result<Option<Vec<u8>>> {
+) -> Result<Option<Bytes>> {
     let stored = chunks.get_chunk(meta.id, meta.chunk_index(coords)).await?;
     let Some(stored) = stored else {
         return Ok(None);
     };
     let expected = meta.chunk_len();
-    let raw = tokio::task::spawn_blocking(move || codec::decode(&stored, expected))
+    let raw = tokio::task::spawn_blocking(move || codec::decode(stored, expected))
         .await
         .map_err(|e| StoreError::Internal(format!("chunk decoding panicked: {e}")))?;
     raw.map(Some).map_err(|reason| meta.corrupt(coords, reason))
@@ -345,7 +346,7 @@ pub async fn read_many(
         .buffer_unordered(CHUNK_WINDOW);
     while let Some((meta, raw, parts, _permit)) = fetched.try_next().await? {
         let chunk = match &raw {
-            Some(raw) => raw,
+            Some(raw) => &raw[..],
             None => &*fills.entry(meta.id).or_insert_with(|| meta.fill_chunk()),
         };
         for (i, part) in parts {
@@ -401,7 +402,7 @@ pub async fn write(
             .buffer_unordered(CHUNK_WINDOW);
         let mut encoding = Vec::with_capacity(group.len());
         while let Some((part, raw)) = base.try_next().await? {
-            let mut chunk = raw.unwrap_or_else(|| meta.fill_chunk());
+            let mut chunk = raw.map_or_else(|| meta.fill_chunk(), Vec::from);
             select::scatter(
                 &part,
                 data,
