@@ -91,7 +91,7 @@ class _Source:
         """A reader of the current epoch, with the next one queued behind it."""
         self.dataset.set_epoch(self._plan_epoch(self.epoch))
         self._it = self.dataset._reader()
-        self._it.read_next(self._plan_epoch(self.epoch + 1))
+        self._it.read_ahead(self._plan_epoch(self.epoch + 1))
         self._served = 0
 
     def _end_epoch(self) -> None:
@@ -102,7 +102,7 @@ class _Source:
             pass
         self.epoch += 1
         if it.next_epoch():
-            it.read_next(self._plan_epoch(self.epoch + 1))
+            it.read_ahead(self._plan_epoch(self.epoch + 1))
             self._served = 0
         else:
             self._it = None

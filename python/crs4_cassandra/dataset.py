@@ -596,9 +596,11 @@ class ShardedDataset(IterableDataset[Any]):
         if reader is None:  # (not `or`: a reader's truth is its length)
             reader = self._reader(share)
         if then is not None:
-            # Its reads start once this epoch's are all issued: the window
-            # stays full across the boundary instead of draining and refilling.
-            reader.read_next(then)
+            # Its reads (and those of the epochs after it, as far as the
+            # window reaches) start once this epoch's are all issued: the
+            # window stays full across the boundary instead of draining and
+            # refilling, however short the epochs.
+            reader.read_ahead(then)
         self._positions = []
         self.skipped = []
         finished = False

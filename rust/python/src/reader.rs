@@ -463,6 +463,23 @@ impl Reader {
         }
     }
 
+    /// After the current epoch, reads `epoch` and the epochs after it in
+    /// steps of `epoch` minus the current one, as far ahead as the window
+    /// reaches (several epochs when they are short); asking again for the
+    /// epoch that comes next anyway does nothing.
+    fn read_ahead(&mut self, epoch: u64) -> PyResult<()> {
+        match self.open.as_mut() {
+            Some(open) => open.reader.read_ahead(epoch).map_err(store_err),
+            None => Ok(()),
+        }
+    }
+
+    /// The epoch `next_epoch` would move on to, if any.
+    #[getter]
+    fn upcoming_epoch(&self) -> Option<u64> {
+        self.open.as_ref().and_then(|o| o.reader.upcoming_epoch())
+    }
+
     /// Whether the reader is reading a next epoch (see `read_next`) after this one.
     #[getter]
     fn has_next_epoch(&self) -> bool {

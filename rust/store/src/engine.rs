@@ -2,10 +2,12 @@
 //! delivers finished batches in plan order (`ordered`) or as they complete.
 //!
 //! A stream may carry the plans of several epochs back to back
-//! ([`BatchStream::read_next`]): the reads of the next epoch start as soon as
+//! ([`BatchStream::read_next`], or [`BatchStream::read_ahead`] for as many
+//! as the window needs): the reads of the next epoch start as soon as
 //! the current one has issued its last read,
 //! so the window stays full across the boundary instead of draining and
-//! refilling (a round trip lost at each end of every epoch). No batch of an
+//! refilling (a round trip lost at each end of every epoch), however short
+//! the epochs are next to the window. No batch of an
 //! epoch is delivered before every batch of the previous one, in either
 //! delivery order.
 //! (That rule is the [`ReorderBuffer`]'s; the driver task issues the reads and
@@ -22,13 +24,13 @@ use crate::decode::{decode_stage, DecodeOptions};
 use crate::error::{Result, StoreError};
 use crate::reorder::ReorderBuffer;
 use crate::runtime::runtime;
-use crate::tuner::{self, WindowTuner};
+use crate::tuner::{Ticket, WindowTuner};
 use crate::{TableReader, TableSpec};
 use crs4_cassandra_core::{PlannedBatch, ProcessOwned};
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use uuid::Uuid;
@@ -38,7 +40,7 @@ pub struct EngineOptions {
     /// Batch reads in flight (and awaiting reorder): the starting point when
     /// `autotune`, else a fixed number.
     pub window: usize,
-    /// Grow the window while it raises throughput (see [`WindowTuner`]).
+    /// Size the window from measured throughput and round trip (see [`WindowTuner`]).
     pub autotune: bool,
     /// Bytes of batches in flight the tuner may use at most.
     pub memory_budget: usize,
@@ -65,8 +67,9 @@ pub const DEFAULT_MEMORY_BUDGET: usize = 1 << 30;
 /// 64, 0.14 s to the first batch instead of 0.8 s).
 const SLOW_START: usize = 8;
 const SLOW_START_STEP: usize = 3;
-/// Upper bound of the tuned window, whatever the budget.
-const MAX_WINDOW: usize = 256;
+/// Upper bound of the tuned window, whatever the budget (which is what
+/// bounds it in practice: 4096 batches of 8 samples of 32 KB are 1 GiB).
+const MAX_WINDOW: usize = 4096;
 
 impl EngineOptions {
     /// A fixed window of `window` batch reads (no tuning), as an expert knob.
@@ -100,6 +103,8 @@ pub struct BatchStream {
     remaining: usize,
     /// Batch counts of the epochs read after the current one.
     queued_epochs: VecDeque<usize>,
+    /// After those, epochs of this many batches without end ([`BatchStream::read_ahead`]).
+    endless: Option<usize>,
     window: Arc<AtomicUsize>,
 }
 
@@ -108,7 +113,17 @@ struct Link {
     driver: tokio::task::JoinHandle<()>,
     rx: mpsc::Receiver<Result<Batch>>,
     /// Plans of later epochs, for the driver.
-    plans: mpsc::UnboundedSender<Vec<PlannedBatch>>,
+    plans: mpsc::UnboundedSender<Plans>,
+}
+
+/// Makes the plan of each next epoch, in turn.
+pub type PlanSource = Box<dyn FnMut() -> Result<Vec<PlannedBatch>> + Send>;
+
+/// Later epochs handed to the driver.
+enum Plans {
+    One(Vec<PlannedBatch>),
+    /// As many epochs as the window needs, each of the given batch count.
+    Endless(PlanSource, usize),
 }
 
 impl Drop for Link {
@@ -192,6 +207,7 @@ impl BatchStream {
     fn stop(&mut self) {
         self.remaining = 0;
         self.queued_epochs.clear();
+        self.endless = None;
     }
 
     /// Reads the batches of `plan` (a next epoch's share) once every read of
@@ -203,14 +219,26 @@ impl BatchStream {
         let Some(link) = self.link.get() else {
             return;
         };
-        if link.plans.send(plan).is_ok() {
+        if self.endless.is_none() && link.plans.send(Plans::One(plan)).is_ok() {
             self.queued_epochs.push_back(n);
+        }
+    }
+
+    /// After the epochs planned so far, reads epochs of `batches` batches
+    /// each, planned by `source` in turn, as far ahead as the window reaches
+    /// (several epochs when they are short), for as long as the stream lives.
+    pub fn read_ahead(&mut self, batches: usize, source: PlanSource) {
+        let Some(link) = self.link.get() else {
+            return;
+        };
+        if self.endless.is_none() && link.plans.send(Plans::Endless(source, batches)).is_ok() {
+            self.endless = Some(batches);
         }
     }
 
     /// Whether the plan of a next epoch is being read after the current one.
     pub fn has_next_epoch(&self) -> bool {
-        !self.queued_epochs.is_empty()
+        !self.queued_epochs.is_empty() || self.endless.is_some()
     }
 
     /// Once the current epoch is fully delivered, moves on to the next epoch
@@ -220,7 +248,7 @@ impl BatchStream {
         if self.remaining > 0 {
             return false;
         }
-        match self.queued_epochs.pop_front() {
+        match self.queued_epochs.pop_front().or(self.endless) {
             Some(n) => {
                 self.remaining = n;
                 true
@@ -247,11 +275,18 @@ impl FetchEngine {
         options: EngineOptions,
     ) -> BatchStream {
         let tuner = if options.autotune {
-            let start = tuner::recall(&reader.spec().table).unwrap_or(options.window);
+            // What is learned depends on the batch size (a batch's round trip
+            // does): one memory per table and batch size.
+            let batch_size = batches.first().map_or(0, |b| b.indices.len());
+            let key = format!("{}/{batch_size}", reader.spec().table);
             let outside = held_outside_window(options.ready);
-            WindowTuner::auto(start, MAX_WINDOW, options.memory_budget)
-                .reserve(outside)
-                .learning_for(&reader.spec().table)
+            WindowTuner::auto(
+                options.window.max(SLOW_START),
+                MAX_WINDOW,
+                options.memory_budget,
+            )
+            .reserve(outside)
+            .learning_for(&key)
         } else {
             WindowTuner::fixed(options.window)
         };
@@ -279,6 +314,7 @@ impl FetchEngine {
             link: ProcessOwned::new(Link { driver, rx, plans }),
             remaining,
             queued_epochs: VecDeque::new(),
+            endless: None,
             window,
         }
     }
@@ -336,11 +372,20 @@ fn held_outside_window(ready: usize) -> usize {
 /// The driver's ends of the stream's channels.
 struct Channels {
     /// Plans of later epochs.
-    plans: mpsc::UnboundedReceiver<Vec<PlannedBatch>>,
+    plans: mpsc::UnboundedReceiver<Plans>,
     /// Finished batches (or the error that ends the stream), for the consumer.
     tx: mpsc::Sender<Result<Batch>>,
     /// The window in use, shown by [`BatchStream::window`].
     window: Arc<AtomicUsize>,
+}
+
+/// A batch read's outcome, with its place in the sequence of reads, the
+/// tuner's ticket and when it finished (the driver may take it in later).
+struct Finished {
+    seq: usize,
+    result: Result<Batch>,
+    ticket: Ticket,
+    at: Instant,
 }
 
 /// The background task of a stream: issues batch reads within the window,
@@ -358,9 +403,11 @@ struct Driver {
     channels: Channels,
     /// Planned batches not yet issued, in plan order over every epoch.
     pending: VecDeque<PlannedBatch>,
+    /// Plans the epochs after those when the window reaches past them.
+    source: Option<(PlanSource, usize)>,
     /// Reads issued so far: the next one's number in the sequence of all of them.
     issued: usize,
-    in_flight: JoinSet<(usize, Result<Batch>)>,
+    in_flight: JoinSet<Finished>,
     reorder: ReorderBuffer<Batch, StoreError>,
     /// A read failed: no more are issued.
     failed: bool,
@@ -392,6 +439,7 @@ impl Driver {
             image_pool: ArenaPool::new(POOL_FREE),
             channels,
             pending: batches.into(),
+            source: None,
             issued: 0,
             in_flight: JoinSet::new(),
             reorder,
@@ -405,6 +453,10 @@ impl Driver {
         loop {
             while let Ok(plan) = self.channels.plans.try_recv() {
                 self.add_plan(plan);
+            }
+            if let Err(e) = self.plan_ahead() {
+                let _ = self.deliver(Err(e)).await;
+                return;
             }
             self.issue();
             if self.in_flight.is_empty() {
@@ -421,7 +473,7 @@ impl Driver {
             let Some(joined) = self.in_flight.join_next().await else {
                 continue;
             };
-            let (seq, result) = match joined {
+            let done = match joined {
                 Ok(done) => done,
                 Err(e) if e.is_cancelled() => return,
                 Err(e) => {
@@ -430,7 +482,7 @@ impl Driver {
                     return;
                 }
             };
-            self.complete(seq, result);
+            self.complete(done);
             if self.deliver_ready().await.is_err() {
                 return;
             }
@@ -438,9 +490,35 @@ impl Driver {
     }
 
     /// Queues a later epoch's plan after everything planned so far.
-    fn add_plan(&mut self, plan: Vec<PlannedBatch>) {
+    fn add_plan(&mut self, plans: Plans) {
+        match plans {
+            Plans::One(plan) => self.add_epoch(plan),
+            Plans::Endless(source, batches) => self.source = Some((source, batches)),
+        }
+    }
+
+    fn add_epoch(&mut self, plan: Vec<PlannedBatch>) {
         self.reorder.add_epoch(plan.len());
         self.pending.extend(plan);
+    }
+
+    /// Plans further epochs while the window reaches past those planned.
+    fn plan_ahead(&mut self) -> Result<()> {
+        let window = self.window();
+        while self.pending.len() < window {
+            let Some((source, batches)) = self.source.as_mut() else {
+                break;
+            };
+            let plan = source()?;
+            if plan.len() != *batches || plan.is_empty() {
+                return Err(StoreError::Internal(format!(
+                    "an epoch read ahead has {} batches where {batches} were expected",
+                    plan.len()
+                )));
+            }
+            self.add_epoch(plan);
+        }
+        Ok(())
     }
 
     /// The window now: the tuner's, within the slow start. Every buffer the
@@ -487,6 +565,7 @@ impl Driver {
             );
             let (spec, image_pool, decode) =
                 (self.spec.clone(), self.image_pool.clone(), self.decode);
+            let ticket = self.tuner.on_issue(Instant::now());
             self.in_flight.spawn(async move {
                 let result = match (read.await, decode) {
                     (Ok(batch), Some(options)) => tokio::task::spawn_blocking(move || {
@@ -500,23 +579,31 @@ impl Driver {
                     }),
                     (result, _) => result,
                 };
-                (seq, result)
+                Finished {
+                    seq,
+                    result,
+                    ticket,
+                    at: Instant::now(),
+                }
             });
         }
     }
 
     /// Takes in a finished read.
-    fn complete(&mut self, seq: usize, result: Result<Batch>) {
+    fn complete(&mut self, done: Finished) {
+        let Finished {
+            seq,
+            result,
+            ticket,
+            at,
+        } = done;
         self.failed |= result.is_err();
         if let Ok(batch) = &result {
-            // The tuner counts reads as they complete, not as they are
+            // The tuner counts reads as they finish, not as they are
             // delivered: in plan order, one late batch holds back those after
-            // it and delivery comes in bursts a window long. The consumer is
-            // waiting if nothing is queued for it.
+            // it and delivery comes in bursts a window long.
             let bytes = batch.data.len() + batch.images.as_ref().map_or(0, |i| i.pixels.len());
-            let tx = &self.channels.tx;
-            self.tuner
-                .on_batch(bytes, tx.capacity() == tx.max_capacity());
+            self.tuner.on_batch(ticket, bytes, at);
         }
         self.reorder.insert(seq, result);
     }

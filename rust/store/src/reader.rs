@@ -15,6 +15,7 @@ use crs4_cassandra_core::{
     RunIdentity,
 };
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
@@ -334,6 +335,12 @@ pub struct Reader {
     config: Arc<ReaderConfig>,
     ids: Arc<[Uuid]>,
     share: Share,
+    /// The epoch being delivered.
+    epoch: u64,
+    /// Epochs queued behind it, in delivery order.
+    queued: VecDeque<u64>,
+    /// Then, without end: the next epoch and the step between epochs.
+    ahead: Option<(u64, u64)>,
 }
 
 impl Reader {
@@ -358,16 +365,78 @@ impl Reader {
             config,
             ids,
             share,
+            epoch: progress.epoch,
+            queued: VecDeque::new(),
+            ahead: None,
         })
     }
 
     /// Reads `epoch` (from its beginning) after the epochs already planned,
     /// as soon as their last reads are issued.
     pub fn read_next(&mut self, epoch: u64) -> Result<()> {
+        if self.ahead.is_some() {
+            return Err(StoreError::Internal(
+                "epochs are already read ahead without end".into(),
+            ));
+        }
         let batches = self
             .config
             .batches(self.ids.len(), &self.share, &Progress::fresh(epoch))?;
         self.stream.read_next(batches);
+        self.queued.push_back(epoch);
+        Ok(())
+    }
+
+    /// The epoch a [`Reader::next_epoch`] would move on to.
+    pub fn upcoming_epoch(&self) -> Option<u64> {
+        self.queued
+            .front()
+            .copied()
+            .or(self.ahead.map(|(next, _)| next))
+    }
+
+    /// After the epochs queued so far (or the current one), reads `epoch`,
+    /// then the epochs after it in steps of `epoch` minus the last one
+    /// queued (1 for 0, 1, 2, ...; 0 for the same epoch again and again), as
+    /// far ahead as the window reaches: several epochs when they are short.
+    /// Asking again for the epoch that comes next anyway does nothing.
+    pub fn read_ahead(&mut self, epoch: u64) -> Result<()> {
+        if self.ahead.is_some() {
+            if self.upcoming_epoch() == Some(epoch) {
+                return Ok(());
+            }
+            return Err(StoreError::Internal(format!(
+                "epochs from {:?} are already read ahead, not {epoch}",
+                self.upcoming_epoch()
+            )));
+        }
+        let last = self.queued.back().copied().unwrap_or(self.epoch);
+        let Some(step) = epoch.checked_sub(last) else {
+            return self.read_next(epoch);
+        };
+        let progress = Progress::fresh(epoch);
+        let first = self
+            .config
+            .batches(self.ids.len(), &self.share, &progress)?;
+        let batches = first.len();
+        let (config, share, n) = (self.config.clone(), self.share, self.ids.len());
+        let mut plans = Some(first);
+        let mut next = epoch;
+        self.stream.read_ahead(
+            batches,
+            Box::new(move || match plans.take() {
+                Some(first) => {
+                    next = next.saturating_add(step);
+                    Ok(first)
+                }
+                None => {
+                    let plan = config.batches(n, &share, &Progress::fresh(next));
+                    next = next.saturating_add(step);
+                    plan
+                }
+            }),
+        );
+        self.ahead = Some((epoch, step));
         Ok(())
     }
 
@@ -383,7 +452,18 @@ impl Reader {
 
     /// Moves on to the next queued epoch once the current one is delivered.
     pub fn next_epoch(&mut self) -> bool {
-        self.stream.next_epoch()
+        if !self.stream.next_epoch() {
+            return false;
+        }
+        self.epoch = match self.queued.pop_front() {
+            Some(e) => e,
+            None => {
+                let (next, step) = self.ahead.expect("an epoch read ahead");
+                self.ahead = Some((next.saturating_add(step), step));
+                next
+            }
+        };
+        true
     }
 
     /// Batch reads allowed in flight now.
