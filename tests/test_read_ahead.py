@@ -141,3 +141,35 @@ def test_the_next_epoch_is_under_way_before_it_is_asked_for(
     assert first_batch_after(2) < 0.15
     ds.set_epoch(5)  # a wrong guess: back to a full round trip
     assert first_batch_after(5) >= 0.3
+
+
+@pytest.mark.slow
+def test_epochs_shorter_than_the_window_are_read_several_ahead(
+    keyspace_url: str, proxy: Proxy
+) -> None:
+    # Epochs of 2 batches behind a 300 ms round trip: once the dataset has
+    # guessed the pattern, the reads of several epochs are under way at once,
+    # so four epochs in a row take less than one round trip (reading only the
+    # next epoch ahead would cost a round trip per epoch).
+    uuids, _, _ = fill_table(keyspace_url, "short", "int", 16)
+    proxy.latency(300)
+    ds = cc.ShardedDataset(keyspace_url, "short", uuids, 8, seed=1)
+    want = {e: fresh_batches(keyspace_url, "short", uuids, e) for e in range(6)}
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        assert epoch_of(ds) == want[epoch]
+    time.sleep(1.0)
+    t0 = time.perf_counter()
+    for epoch in (2, 3, 4, 5):
+        ds.set_epoch(epoch)
+        assert epoch_of(ds) == want[epoch], f"epoch {epoch}"
+    elapsed = time.perf_counter() - t0
+    assert elapsed < 0.3, f"{elapsed:.2f} s for four epochs"
+
+
+def fresh_batches(
+    url: str, table: str, uuids: np.ndarray, epoch: int
+) -> list[tuple[int, list[int]]]:
+    ds = cc.ShardedDataset(url, table, uuids, 8, seed=1)
+    ds.set_epoch(epoch)
+    return epoch_of(ds)

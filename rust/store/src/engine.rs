@@ -732,6 +732,95 @@ mod tests {
         }
     }
 
+    /// Counts the batch reads started.
+    struct Counting(Arc<Jittery>, Arc<AtomicUsize>);
+
+    impl TableReader for Counting {
+        fn read_batch(
+            self: Arc<Self>,
+            job: BatchJob,
+            pool: Arc<ArenaPool>,
+        ) -> BoxFuture<'static, Result<Batch>> {
+            self.1.fetch_add(1, Ordering::Relaxed);
+            self.0.clone().read_batch(job, pool)
+        }
+
+        fn spec(&self) -> &TableSpec {
+            self.0.spec()
+        }
+    }
+
+    fn short_plan(epoch: u64) -> Vec<PlannedBatch> {
+        EpochPlan::new(PlanSpec {
+            n: 40,
+            batch_size: 10,
+            world_size: 1,
+            drop_last: false,
+            shuffle: true,
+            seed: 3,
+            epoch,
+            start: 0,
+        })
+        .unwrap()
+        .reader_batches(0, 1, 0)
+        .unwrap()
+    }
+
+    #[test]
+    fn short_epochs_are_read_as_far_ahead_as_the_window_reaches() {
+        for ordered in [true, false] {
+            let started = Arc::new(AtomicUsize::new(0));
+            let jittery = Arc::new(Jittery(TableSpec::new("t", crate::LabelType::None)));
+            let reader = Arc::new(Counting(jittery, started.clone()));
+            let ids: Arc<[Uuid]> = (0..40u128).map(Uuid::from_u128).collect();
+            let mut options = EngineOptions {
+                ordered,
+                ..EngineOptions::default()
+            };
+            options.fixed_window(16);
+            let mut s = {
+                let _guard = runtime().enter();
+                FetchEngine::start(reader, ids, short_plan(0), options)
+            };
+            // Epochs 1, 3, 5, ... (a step of 2) after epoch 0, without end.
+            let mut next = 1;
+            s.read_ahead(
+                4,
+                Box::new(move || {
+                    let plan = short_plan(next);
+                    next += 2;
+                    Ok(plan)
+                }),
+            );
+            for (k, epoch) in [0u64, 1, 3, 5, 7, 9].into_iter().enumerate() {
+                if k > 0 {
+                    assert!(s.next_epoch(), "epoch {epoch}");
+                }
+                let mut got = drain(&mut s);
+                if k == 0 {
+                    // Epochs of 4 batches and a window of 16: once this one is
+                    // delivered, reads of the three after it are under way
+                    // (queued for the consumer or in flight).
+                    std::thread::sleep(Duration::from_millis(200));
+                    let n = started.load(Ordering::Relaxed);
+                    assert!(n >= 4 + 14, "{n} batch reads started");
+                }
+                let want: Vec<(usize, Vec<u32>)> = short_plan(epoch)
+                    .into_iter()
+                    .map(|b| (b.position, b.indices))
+                    .collect();
+                if !ordered {
+                    got.sort();
+                }
+                assert_eq!(got, want, "ordered={ordered}, epoch {epoch}");
+                assert!(s.has_next_epoch());
+            }
+            // Bounded by the window, however far ahead.
+            let n = started.load(Ordering::Relaxed);
+            assert!(n <= 6 * 4 + 16 + 2 + 1 + 2, "{n} batch reads started");
+        }
+    }
+
     #[test]
     fn next_epoch_waits_for_the_current_one_to_end() {
         let mut s = stream(true, &[0, 1]);
