@@ -1,0 +1,284 @@
+"""The self-tuning window against fixed windows, each in a fresh process, from
+an Apache Cassandra node behind toxiproxy's latency toxic.
+
+Every configuration runs in a new Python process that opens the store,
+connects and reads ``--epochs`` epochs one after the other with
+``set_epoch`` (as a training loop does), so the first epoch pays what a
+fresh job pays (connecting, the first round trips, the window's start) and
+is reported on its own; the later ones show the steady state (from the
+third epoch on, the dataset reads the next epochs ahead). Per epoch:
+samples/s; over the steady epochs: the process's CPU seconds per GB
+delivered and the node's and toxiproxy's over the whole process.
+
+Two parts:
+
+- **windows**: the default (auto) against fixed windows of 4, 16 and 64
+  batch reads, batch 128, at 0-200 ms, on epochs of 5,000 samples (40
+  batches) and of 20,000;
+- **small epochs**: 800-sample epochs, batch 8 to 512, auto only, at 0 and
+  100 ms: the steady epochs' rate at 100 ms against 0 ms, and the first
+  epoch's time against the time its bytes take at the 0 ms rate.
+
+    python -m bench.tuner [--images 2000] [--kb 110] [--epochs 5] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .common import DATA, HERE, folder_stats, image_folder, log, machine, settle, write_json
+
+DELAYS_MS = (0, 10, 50, 100, 200)
+FIXED = (4, 16, 64)
+SHAPES = ((5000, 128), (20000, 128))
+SMALL_EPOCH = 800
+SMALL_BATCHES = (8, 32, 128, 512)
+SMALL_DELAYS_MS = (0, 100)
+# Whole epochs after which the steady rate is taken (the dataset reads the
+# next epochs ahead from the third on).
+STEADY_FROM = 2
+
+
+def child(url: str, uuids_file: str, batch: int, window: int | None, epochs: int) -> None:
+    """One configuration, in this (fresh) process: prints a JSON line."""
+    import crs4_cassandra as cc
+
+    uuids = np.load(uuids_file)
+    t_open = time.perf_counter()
+    ds = cc.ShardedDataset(url, "data", uuids, batch, window=window, allow_repeats=True)
+    rows = []
+    for epoch in range(epochs):
+        ds.set_epoch(epoch)
+        ru0 = resource.getrusage(resource.RUSAGE_SELF)
+        t0 = time.perf_counter()
+        n = nbytes = 0
+        for b in ds:
+            n += len(b)
+            nbytes += int(b.data.numel())
+        t1 = time.perf_counter()
+        ru1 = resource.getrusage(resource.RUSAGE_SELF)
+        cpu = ru1.ru_utime + ru1.ru_stime - ru0.ru_utime - ru0.ru_stime
+        rows.append(
+            {
+                "seconds": t1 - t0,
+                "samples": n,
+                "bytes": nbytes,
+                "cpu": cpu,
+                "window": ds.current_window,
+            }  # fmt: skip
+        )
+    ds.close()
+    print(json.dumps({"epochs": rows, "opened_s": t0 - t_open}))
+
+
+def run_child(url: str, uuids_file: Path, batch: int, window: int | None, epochs: int) -> Any:
+    cmd = [
+        sys.executable, "-m", "bench.tuner", "--child", url, str(uuids_file), str(batch),
+        str(window or 0), str(epochs),
+    ]  # fmt: skip
+    out = subprocess.run(
+        cmd, cwd=HERE.parent, capture_output=True, text=True, timeout=600, check=False,
+        env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+    )  # fmt: skip
+    if out.returncode != 0:
+        raise RuntimeError(f"{cmd}: {out.stderr[-2000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def summarize(r: Any) -> dict[str, Any]:
+    ep = r["epochs"]
+    steady = ep[STEADY_FROM:]
+    rates = [e["samples"] / e["seconds"] for e in ep]
+    gb = sum(e["bytes"] for e in steady) / 1e9
+    return {
+        "first": rates[0],
+        "first_s": ep[0]["seconds"],
+        "first_bytes": ep[0]["bytes"],
+        "steady": statistics.median(rates[STEADY_FROM:]),
+        "rates": rates,
+        "cpu_s_per_gb": sum(e["cpu"] for e in steady) / gb if gb else None,
+        "window": ep[-1]["window"],
+    }
+
+
+def measure(cl: Any, url: str, uuids_file: Path, batch: int, window: int | None,
+            epochs: int) -> dict[str, Any]:  # fmt: skip
+    s0, p0 = cl.cpu_seconds(), cl.toxiproxy.cpu_seconds()
+    r = run_child(url, uuids_file, batch, window, epochs)
+    out = summarize(r)
+    gb = sum(e["bytes"] for e in r["epochs"]) / 1e9
+    out["server_cpu_s_per_gb"] = (cl.cpu_seconds() - s0) / gb
+    out["proxy_cpu_s_per_gb"] = (cl.toxiproxy.cpu_seconds() - p0) / gb
+    return out
+
+
+def run(folder: Path, epochs: int, quick: bool) -> dict[str, Any]:
+    sys.path.insert(0, str(HERE.parent))
+    import crs4_cassandra as cc
+    from crs4_cassandra.ingest import ingest_folder
+    from testbed import Cluster
+
+    n_images, mean = folder_stats(folder)
+    delays = (0, 100) if quick else DELAYS_MS
+    shapes = SHAPES[:1] if quick else SHAPES
+    out: dict[str, Any] = {
+        "machine": machine(), "images": n_images, "mean_bytes": mean, "epochs": epochs,
+        "windows": {}, "small": {},
+    }  # fmt: skip
+    with Cluster(1, name="tuner", heap="1g") as cl:
+        url = cl.url("tuner")
+        report = ingest_folder(folder, url, "data", val_frac=0.0, progress=False)
+        assert report.split_file is not None
+        base = np.asarray(report.split_file.uuids("train"))
+        log(f"waited {settle(cl):.0f} s for the node to finish flushing and compacting")
+        # Warm the node's caches the same for every configuration.
+        for _ in cc.ShardedDataset(url, "data", base, 128):
+            pass
+        files: dict[int, Path] = {}
+        for n in {s for s, _ in shapes} | {SMALL_EPOCH}:
+            reps = -(-n // len(base))
+            files[n] = DATA / f"tuner-{n}.npy"
+            np.save(files[n], np.tile(base, (reps, 1))[:n])
+        for delay in delays:
+            cl.proxies[0].clear()
+            if delay:
+                cl.proxies[0].latency(delay)
+            for n, batch in shapes:
+                for window in (None, *FIXED):
+                    name = "auto (default)" if window is None else f"fixed {window}"
+                    try:
+                        m = measure(cl, url, files[n], batch, window, epochs)
+                    except RuntimeError as e:
+                        log(f"{n}/{batch} {delay} ms {name}: FAILED {e}")
+                        m = {"failed": str(e)[-300:]}
+                    out["windows"].setdefault(f"{n}", {}).setdefault(name, {})[delay] = m
+                    if "steady" in m:
+                        log(f"{n}/{batch} {delay:>3} ms {name:<15} first {m['first']:>7,.0f} "
+                            f"steady {m['steady']:>7,.0f} window {m['window']} "
+                            f"cpu {m['cpu_s_per_gb']:.2f} s/GB")  # fmt: skip
+            if delay in SMALL_DELAYS_MS:
+                for batch in SMALL_BATCHES:
+                    m = measure(cl, url, files[SMALL_EPOCH], batch, None, max(epochs, 6))
+                    out["small"].setdefault(str(batch), {})[delay] = m
+                    log(f"800/{batch} {delay:>3} ms rates "
+                        + " ".join(f"{r:,.0f}" for r in m["rates"]))  # fmt: skip
+    return out
+
+
+def fmt(x: float | None, digits: int = 0) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def report(r: dict[str, Any]) -> list[str]:
+    lines = [
+        "## Window tuning, fresh processes (Apache Cassandra behind toxiproxy)",
+        "",
+        f"`python -m bench.tuner`: {r['images']} JPEGs of mean {r['mean_bytes'] / 1000:.0f} KB "
+        f"repeated into epochs; each configuration in a new process reading {r['epochs']} epochs "
+        "with set_epoch; samples/s of the first epoch (connecting included) and the median of "
+        f"epochs {STEADY_FROM}-{r['epochs'] - 1}; one node (1 GiB heap) and toxiproxy share the "
+        f"2 cores with the loader. {r['machine']}.",
+        "",
+    ]
+    for n, configs in r["windows"].items():
+        delays = sorted({d for c in configs.values() for d in c})
+        lines += [
+            f"Epochs of {int(n):,} samples, batch 128: first epoch / steady epochs, samples/s.",
+            "",
+            "| window | " + " | ".join(f"{d} ms" for d in delays) + " |",
+            "|---|" + "---:|" * len(delays),
+        ]
+        for name, by_delay in configs.items():
+            cells = []
+            for d in delays:
+                m = by_delay.get(d, {})
+                cells.append(
+                    "failed" if "failed" in m else f"{fmt(m['first'])} / {fmt(m['steady'])}"
+                )
+            lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        ratio, first_ratio, win, cpu, srv = [], [], [], [], []
+        for d in delays:
+            auto = configs["auto (default)"].get(d, {})
+            fixed = [c[d] for k, c in configs.items() if k != "auto (default)" and "steady" in c[d]]
+            if "steady" not in auto or not fixed:
+                ratio.append("-")
+                first_ratio.append("-")
+                win.append("-")
+                cpu.append("-")
+                srv.append("-")
+                continue
+            ratio.append(f"{auto['steady'] / max(f['steady'] for f in fixed):.2f}")
+            first_ratio.append(f"{auto['first'] / max(f['first'] for f in fixed):.2f}")
+            win.append(str(auto["window"]))
+            cpu.append(fmt(auto["cpu_s_per_gb"], 2))
+            srv.append(
+                f"{fmt(auto['server_cpu_s_per_gb'], 1)} + {fmt(auto['proxy_cpu_s_per_gb'], 1)}"
+            )
+        lines += [
+            "| auto / best fixed, steady | " + " | ".join(ratio) + " |",
+            "| auto / best fixed, first epoch | " + " | ".join(first_ratio) + " |",
+            "| window auto ended with | " + " | ".join(win) + " |",
+            "| auto: loader CPU s/GB (steady) | " + " | ".join(cpu) + " |",
+            "| auto: node + toxiproxy CPU s/GB | " + " | ".join(srv) + " |",
+            "",
+        ]
+    if r["small"]:
+        lines += [
+            f"Epochs of {SMALL_EPOCH} samples, auto: samples/s of each epoch of a fresh process; "
+            "'100 vs 0 ms' is the median of the steady epochs at 100 ms over that at 0 ms; "
+            "'first epoch, extra round trips' is the first epoch's time at 100 ms minus the "
+            "time its bytes take at the steady 0 ms rate, in 100 ms round trips.",
+            "",
+            "| batch | 0 ms, epochs 0.. | 100 ms, epochs 0.. | 100 vs 0 ms "
+            "| first epoch, extra round trips |",
+            "|---:|---|---|---:|---:|",
+        ]
+        for batch, by_delay in r["small"].items():
+            z, h = by_delay.get(0), by_delay.get(100)
+            if z is None or h is None:
+                continue
+            extra = (
+                h["first_s"] - h["first_bytes"] / (z["steady"] * z["first_bytes"] / SMALL_EPOCH)
+            ) / 0.1
+            lines.append(
+                f"| {batch} | {' '.join(fmt(x) for x in z['rates'])} | "
+                f"{' '.join(fmt(x) for x in h['rates'])} | {h['steady'] / z['steady']:.0%} | "
+                f"{extra:.1f} |"
+            )
+        lines.append("")
+    return lines
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--child", nargs=5, metavar=("URL", "UUIDS", "BATCH", "WINDOW", "EPOCHS"))
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--kb", type=float, default=110.0)
+    ap.add_argument("--epochs", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="0 and 100 ms, 5,000-sample epochs only")
+    args = ap.parse_args()
+    if args.child:
+        url, uuids, batch, window, epochs = args.child
+        child(url, uuids, int(batch), int(window) or None, int(epochs))
+        return
+    t0 = time.perf_counter()
+    r = run(image_folder(args.images, args.kb), args.epochs, args.quick)
+    r["minutes"] = (time.perf_counter() - t0) / 60
+    write_json("tuner", r)
+    print("\n".join(report(r)))
+    log(f"took {r['minutes']:.1f} min")
+
+
+if __name__ == "__main__":
+    main()
