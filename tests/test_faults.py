@@ -280,6 +280,9 @@ def test_slow_node_reads_are_hedged_to_another_replica(cluster3: Cluster) -> Non
     before = st.read_stats()
     cluster3.proxies[1].latency(300)
     try:
+        # Late reads are hedged at once (within a budget); after a thousand
+        # or so reads node 2 is found slow and goes to the end of query plans.
+        _read_until(ds, st, before["reads"] + 1500)
         t0 = time.monotonic()
         batches = list(ds)
         took = time.monotonic() - t0
@@ -290,13 +293,11 @@ def test_slow_node_reads_are_hedged_to_another_replica(cluster3: Cluster) -> Non
     assert_bytes(batches, data)
     after = st.read_stats()
     reads, hedged, won = (after[k] - before[k] for k in ("reads", "hedged", "hedges_won"))
-    assert reads >= N, after
-    # About a third of the reads go to node 2 first: late ones are hedged, and
-    # the hedges (to a node without the toxic) answer first.
-    assert hedged > 0 and won > 0, after
-    assert won <= hedged <= reads, after
-    # Without hedges nearly every batch (8 samples) has one on node 2 and waits
-    # 300 ms: 30 batches, 4 at a time, would take over 2 s.
+    # The hedges (to a node without the toxic) answer first.
+    assert hedged > 0 and won > 0, (before, after)
+    assert won <= hedged < reads / 4, (before, after)
+    # Without either, nearly every batch (8 samples) has one on node 2 and
+    # waits 300 ms: 30 batches, 4 at a time, would take over 2 s.
     assert took < 1.2, took
 
 

@@ -302,10 +302,11 @@ def open_store(
       instead of hedged reads), ``hedged_reads`` (default True: on tables
       whose keyspace has two replicas or more, on two nodes or more, a sample
       read that has not answered after ``hedge_percentile`` (99) of recent
-      reads' latencies on the fastest node, at least ``hedge_min_delay``
-      seconds (0.005), is sent to another replica too and the first answer
-      wins; a node whose reads keep needing that goes to the end of query
-      plans for 10 s; ``store.read_stats()`` counts reads and hedges),
+      reads' latencies, at least ``hedge_min_delay`` seconds (0.005), is sent
+      to another replica too and the first answer wins, for at most 5% of
+      reads; a node over twice as slow as the others, or whose reads keep
+      needing hedges, goes to the end of query plans for 10 s;
+      ``store.read_stats()`` counts reads, hedges and hedges won),
       ``latency_aware`` (default False; True routes reads away from a node
       whose recent average latency is over twice the fastest node's, which
       helps where replicas can serve the reads instead), ``consistency``

@@ -7,14 +7,21 @@
 //! [`Hedging`] is also the read statement's history listener: it counts reads,
 //! hedges and hedges that won ([`ReadStats`]), and keeps a latency histogram
 //! per node, of attempts that answered first (a late attempt overtaken by its
-//! hedge is dropped and never recorded, so a slow replica does not pull the
-//! percentile up to its own latency). The delay is the lowest of the nodes'
-//! percentiles: a read is late when it is late for the fastest replica.
+//! hedge is dropped and never recorded). The delay is the percentile of the
+//! nodes not found slow, together.
 //!
-//! A node whose reads need a hedge far more often than the percentile implies
-//! is slow: [`AvoidSlow`] puts it at the end of query plans for a while, so
-//! that it is not asked first (each hedge costs a duplicate read); then it is
-//! tried again. Everything here is atomics, no locks.
+//! A node is slow when its median latency is over twice the fastest node's,
+//! or when far more of the reads first sent to it need a hedge than of any
+//! other's (once hedges overtake its reads its latencies are no longer seen):
+//! [`AvoidSlow`] puts it at the end of query plans for a while, so that it is
+//! not asked first (each hedge costs a duplicate read); then it is tried again.
+//!
+//! Hedges are also held to a budget, a share of the reads (with a small
+//! burst): when the whole cluster or this client stalls, every read in flight
+//! is late and a second copy of each would only add load. The budget is
+//! checked when the hedge is due, by [`AvoidSlow`]: a hedge that finds it
+//! spent gets an empty plan and is not sent. Everything here is atomics, no
+//! locks.
 
 use crate::ReadStats;
 use scylla::cluster::{ClusterState, NodeRef};
@@ -38,10 +45,19 @@ const BUCKETS: usize = 108;
 const PERIOD: u64 = 1024;
 /// A node's percentile counts once its (decayed) histogram has this many reads.
 const ENOUGH: u32 = 64;
-/// A node first asked for reads of which more than this share needed a hedge
-/// is slow (with the delay at the 99th percentile of the fastest node, a node
-/// as fast as the others needs a hedge for a few percent of its reads).
+/// A node is slow whose median latency is over this many times the lowest
+/// median of a node...
+const SLOW_FACTOR: u64 = 2;
+/// ... or of whose reads more than this share needed a hedge, and over
+/// [`SLOW_FACTOR`] times the lowest share of any node (with the delay at the
+/// 99th percentile, a node as fast as the others needs one for about 1%).
 const SLOW_SHARE: f64 = 0.25;
+/// What of the histograms and shares is kept at each update (of 4).
+const KEEP: u32 = 3;
+/// Hedges sent at most, as a share of reads, in thousandths...
+const BUDGET_PER_READ: u64 = 50;
+/// ... with a burst of this many (thousandths of a hedge).
+const BUDGET_BURST: u64 = 20_000;
 /// How long a slow node stays at the end of query plans before it is tried again.
 const AVOID_FOR: Duration = Duration::from_secs(10);
 /// Requests whose first attempt's node is remembered (by request id, modulo).
@@ -83,6 +99,8 @@ pub struct Hedging {
     delay_us: AtomicU64,
     /// Whether some node may be avoided now (skips the look-up when none is).
     avoiding: AtomicBool,
+    /// Hedges that may be sent now, in thousandths.
+    budget: AtomicU64,
     next_request: AtomicU64,
     /// The node slot of each request's first attempt, by request id.
     origin: Box<[AtomicU8]>,
@@ -156,6 +174,7 @@ impl Hedging {
             answered: AtomicU64::new(0),
             delay_us: AtomicU64::new(0),
             avoiding: AtomicBool::new(false),
+            budget: AtomicU64::new(BUDGET_BURST),
             next_request: AtomicU64::new(0),
             origin: (0..ORIGINS).map(|_| AtomicU8::new(u8::MAX)).collect(),
             nodes: (0..NODES).map(|_| Node::new()).collect(),
@@ -214,42 +233,84 @@ impl Hedging {
         }
     }
 
-    /// Recomputes the delay and which nodes to avoid, then halves the counts.
+    /// Takes a hedge from the budget, if there is one left.
+    fn spend(&self) -> bool {
+        self.budget
+            .fetch_update(Relaxed, Relaxed, |b| b.checked_sub(1000))
+            .is_ok()
+    }
+
+    /// Recomputes which nodes to avoid and the delay, then decays the counts.
     fn update(&self, now_us: u64) {
-        let mut delay = None::<u64>;
+        let used: Vec<&Node> = self
+            .nodes
+            .iter()
+            .filter(|n| n.key.load(Relaxed) != 0)
+            .collect();
+        let counts: Vec<Vec<u32>> = used
+            .iter()
+            .map(|n| n.latency.iter().map(|c| c.load(Relaxed)).collect())
+            .collect();
+        let medians: Vec<Option<u64>> = counts
+            .iter()
+            .map(|c| percentile(c, 50.0, u64::from(ENOUGH)))
+            .collect();
+        let shares: Vec<Option<f64>> = used
+            .iter()
+            .map(|n| {
+                let (first, hedged) = (n.first.load(Relaxed), n.hedged.load(Relaxed));
+                (first >= ENOUGH).then(|| f64::from(hedged) / f64::from(first))
+            })
+            .collect();
+        let least_median = medians.iter().flatten().min().copied();
+        let least_share = shares.iter().flatten().copied().reduce(f64::min);
+        let floor = self.min_delay.as_micros() as u64;
+        let mut pooled = vec![0u32; BUCKETS];
         let mut avoiding = false;
-        for n in self.nodes.iter().filter(|n| n.key.load(Relaxed) != 0) {
-            let counts: Vec<u32> = n.latency.iter().map(|c| c.load(Relaxed)).collect();
-            let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
-            if total >= u64::from(ENOUGH) {
-                let rank = (total as f64 * self.percentile / 100.0).ceil() as u64;
-                let mut seen = 0;
-                for (i, &c) in counts.iter().enumerate() {
-                    seen += u64::from(c);
-                    if seen >= rank {
-                        let top = bucket_top(i);
-                        delay = Some(delay.map_or(top, |d| d.min(top)));
-                        break;
-                    }
-                }
-            }
-            let (first, hedged) = (n.first.load(Relaxed), n.hedged.load(Relaxed));
-            if first >= ENOUGH && f64::from(hedged) > SLOW_SHARE * f64::from(first) {
+        for (i, n) in used.iter().enumerate() {
+            let slow_median = matches!((medians[i], least_median),
+                (Some(m), Some(least)) if m > SLOW_FACTOR * least && m > floor);
+            let slow_share = matches!((shares[i], least_share),
+                (Some(s), Some(least)) if s > SLOW_SHARE && s > SLOW_FACTOR as f64 * least);
+            if slow_median || slow_share {
                 n.avoid_until
                     .store(now_us + AVOID_FOR.as_micros() as u64, Relaxed);
             }
-            avoiding |= n.avoid_until.load(Relaxed) > now_us;
+            if n.avoid_until.load(Relaxed) > now_us {
+                avoiding = true;
+            } else {
+                for (p, c) in pooled.iter_mut().zip(&counts[i]) {
+                    *p += c;
+                }
+            }
             for c in n.latency.iter().chain([&n.first, &n.hedged]) {
                 let v = c.load(Relaxed);
-                c.fetch_sub(v / 2, Relaxed);
+                c.fetch_sub(v - v * KEEP / 4, Relaxed);
             }
         }
         self.avoiding.store(avoiding, Relaxed);
-        if let Some(us) = delay {
-            let floor = self.min_delay.as_micros() as u64;
+        if let Some(us) = percentile(&pooled, self.percentile, u64::from(ENOUGH)) {
             self.delay_us.store(us.max(floor).max(1), Relaxed);
         }
     }
+}
+
+/// The `p`-th percentile (upper bound of its bucket) of a histogram of at
+/// least `enough` values.
+fn percentile(counts: &[u32], p: f64, enough: u64) -> Option<u64> {
+    let total: u64 = counts.iter().map(|&c| u64::from(c)).sum();
+    if total < enough.max(1) {
+        return None;
+    }
+    let rank = ((total as f64 * p / 100.0).ceil() as u64).max(1);
+    let mut seen = 0;
+    for (i, &c) in counts.iter().enumerate() {
+        seen += u64::from(c);
+        if seen >= rank {
+            return Some(bucket_top(i));
+        }
+    }
+    None
 }
 
 impl SpeculativeExecutionPolicy for Hedging {
@@ -266,6 +327,9 @@ impl SpeculativeExecutionPolicy for Hedging {
 impl HistoryListener for Hedging {
     fn log_request_start(&self) -> RequestId {
         self.reads.fetch_add(1, Relaxed);
+        if self.budget.load(Relaxed) < BUDGET_BURST {
+            self.budget.fetch_add(BUDGET_PER_READ, Relaxed);
+        }
         RequestId(self.next_request.fetch_add(1, Relaxed) as usize)
     }
 
@@ -274,7 +338,7 @@ impl HistoryListener for Hedging {
     fn log_request_error(&self, _: RequestId, _: &RequestError) {}
 
     fn log_new_speculative_fiber(&self, request: RequestId) -> SpeculativeId {
-        self.hedged.fetch_add(1, Relaxed);
+        // A hedge due (sent or not, see the budget): the first node was late.
         let first = self.origin[request.0 % ORIGINS].load(Relaxed);
         if let Some(n) = self.nodes.get(usize::from(first)) {
             n.hedged.fetch_add(1, Relaxed);
@@ -289,7 +353,9 @@ impl HistoryListener for Hedging {
         node: SocketAddr,
     ) -> AttemptId {
         let slot = self.slot(node);
-        if speculative.is_none() {
+        if speculative.is_some() {
+            self.hedged.fetch_add(1, Relaxed);
+        } else {
             self.origin[request.0 % ORIGINS].store(slot as u8, Relaxed);
             self.nodes[slot].first.fetch_add(1, Relaxed);
         }
@@ -323,6 +389,16 @@ impl AvoidSlow {
             .load(Relaxed)
             .then(|| self.hedging.now_us())
     }
+
+    /// `plan` with the nodes found slow moved to its end.
+    fn ordered<'a>(&'a self, plan: FallbackPlan<'a>) -> FallbackPlan<'a> {
+        let Some(now) = self.avoiding() else {
+            return plan;
+        };
+        let (fast, slow): (Vec<_>, Vec<_>) =
+            plan.partition(|(node, _)| !self.hedging.avoided(addr_of(*node), now));
+        Box::new(fast.into_iter().chain(slow))
+    }
 }
 
 fn addr_of(node: NodeRef<'_>) -> SocketAddr {
@@ -335,27 +411,32 @@ impl LoadBalancingPolicy for AvoidSlow {
         request: &'a RoutingInfo,
         cluster: &'a ClusterState,
     ) -> Option<(NodeRef<'a>, Option<Shard>)> {
-        let picked = self.inner.pick(request, cluster);
-        match (picked, self.avoiding()) {
-            (Some((node, _)), Some(now)) if self.hedging.avoided(addr_of(node), now) => {
-                self.fallback(request, cluster).next()
-            }
-            (picked, _) => picked,
+        let picked = match self.inner.pick(request, cluster) {
+            Some(p) => p,
+            // Never None but for an empty plan: `fallback` is then only asked
+            // for a second target, which the budget may refuse.
+            None => return self.ordered(self.inner.fallback(request, cluster)).next(),
+        };
+        match self.avoiding() {
+            Some(now) if self.hedging.avoided(addr_of(picked.0), now) => self
+                .ordered(self.inner.fallback(request, cluster))
+                .next()
+                .or(Some(picked)),
+            _ => Some(picked),
         }
     }
 
+    /// The targets after the first: asked for when a hedge is due (or when
+    /// the first target had no connection), so the hedge budget is spent here.
     fn fallback<'a>(
         &'a self,
         request: &'a RoutingInfo,
         cluster: &'a ClusterState,
     ) -> FallbackPlan<'a> {
-        let plan = self.inner.fallback(request, cluster);
-        let Some(now) = self.avoiding() else {
-            return plan;
-        };
-        let (fast, slow): (Vec<_>, Vec<_>) =
-            plan.partition(|(node, _)| !self.hedging.avoided(addr_of(node), now));
-        Box::new(fast.into_iter().chain(slow))
+        if !self.hedging.spend() {
+            return Box::new(std::iter::empty());
+        }
+        self.ordered(self.inner.fallback(request, cluster))
     }
 
     fn on_request_success(&self, request: &RoutingInfo, latency: Duration, node: NodeRef<'_>) {
@@ -420,7 +501,7 @@ mod tests {
     }
 
     #[test]
-    fn the_delay_follows_the_fastest_node_with_a_floor() {
+    fn the_delay_leaves_out_slow_nodes_and_has_a_floor() {
         let h = Hedging::new(99.0, Duration::from_millis(1));
         assert_eq!(h.delay(), None);
         reads(&h, 1, 600, 3_000, 0);
@@ -430,9 +511,11 @@ mod tests {
             d >= Duration::from_millis(3) && d < Duration::from_millis(4),
             "{d:?}"
         );
+        assert!(h.avoided(addr(2), h.now_us()) && !h.avoided(addr(1), h.now_us()));
         let h = Hedging::new(99.0, Duration::from_millis(5));
         reads(&h, 1, 1024, 300, 0);
         assert_eq!(h.delay(), Some(Duration::from_millis(5)));
+        assert!(!h.avoiding.load(Relaxed));
     }
 
     #[test]
@@ -444,7 +527,31 @@ mod tests {
         let now = h.now_us();
         assert!(h.avoided(addr(2), now) && !h.avoided(addr(1), now));
         assert!(!h.avoided(addr(2), now + AVOID_FOR.as_micros() as u64 + 1));
+    }
+
+    #[test]
+    fn nodes_alike_are_not_avoided_even_when_many_reads_are_late() {
+        let h = Hedging::new(99.0, Duration::from_millis(1));
+        reads(&h, 1, 512, 3_000, 200);
+        reads(&h, 2, 512, 4_000, 250);
+        assert!(!h.avoiding.load(Relaxed));
+    }
+
+    #[test]
+    fn hedges_are_counted_when_sent_and_held_to_a_budget() {
+        let h = Hedging::new(99.0, Duration::from_millis(1));
+        let r = h.log_request_start();
+        h.log_attempt_start(r, None, addr(1));
+        h.log_new_speculative_fiber(r);
+        let a = h.log_attempt_start(r, Some(SpeculativeId(0)), addr(2));
+        h.log_attempt_success(a);
         let s = h.stats();
-        assert_eq!((s.reads, s.hedged, s.hedges_won), (1024, 305, 0));
+        assert_eq!((s.reads, s.hedged, s.hedges_won), (1, 1, 1));
+        let burst = (0..100).take_while(|_| h.spend()).count();
+        assert_eq!(burst as u64, BUDGET_BURST / 1000);
+        for _ in 0..1000 / BUDGET_PER_READ {
+            h.log_request_start();
+        }
+        assert!(h.spend() && !h.spend());
     }
 }
