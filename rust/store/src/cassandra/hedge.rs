@@ -7,8 +7,12 @@
 //! [`Hedging`] is also the read statement's history listener: it counts reads,
 //! hedges and hedges that won ([`ReadStats`]), and keeps a latency histogram
 //! per node, of attempts that answered first (a late attempt overtaken by its
-//! hedge is dropped and never recorded). The delay is the percentile of the
-//! nodes not found slow, together.
+//! hedge is dropped and never recorded). The delay is the median of the
+//! percentiles of the nodes not found slow (the lower one of two): a read is
+//! late when it is later than on a typical node, even while a slow node's
+//! reads are a good share of the recent ones (under load, when latencies are
+//! mostly queueing, a node 200 ms late need not be twice as slow as the
+//! others, yet its reads are all later than theirs).
 //!
 //! A node is slow when its median latency is over twice the fastest node's,
 //! or when far more of the reads first sent to it need a hedge than of any
@@ -265,7 +269,7 @@ impl Hedging {
         let least_median = medians.iter().flatten().min().copied();
         let least_share = shares.iter().flatten().copied().reduce(f64::min);
         let floor = self.min_delay.as_micros() as u64;
-        let mut pooled = vec![0u32; BUCKETS];
+        let mut tops = Vec::new();
         let mut avoiding = false;
         for (i, n) in used.iter().enumerate() {
             let slow_median = matches!((medians[i], least_median),
@@ -278,10 +282,8 @@ impl Hedging {
             }
             if n.avoid_until.load(Relaxed) > now_us {
                 avoiding = true;
-            } else {
-                for (p, c) in pooled.iter_mut().zip(&counts[i]) {
-                    *p += c;
-                }
+            } else if let Some(top) = percentile(&counts[i], self.percentile, u64::from(ENOUGH)) {
+                tops.push(top);
             }
             for c in n.latency.iter().chain([&n.first, &n.hedged]) {
                 let v = c.load(Relaxed);
@@ -289,7 +291,8 @@ impl Hedging {
             }
         }
         self.avoiding.store(avoiding, Relaxed);
-        if let Some(us) = percentile(&pooled, self.percentile, u64::from(ENOUGH)) {
+        tops.sort_unstable();
+        if let Some(&us) = tops.get(tops.len().saturating_sub(1) / 2) {
             self.delay_us.store(us.max(floor).max(1), Relaxed);
         }
     }
@@ -516,6 +519,20 @@ mod tests {
         reads(&h, 1, 1024, 300, 0);
         assert_eq!(h.delay(), Some(Duration::from_millis(5)));
         assert!(!h.avoiding.load(Relaxed));
+    }
+
+    #[test]
+    fn the_delay_is_a_typical_nodes_even_with_a_slow_one_under_twice_as_slow() {
+        let h = Hedging::new(99.0, Duration::from_millis(1));
+        reads(&h, 1, 342, 150_000, 0);
+        reads(&h, 2, 341, 160_000, 0);
+        reads(&h, 3, 341, 250_000, 0);
+        assert!(!h.avoiding.load(Relaxed));
+        let d = h.delay().unwrap();
+        assert!(
+            d > Duration::from_millis(160) && d < Duration::from_millis(200),
+            "{d:?}"
+        );
     }
 
     #[test]
