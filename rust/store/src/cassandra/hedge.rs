@@ -399,7 +399,7 @@ impl AvoidSlow {
             return plan;
         };
         let (fast, slow): (Vec<_>, Vec<_>) =
-            plan.partition(|(node, _)| !self.hedging.avoided(addr_of(*node), now));
+            plan.partition(|(node, _)| !self.hedging.avoided(addr_of(node), now));
         Box::new(fast.into_iter().chain(slow))
     }
 }
