@@ -2,7 +2,11 @@
 a toxiproxy proxy, one of them answering late (a latency toxic on node 2).
 Plan-ordered delivery waits for every batch that touched the slow node;
 `ordered=False` lets the others through; speculative execution
-(`speculative_delay=`) re-sends a late read to another node."""
+(`speculative_delay=`) re-sends a late read to another node after a fixed
+delay; hedged reads (the default) re-send it after a percentile of recent
+latencies and put a node whose reads keep needing that at the end of query
+plans. Each row also counts the hedges (`store.read_stats()`) over the timed
+seconds: duplicate reads as a share of reads."""
 
 from __future__ import annotations
 
@@ -21,17 +25,21 @@ sys.path.insert(0, str(HERE.parent))
 from testbed import Cluster  # noqa: E402
 
 SLOW_MS = 200
+OFF = {"hedged_reads": False}
 CONFIGS = (
-    ("ordered", {"ordered": True}, {}),
-    ("ordered=False", {"ordered": False}, {}),
+    ("ordered", {"ordered": True}, OFF),
+    ("ordered=False", {"ordered": False}, OFF),
     ("ordered + speculative 20 ms", {"ordered": True}, {"speculative_delay": 0.02}),
     ("ordered=False + speculative 20 ms", {"ordered": False}, {"speculative_delay": 0.02}),
-    ("ordered + latency-aware", {"ordered": True}, {"latency_aware": True}),
+    ("ordered + latency-aware", {"ordered": True}, {**OFF, "latency_aware": True}),
     (
         "ordered + latency-aware + speculative 20 ms",
         {"ordered": True},
         {"latency_aware": True, "speculative_delay": 0.02},
     ),
+    ("ordered + hedged (default)", {"ordered": True}, {}),
+    ("ordered=False + hedged (default)", {"ordered": False}, {}),
+    ("ordered + hedged + latency-aware", {"ordered": True}, {"latency_aware": True}),
 )
 
 
@@ -80,14 +88,21 @@ def run(samples: int = 2000, kb: int = 32, batch_size: int = 64, seconds: float 
                     ds.set_epoch(epoch)
                     list(ds)
                     epoch += 1
+                before = store.read_stats()
                 t0, n = time.perf_counter(), 0
                 while time.perf_counter() - t0 < seconds:
                     ds.set_epoch(epoch)
                     n += sum(len(b) for b in ds)
                     epoch += 1
                 r = n / (time.perf_counter() - t0)
-                log(f"slow node {slow} ms, {name}: {r:,.0f} samples/s")
-                rows.append({"slow_ms": slow, "name": name, "samples_per_s": r})
+                stats = {k: v - before[k] for k, v in store.read_stats().items()}
+                hedged = stats["hedged"] / max(stats["reads"], 1)
+                log(
+                    f"slow node {slow} ms, {name}: {r:,.0f} samples/s, "
+                    f"{hedged:.1%} of {stats['reads']} reads hedged, "
+                    f"{stats['hedges_won']} hedges won"
+                )
+                rows.append({"slow_ms": slow, "name": name, "samples_per_s": r, **stats})
     return {
         "samples": samples,
         "kb": kb,

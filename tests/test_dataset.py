@@ -221,6 +221,14 @@ def test_empty_uuid_list_yields_nothing(local_store: tuple[str, Path]) -> None:
     assert len(ds) == 0 and list(ds) == []
 
 
+def test_a_local_store_counts_no_hedged_reads(
+    local_store: tuple[str, Path], all_uuids: np.ndarray
+) -> None:
+    store = cc.open_store(local_store[0])
+    assert len(list(cc.ShardedDataset(store, "shapes", all_uuids, 8))) > 0
+    assert store.read_stats() == {"reads": 0, "hedged": 0, "hedges_won": 0}
+
+
 def test_breaking_out_early_stops_background_work(
     local_store: tuple[str, Path], all_uuids: np.ndarray
 ) -> None:

@@ -260,6 +260,80 @@ def test_slow_node_with_speculative_execution_keeps_the_epoch_fast(cluster3: Clu
     assert fast < slow / 2, (fast, slow)
 
 
+def _read_until(ds: cc.ShardedDataset, store: _native.Store, reads: int) -> None:
+    """Epochs until the store has sent `reads` sample reads (the hedge delay
+    comes from the latencies of the first thousand or so)."""
+    epoch = 0
+    while store.read_stats()["reads"] < reads:
+        ds.set_epoch(epoch)
+        assert_exactly_once(list(ds))
+        epoch += 1
+
+
+@pytest.mark.slow
+def test_slow_node_reads_are_hedged_to_another_replica(cluster3: Cluster) -> None:
+    url = cluster3.url("rf3_hedge")
+    uuids, data, _ = fill_table(url, "t", "int", N, seed=6, **WRITE_RF3)
+    st = cc.open_store(url)  # hedged reads are on by default
+    ds = cc.ShardedDataset(st, "t", uuids, 8, seed=6, ordered=False, window=4)
+    _read_until(ds, st, 1500)
+    before = st.read_stats()
+    cluster3.proxies[1].latency(300)
+    try:
+        # Late reads are hedged at once (within a budget); after a thousand
+        # or so reads node 2 is found slow and goes to the end of query plans.
+        _read_until(ds, st, before["reads"] + 1500)
+        t0 = time.monotonic()
+        batches = list(ds)
+        took = time.monotonic() - t0
+    finally:
+        gc.collect()
+        cluster3.proxies[1].clear()
+    assert_exactly_once(batches)
+    assert_bytes(batches, data)
+    after = st.read_stats()
+    reads, hedged, won = (after[k] - before[k] for k in ("reads", "hedged", "hedges_won"))
+    # The hedges (to a node without the toxic) answer first.
+    assert hedged > 0 and won > 0, (before, after)
+    assert won <= hedged < reads / 4, (before, after)
+    # Without either, nearly every batch (8 samples) has one on node 2 and
+    # waits 300 ms: 30 batches, 4 at a time, would take over 2 s.
+    assert took < 1.2, took
+
+
+@pytest.mark.slow
+def test_reads_of_a_single_replica_keyspace_are_never_hedged(cluster3: Cluster) -> None:
+    url = cluster3.url("rf1_hedge")
+    uuids, data, _ = fill_table(url, "t", "int", N, seed=7)  # replication factor 1
+    st = cc.open_store(url)
+    ds = cc.ShardedDataset(st, "t", uuids, 8, ordered=False, window=4)
+    _read_until(ds, st, 1500)
+    cluster3.proxies[1].latency(100)
+    try:
+        batches = list(ds)
+    finally:
+        gc.collect()
+        cluster3.proxies[1].clear()
+    assert_exactly_once(batches)
+    assert_bytes(batches, data)
+    stats = st.read_stats()
+    assert stats["reads"] >= 1500 + N and stats["hedged"] == stats["hedges_won"] == 0, stats
+
+
+def test_reads_on_a_single_node_are_never_hedged(keyspace_url: str, proxy: Proxy) -> None:
+    # Even with replication factor 3 asked for: one node holds the one copy.
+    uuids, data, _ = fill_table(keyspace_url, "t", "int", N, seed=8, replication=RF3)
+    st = cc.open_store(keyspace_url)
+    ds = cc.ShardedDataset(st, "t", uuids, 8, ordered=False, window=4)
+    _read_until(ds, st, 1500)
+    proxy.latency(50)
+    batches = list(ds)
+    assert_exactly_once(batches)
+    assert_bytes(batches, data)
+    stats = st.read_stats()
+    assert stats["reads"] >= 1500 + N and stats["hedged"] == stats["hedges_won"] == 0, stats
+
+
 @pytest.mark.parametrize("label_type", ["int", "blob"])
 @pytest.mark.parametrize("ordered", [True, False])
 def test_latency_keeps_every_byte_in_its_slot(

@@ -29,6 +29,7 @@ __all__ = [
 class Store:
     @property
     def url(self) -> str: ...
+    def read_stats(self) -> dict[str, int]: ...
     def check_table(
         self,
         table: str,

@@ -275,6 +275,9 @@ def open_store(
     retry_time_limit: float | None = None,
     speculative_delay: float | None = None,
     latency_aware: bool | None = None,
+    hedged_reads: bool | None = None,
+    hedge_percentile: float | None = None,
+    hedge_min_delay: float | None = None,
     consistency: Consistency | None = None,
     max_in_flight: int | None = None,
     replication: str | None = None,
@@ -295,7 +298,15 @@ def open_store(
       server: it emits an ``InsecureTLSWarning`` and is meant for tests only),
       ``connect_timeout``, ``request_timeout`` and ``retry_time_limit``
       (seconds; defaults 5, 10 and 60), ``retries`` (5), ``speculative_delay``
-      (seconds; a second copy of a read that has not answered by then),
+      (seconds; a second copy of a read that has not answered by then,
+      instead of hedged reads), ``hedged_reads`` (default True: on tables
+      whose keyspace has two replicas or more, on two nodes or more, a sample
+      read that has not answered after ``hedge_percentile`` (99) of recent
+      reads' latencies, at least ``hedge_min_delay`` seconds (0.005), is sent
+      to another replica too and the first answer wins, for at most 5% of
+      reads; a node over twice as slow as the others, or whose reads keep
+      needing hedges, goes to the end of query plans for 10 s;
+      ``store.read_stats()`` counts reads, hedges and hedges won),
       ``latency_aware`` (default False; True routes reads away from a node
       whose recent average latency is over twice the fastest node's, which
       helps where replicas can serve the reads instead), ``consistency``

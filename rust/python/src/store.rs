@@ -65,6 +65,20 @@ impl Store {
         format!("Store({:?})", self.inner.url())
     }
 
+    /// Counts of this store's sample reads in this process: ``reads``
+    /// (requests sent), ``hedged`` (of them sent to a second replica because
+    /// the first was late) and ``hedges_won`` (hedges answered first). All
+    /// zero for a local store.
+    fn read_stats(&self) -> std::collections::HashMap<&'static str, u64> {
+        let s = self.inner.read_stats();
+        [
+            ("reads", s.reads),
+            ("hedged", s.hedged),
+            ("hedges_won", s.hedges_won),
+        ]
+        .into()
+    }
+
     #[pyo3(signature = (table, label_type, id_col="id", label_col="label", data_col="data"))]
     fn check_table(
         &self,

@@ -55,6 +55,17 @@ impl TableSpec {
     }
 }
 
+/// Counts of a store's sample reads in this process: `reads` requests sent,
+/// `hedged` of them sent again to another replica because the first answer
+/// was late, `hedges_won` of those answered by the second copy first.
+/// Stores without hedged reads (the local store) count nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ReadStats {
+    pub reads: u64,
+    pub hedged: u64,
+    pub hedges_won: u64,
+}
+
 /// A label as written by ingest.
 #[derive(Debug, Clone, PartialEq)]
 pub enum LabelValue {
@@ -150,5 +161,10 @@ pub trait SampleStore: Send + Sync + 'static {
     /// The largest value the store keeps in one cell, if it has a limit.
     fn max_chunk_bytes(&self) -> Option<usize> {
         None
+    }
+
+    /// Counts of this store's sample reads so far, in this process.
+    fn read_stats(&self) -> ReadStats {
+        ReadStats::default()
     }
 }

@@ -10,6 +10,7 @@
 //! - `options`: [`CassandraOptions`] (URL and named options), [`Secret`];
 //! - `tls`: the rustls configuration;
 //! - `session`: the per-process session and the prepared-statement cache;
+//! - `hedge`: hedged reads ([`Hedging`]) and the read counters;
 //! - `retry`: which errors are retried, and the backoff loop;
 //! - `errors`: driver errors to [`StoreError`](crate::StoreError), by type;
 //! - `read`: [`CassandraTable`], the batch reads;
@@ -18,6 +19,7 @@
 
 mod array;
 mod errors;
+mod hedge;
 mod options;
 mod read;
 mod retry;
@@ -25,6 +27,7 @@ mod session;
 mod tls;
 mod write;
 
+pub use hedge::Hedging;
 pub use options::{CassandraOptions, OptionValue, Secret, OPTION_NAMES, PASSWORD_ENV};
 pub use read::CassandraTable;
 
@@ -33,7 +36,6 @@ use crate::{MetadataRow, SampleRow, SampleStore, TableReader, TableSpec};
 use bytes::Bytes;
 use crs4_cassandra_core::ProcessOwned;
 use futures::future::{BoxFuture, FutureExt};
-use scylla::client::session::Session;
 use scylla::statement::prepared::PreparedStatement;
 use std::collections::HashMap;
 use std::fmt;
@@ -43,8 +45,10 @@ use uuid::Uuid;
 
 pub struct CassandraStore {
     opts: Arc<CassandraOptions>,
-    /// This process's session (see `session`).
-    session: Mutex<Option<ProcessOwned<Arc<Session>>>>,
+    /// This process's session and its profile for hedged reads (see `session`).
+    session: Mutex<Option<ProcessOwned<session::Connected>>>,
+    /// Read counters and the hedge delay, kept across sessions.
+    hedging: Arc<Hedging>,
     /// Sample requests in flight, over all batches (`max_in_flight`).
     in_flight: Arc<Semaphore>,
     /// Prepared statements by CQL text, of the current session.
@@ -65,6 +69,7 @@ impl CassandraStore {
         }
         Ok(Arc::new(Self {
             in_flight: Arc::new(Semaphore::new(opts.max_in_flight.max(1))),
+            hedging: Arc::new(Hedging::new(opts.hedge_percentile, opts.hedge_min_delay)),
             opts: Arc::new(opts),
             session: Mutex::new(None),
             prepared: Mutex::new(HashMap::new()),
@@ -73,6 +78,11 @@ impl CassandraStore {
 
     pub fn options(&self) -> &CassandraOptions {
         &self.opts
+    }
+
+    /// Counts of this store's sample reads (and hedges) in this process.
+    pub fn read_stats(&self) -> crate::ReadStats {
+        self.hedging.stats()
     }
 
     /// `keyspace.table`, the keyspace from the URL unless `table` names one.
@@ -159,5 +169,9 @@ impl SampleStore for Arc<CassandraStore> {
 
     fn max_chunk_bytes(&self) -> Option<usize> {
         Some(array::MAX_CHUNK_BYTES)
+    }
+
+    fn read_stats(&self) -> crate::ReadStats {
+        CassandraStore::read_stats(self)
     }
 }

@@ -43,6 +43,9 @@ pub const OPTION_NAMES: &[&str] = &[
     "retry_time_limit",
     "speculative_delay",
     "latency_aware",
+    "hedged_reads",
+    "hedge_percentile",
+    "hedge_min_delay",
     "consistency",
     "max_in_flight",
     "replication",
@@ -98,6 +101,13 @@ pub struct CassandraOptions {
     /// Route reads away from nodes much slower than the fastest (the driver's
     /// latency awareness: such a node goes to the end of query plans).
     pub latency_aware: bool,
+    /// Hedged reads (see `hedge`): a sample read later than `hedge_percentile`
+    /// of recent reads' latencies (at least `hedge_min_delay`) is sent to
+    /// another replica too. Only on tables whose keyspace has replicas to
+    /// spare, and not with `speculative_delay`, which replaces it.
+    pub hedged_reads: bool,
+    pub hedge_percentile: f64,
+    pub hedge_min_delay: Duration,
     pub consistency: Consistency,
     /// Sample requests in flight at most, over all batches.
     pub max_in_flight: usize,
@@ -167,6 +177,9 @@ impl CassandraOptions {
             retry_time_limit: Duration::from_secs(60),
             speculative_delay: None,
             latency_aware: false,
+            hedged_reads: true,
+            hedge_percentile: 99.0,
+            hedge_min_delay: Duration::from_millis(5),
             consistency: Consistency::LocalOne,
             max_in_flight: 16384,
             replication: "{'class': 'SimpleStrategy', 'replication_factor': 1}".into(),
@@ -234,6 +247,14 @@ impl CassandraOptions {
                 "retry_time_limit" => self.retry_time_limit = seconds()?,
                 "speculative_delay" => self.speculative_delay = Some(seconds()?),
                 "latency_aware" => self.latency_aware = flag()?,
+                "hedged_reads" => self.hedged_reads = flag()?,
+                "hedge_percentile" => {
+                    self.hedge_percentile = match value {
+                        OptionValue::Number(x) if x > 0.0 && x < 100.0 => x,
+                        _ => return Err(bad("a percentile between 0 and 100 (e.g. 99.0)")),
+                    }
+                }
+                "hedge_min_delay" => self.hedge_min_delay = seconds()?,
                 "retries" => self.retries = count()? as u32,
                 "max_in_flight" => self.max_in_flight = count()?.max(1),
                 "consistency" => {
@@ -322,6 +343,34 @@ mod tests {
             )])
             .unwrap_err();
         assert!(e.to_string().contains("latency_aware"), "{e}");
+    }
+
+    #[test]
+    fn hedged_reads_are_on_unless_turned_off_and_bad_values_name_the_option() {
+        let mut o = CassandraOptions::from_url("cassandra://a/ks").unwrap();
+        assert!(o.hedged_reads);
+        assert_eq!(o.hedge_percentile, 99.0);
+        assert_eq!(o.hedge_min_delay, Duration::from_millis(5));
+        o.apply(vec![
+            ("hedged_reads".into(), OptionValue::Bool(false)),
+            ("hedge_percentile".into(), OptionValue::Number(95.5)),
+            ("hedge_min_delay".into(), OptionValue::Number(0.002)),
+        ])
+        .unwrap();
+        assert!(!o.hedged_reads);
+        assert_eq!(o.hedge_percentile, 95.5);
+        assert_eq!(o.hedge_min_delay, Duration::from_millis(2));
+        for (name, value) in [
+            ("hedged_reads", OptionValue::Number(1.0)),
+            ("hedge_percentile", OptionValue::Number(100.0)),
+            ("hedge_percentile", OptionValue::Number(0.0)),
+            ("hedge_percentile", OptionValue::Text("p99".into())),
+            ("hedge_min_delay", OptionValue::Number(-1.0)),
+            ("hedge_min_delay", OptionValue::Number(f64::NAN)),
+        ] {
+            let e = o.apply(vec![(name.into(), value.clone())]).unwrap_err();
+            assert!(e.to_string().contains(name), "{name}={value:?}: {e}");
+        }
     }
 
     #[test]

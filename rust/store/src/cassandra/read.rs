@@ -28,7 +28,14 @@ impl CassandraStore {
             _ => format!("{}, {}", spec.label_col, spec.data_col),
         };
         let cql = format!("SELECT {cols} FROM {table} WHERE {} = ?", spec.id_col);
-        let statement = self.prepare(&table, cql).await?;
+        let mut statement = self.prepare(&table, cql).await?;
+        // Reads are counted (and timed, for the hedge delay) by the store's
+        // listener, and hedged where the keyspace has replicas to spare.
+        statement.set_history_listener(self.hedging.clone());
+        let keyspace = table.split_once('.').map_or("", |(k, _)| k);
+        if let Some(profile) = self.hedged_profile(keyspace).await {
+            statement.set_execution_profile_handle(Some(profile));
+        }
         // Check column types now, not in the middle of an epoch.
         let specs = statement.get_current_result_set_col_specs();
         for col in specs.get().iter() {
