@@ -13,8 +13,9 @@
 //!   server, in the network), which lengthens every round trip but not the
 //!   lowest; so that queueing of its own making never passes for network
 //!   latency, the tuner narrows the window to [`MIN_WINDOW`] reads for one
-//!   round trip whenever the lowest is that old (about 1% of the time at a
-//!   100 ms round trip), and takes the lowest seen then.
+//!   round trip when starting ends and whenever the lowest is that old
+//!   (about 1% of the time at a 100 ms round trip), and takes the lowest seen
+//!   then.
 //!
 //! The window is [`GAIN`] times that product, in bytes, divided by the bytes
 //! of a batch: sized in bytes and round trips, not by growing a batch count a
@@ -319,7 +320,13 @@ impl WindowTuner {
             } else {
                 self.flat_rounds += 1;
                 if self.flat_rounds >= STARTUP_PLATEAU || self.window >= self.memory_cap() {
-                    self.phase = Phase::Steady;
+                    // Starting filled the pipe, and a server that is the limit
+                    // with it: every round trip seen so far includes the queue
+                    // of a wide window. Measure it without, right away.
+                    self.phase = Phase::Probe {
+                        from: self.delivered,
+                    };
+                    self.probe_min = None;
                 }
             }
         }
@@ -479,6 +486,67 @@ mod tests {
         let rate = sim.run(&mut t, 0.001, 400.0, 1e9, 60.0);
         assert!(rate > 0.95 * 400.0, "{rate} batches/s");
         assert!(t.window() <= 8, "window {}", t.window());
+    }
+
+    /// A server that serves every read in flight at once, sharing its
+    /// `server` batches/s among them (as a node's threads serve many
+    /// requests), behind a network of `delay`: a read's time grows with the
+    /// window however fast the network. Returns batches/s over `seconds`.
+    fn shared_server(t: &mut WindowTuner, delay: f64, server: f64, seconds: f64) -> f64 {
+        let start = Instant::now();
+        let mut now = start;
+        let end = start + Duration::from_secs_f64(seconds);
+        // (work left in batches, ticket, arrival at the server)
+        let mut flying: Vec<(f64, Ticket, Instant)> = Vec::new();
+        let half = Duration::from_secs_f64(delay / 2.0);
+        let mut done = 0usize;
+        while now < end {
+            while flying.len() < t.window() {
+                flying.push((1.0, t.on_issue(now), now + half));
+            }
+            let serving: Vec<usize> = (0..flying.len()).filter(|&i| flying[i].2 <= now).collect();
+            // The next event: a read arriving, or the least-done one finishing.
+            let next_arrival = flying.iter().map(|f| f.2).filter(|&a| a > now).min();
+            let k = serving.len() as f64;
+            let finish = serving
+                .iter()
+                .map(|&i| flying[i].0)
+                .fold(f64::INFINITY, f64::min);
+            let step = if serving.is_empty() {
+                next_arrival.expect("a read on its way") - now
+            } else {
+                let to_finish = Duration::from_secs_f64((finish * k / server).max(0.0));
+                match next_arrival {
+                    Some(a) if a - now < to_finish => a - now,
+                    _ => to_finish,
+                }
+            };
+            for &i in &serving {
+                flying[i].0 -= step.as_secs_f64() * server / k;
+            }
+            now += step;
+            let mut i = 0;
+            while i < flying.len() {
+                if flying[i].2 <= now && flying[i].0 <= 1e-9 {
+                    let (_, ticket, _) = flying.swap_remove(i);
+                    t.on_batch(ticket, 1 << 20, now + half);
+                    done += 1;
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        done as f64 / seconds
+    }
+
+    #[test]
+    fn a_shared_server_is_not_queued_for() {
+        // 0.5 ms of network, 400 batches/s shared by every read in flight: any
+        // window serves 400/s, and a wide one only makes each read slower.
+        let mut t = WindowTuner::auto(8, 4096, usize::MAX);
+        let rate = shared_server(&mut t, 0.0005, 400.0, 5.0);
+        assert!(rate > 0.95 * 400.0, "{rate} batches/s");
+        assert!(t.window() <= 2 * MIN_WINDOW + 1, "window {}", t.window());
     }
 
     #[test]
