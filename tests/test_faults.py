@@ -293,8 +293,11 @@ def test_slow_node_reads_are_hedged_to_another_replica(cluster3: Cluster) -> Non
     assert_bytes(batches, data)
     after = st.read_stats()
     reads, hedged, won = (after[k] - before[k] for k in ("reads", "hedged", "hedges_won"))
-    # The hedges (to a node without the toxic) answer first.
-    assert hedged > 0 and won > 0, (before, after)
+    # Late reads were hedged. Whether the hedges then answered first, or node
+    # 2 had already been found slow and put last in query plans (so that few
+    # reads need a hedge), depends on how early it was found: either way the
+    # epoch must not wait for node 2.
+    assert hedged > 0, (before, after)
     assert won <= hedged < reads / 4, (before, after)
     # Without either, nearly every batch (8 samples) has one on node 2 and
     # waits 300 ms: 30 batches, 4 at a time, would take over 2 s.
