@@ -666,8 +666,13 @@ mod tests {
     }
 
     fn plan(epoch: u64) -> Vec<PlannedBatch> {
+        plan_of(1000, epoch)
+    }
+
+    /// The plan of `epoch` over `n` samples, batches of 10, one reader.
+    fn plan_of(n: usize, epoch: u64) -> Vec<PlannedBatch> {
         EpochPlan::new(PlanSpec {
-            n: 1000,
+            n,
             batch_size: 10,
             world_size: 1,
             drop_last: false,
@@ -755,19 +760,7 @@ mod tests {
     }
 
     fn short_plan(epoch: u64) -> Vec<PlannedBatch> {
-        EpochPlan::new(PlanSpec {
-            n: 40,
-            batch_size: 10,
-            world_size: 1,
-            drop_last: false,
-            shuffle: true,
-            seed: 3,
-            epoch,
-            start: 0,
-        })
-        .unwrap()
-        .reader_batches(0, 1, 0)
-        .unwrap()
+        plan_of(40, epoch)
     }
 
     #[test]
