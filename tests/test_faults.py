@@ -293,11 +293,13 @@ def test_slow_node_reads_are_hedged_to_another_replica(cluster3: Cluster) -> Non
     assert_bytes(batches, data)
     after = st.read_stats()
     reads, hedged, won = (after[k] - before[k] for k in ("reads", "hedged", "hedges_won"))
-    # Late reads were hedged. Whether the hedges then answered first, or node
-    # 2 had already been found slow and put last in query plans (so that few
-    # reads need a hedge), depends on how early it was found: either way the
-    # epoch must not wait for node 2.
-    assert hedged > 0, (before, after)
+    # Late reads were hedged, or node 2 was found slow and put last in query
+    # plans (then few reads need a hedge). Which comes first depends on the
+    # delay learned while warming up: on a loaded machine its 99th percentile
+    # can be over 300 ms, and then node 2's median finds it slow before any
+    # read is late enough for a hedge. Either way the epoch must not wait.
+    assert before["slow_nodes"] == 0, (before, after)
+    assert hedged > 0 or after["slow_nodes"] == 1, (before, after)
     assert won <= hedged < reads / 4, (before, after)
     # Without either, nearly every batch (8 samples) has one on node 2 and
     # waits 300 ms: 30 batches, 4 at a time, would take over 2 s.

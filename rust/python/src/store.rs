@@ -67,7 +67,8 @@ impl Store {
 
     /// Counts of this store's sample reads in this process: ``reads``
     /// (requests sent), ``hedged`` (of them sent to a second replica because
-    /// the first was late) and ``hedges_won`` (hedges answered first). All
+    /// the first was late), ``hedges_won`` (hedges answered first) and
+    /// ``slow_nodes`` (nodes found slow, put last in query plans now). All
     /// zero for a local store.
     fn read_stats(&self) -> std::collections::HashMap<&'static str, u64> {
         let s = self.inner.read_stats();
@@ -75,6 +76,7 @@ impl Store {
             ("reads", s.reads),
             ("hedged", s.hedged),
             ("hedges_won", s.hedges_won),
+            ("slow_nodes", s.slow_nodes),
         ]
         .into()
     }

@@ -57,13 +57,15 @@ impl TableSpec {
 
 /// Counts of a store's sample reads in this process: `reads` requests sent,
 /// `hedged` of them sent again to another replica because the first answer
-/// was late, `hedges_won` of those answered by the second copy first.
+/// was late, `hedges_won` of those answered by the second copy first, and
+/// `slow_nodes`, the nodes found slow and put at the end of query plans now.
 /// Stores without hedged reads (the local store) count nothing.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadStats {
     pub reads: u64,
     pub hedged: u64,
     pub hedges_won: u64,
+    pub slow_nodes: u64,
 }
 
 /// A label as written by ingest.

@@ -190,6 +190,13 @@ impl Hedging {
             reads: self.reads.load(Relaxed),
             hedged: self.hedged.load(Relaxed),
             hedges_won: self.hedges_won.load(Relaxed),
+            slow_nodes: {
+                let now = self.now_us();
+                self.nodes
+                    .iter()
+                    .filter(|n| n.key.load(Relaxed) != 0 && n.avoid_until.load(Relaxed) > now)
+                    .count() as u64
+            },
         }
     }
 
