@@ -2,8 +2,10 @@
 
 python -m bench [--images 2000] [--kb 110] [--runs 3] [--only local,cassandra,split,decode]
 
-Not in the default set (run with --only): slownode (three Cassandra nodes) and
-arrays (random patches from a 1.2 GB image and a volume, about 10 minutes).
+Not in the default set (run with --only): slownode (three Cassandra nodes),
+arrays (random patches from a 1.2 GB image and a volume, about 10 minutes) and
+cache (the sample cache's policies at 100 ms of latency, also
+`python -m bench.cache`).
 """
 
 from __future__ import annotations
@@ -14,7 +16,17 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from . import arrays, cassandra_read, decode, latency, local_read, memory, slow_node, split_load
+from . import (
+    arrays,
+    cache,
+    cassandra_read,
+    decode,
+    latency,
+    local_read,
+    memory,
+    slow_node,
+    split_load,
+)
 from .common import HERE, folder_stats, image_folder, log, machine, write_json
 
 
@@ -47,7 +59,8 @@ def main() -> None:
     ap.add_argument(
         "--only",
         default="local,cassandra,latency,memory,split,decode",
-        help="comma-separated: local, cassandra, latency, memory, split, decode, slownode, arrays",
+        help="comma-separated: local, cassandra, latency, memory, split, decode, slownode, "
+        "arrays, cache",
     )
     args = ap.parse_args()
     only = set(args.only.split(","))
@@ -258,6 +271,10 @@ def main() -> None:
             )
         lines.append("")
         write_json("slow_node", r)
+    if "cache" in only:
+        r = cache.run(samples=3000, kb=16, delay_ms=100, epochs=5)
+        lines += cache.report(r)
+        write_json("cache", r)
     if "arrays" in only:
         r = arrays.run(runs=args.runs)
         lines += arrays.report(r)

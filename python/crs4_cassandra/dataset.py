@@ -282,6 +282,9 @@ def open_store(
     max_in_flight: int | None = None,
     replication: str | None = None,
     connections: int | None = None,
+    cache: str | None = None,
+    cache_size: int | str | None = None,
+    cache_policy: Literal["plan", "lru"] | None = None,
     **other: Any,
 ) -> _native.Store:
     """Opens a store; options left at None take the store's defaults.
@@ -315,6 +318,18 @@ def open_store(
       creates), ``connections`` (per node, 4). Passwords never appear in
       reprs, logs or error messages. An option not listed here is refused by
       name, with the list of known ones.
+
+    A local sample cache for a remote store: ``cache="local:PATH"`` (a
+    directory on a local disk, shared by the DataLoader workers and ranks of
+    a host) and ``cache_size`` (bytes of samples, an int or a string such as
+    ``"200GB"`` or ``"512MiB"``). Samples read from the store are kept there
+    and later reads of them are local; what is served never changes (same
+    bytes, labels, order and errors). ``cache_policy`` decides what stays
+    when it is full: ``"plan"`` (default) keeps the samples whose next use in
+    the epoch plans comes soonest, ``"lru"`` the most recently used. A
+    directory that cannot be written turns the cache off and a damaged one is
+    rebuilt, each with a ``CacheWarning``; ``store.read_stats()`` counts
+    ``cache_hits`` and ``cache_misses``. A local store refuses ``cache``.
     """
     named = {k: v for k, v in locals().items() if k not in ("url", "other")}
     given = {k: v for k, v in {**named, **other}.items() if v is not None}

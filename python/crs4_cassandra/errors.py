@@ -100,11 +100,17 @@ class InsecureTLSWarning(UserWarning):
     """TLS is on but the server's certificate is not verified (``ssl_verify=False``)."""
 
 
+class CacheWarning(UserWarning):
+    """The local sample cache (``open_store(..., cache=...)``) is off, and
+    samples are read from the store, or it was found damaged and rebuilt."""
+
+
 __all__ = [
     "ArrayExistsError",
     "ArrayNotFoundError",
     "CorruptChunkError",
     "AuthenticationError",
+    "CacheWarning",
     "InsecureTLSWarning",
     "QueryError",
     "StoreConnectionError",

@@ -8,7 +8,9 @@ pub mod split;
 pub mod state;
 
 pub use fork::{Owner, ProcessOwned};
-pub use plan::{guess_next_epoch, EpochPlan, PlanError, PlanSpec, PlannedBatch, Resume};
+pub use plan::{
+    guess_next_epoch, order_positions, EpochPlan, PlanError, PlanSpec, PlannedBatch, Resume,
+};
 pub use split::{find_duplicate, LabelType, SplitError, SplitFile, SplitHeader};
 pub use state::{
     uuids_fingerprint, Consumed, LoaderState, Progress, RunIdentity, StateError,

@@ -264,11 +264,53 @@ pub fn guess_next_epoch(previous: Option<u64>, current: u64) -> Option<u64> {
     }
 }
 
+/// Where each entry of the uuid list comes in the order of an epoch of `n`
+/// samples: `order_positions(..)[i]` is the position of index `i` in the
+/// permutation [`EpochPlan`] cuts into batches, the same for every rank,
+/// worker and resume point. With the epoch, it says when a sample will be
+/// read again: what a cache needs to keep the samples used soonest.
+pub fn order_positions(n: usize, shuffle: bool, seed: u64, epoch: u64) -> Vec<u32> {
+    if !shuffle {
+        return (0..n as u32).collect();
+    }
+    let order = permutation(n, seed, epoch);
+    let mut positions = vec![0u32; n];
+    for (position, &index) in order.iter().enumerate() {
+        positions[index as usize] = position as u32;
+    }
+    positions
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
     use std::collections::HashSet;
+
+    #[test]
+    fn order_positions_invert_the_epoch_order() {
+        for shuffle in [false, true] {
+            let spec = PlanSpec {
+                n: 50,
+                batch_size: 7,
+                world_size: 2,
+                drop_last: false,
+                shuffle,
+                seed: 3,
+                epoch: 4,
+                start: 0,
+            };
+            let plan = EpochPlan::new(spec).unwrap();
+            let positions = order_positions(50, shuffle, 3, 4);
+            for (p, &i) in plan.order.iter().enumerate() {
+                assert_eq!(positions[i as usize] as usize, p);
+            }
+        }
+        assert_ne!(
+            order_positions(50, true, 3, 4),
+            order_positions(50, true, 3, 5)
+        );
+    }
 
     fn spec_strategy() -> impl Strategy<Value = PlanSpec> {
         (

@@ -38,9 +38,10 @@ pub enum Class {
     ArrayNotFoundError,
     ArrayExistsError,
     CorruptChunkError,
+    CacheWarning,
 }
 
-const CLASSES: [Class; 22] = [
+const CLASSES: [Class; 23] = [
     Class::LoaderError,
     Class::InvalidArgumentError,
     Class::StoreNotFoundError,
@@ -63,6 +64,7 @@ const CLASSES: [Class; 22] = [
     Class::ArrayNotFoundError,
     Class::ArrayExistsError,
     Class::CorruptChunkError,
+    Class::CacheWarning,
 ];
 
 static RESOLVED: PyOnceLock<Vec<Py<PyType>>> = PyOnceLock::new();

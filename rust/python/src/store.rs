@@ -69,7 +69,8 @@ impl Store {
     /// (requests sent), ``hedged`` (of them sent to a second replica because
     /// the first was late), ``hedges_won`` (hedges answered first) and
     /// ``slow_nodes`` (nodes found slow, put last in query plans now). All
-    /// zero for a local store.
+    /// zero for a local store. With a sample cache, ``cache_hits`` (samples
+    /// served by it) and ``cache_misses`` (read from the store).
     fn read_stats(&self) -> std::collections::HashMap<&'static str, u64> {
         let s = self.inner.read_stats();
         [
@@ -77,6 +78,8 @@ impl Store {
             ("hedged", s.hedged),
             ("hedges_won", s.hedges_won),
             ("slow_nodes", s.slow_nodes),
+            ("cache_hits", s.cache_hits),
+            ("cache_misses", s.cache_misses),
         ]
         .into()
     }
@@ -286,6 +289,15 @@ pub fn open_store(
     if let Some(message) = opened.warning {
         // Loud on purpose: an unverified TLS peer can be anyone.
         let category = class(py, Class::InsecureTLSWarning);
+        PyErr::warn(
+            py,
+            &category,
+            &std::ffi::CString::new(message).expect("no NUL"),
+            1,
+        )?;
+    }
+    if let Some(message) = opened.cache_warning {
+        let category = class(py, Class::CacheWarning);
         PyErr::warn(
             py,
             &category,

@@ -6,6 +6,7 @@
 
 pub mod array;
 pub mod batch;
+pub mod cache;
 pub mod cassandra;
 pub mod decode;
 pub mod engine;
@@ -60,12 +61,16 @@ impl TableSpec {
 /// was late, `hedges_won` of those answered by the second copy first, and
 /// `slow_nodes`, the nodes found slow and put at the end of query plans now.
 /// Stores without hedged reads (the local store) count nothing.
+/// `cache_hits` and `cache_misses`: samples served by the local sample cache
+/// ([`cache`]) and samples it had to read from the store.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct ReadStats {
     pub reads: u64,
     pub hedged: u64,
     pub hedges_won: u64,
     pub slow_nodes: u64,
+    pub cache_hits: u64,
+    pub cache_misses: u64,
 }
 
 /// A label as written by ingest.
@@ -106,6 +111,11 @@ pub trait TableReader: Send + Sync + 'static {
     ) -> BoxFuture<'static, Result<Batch>>;
 
     fn spec(&self) -> &TableSpec;
+
+    /// The clock of the run about to read: when each entry of its uuid list
+    /// is read in every epoch. A cache evicts by it (see [`cache`]); other
+    /// readers ignore it.
+    fn plan_known(&self, _clock: Arc<cache::UseClock>) {}
 }
 
 /// Reads stored chunks of arrays (see [`SampleStore::chunk_source`]).

@@ -78,6 +78,13 @@ impl Env {
     /// Opens (or returns this process's already open) environment at `path`.
     /// With `create`, the directory is created if missing.
     pub fn open(path: &Path, create: bool) -> Result<Arc<Env>> {
+        Self::open_flags(path, create, 0)
+    }
+
+    /// [`Env::open`] with extra `mdb_env_open` flags for a newly opened
+    /// environment (an environment already open in this process keeps its
+    /// own): a cache, which can be rebuilt, opens with `MDB_NOSYNC`.
+    pub fn open_flags(path: &Path, create: bool, flags: u32) -> Result<Arc<Env>> {
         if create {
             std::fs::create_dir_all(path).map_err(|source| StoreError::Io {
                 path: path.to_path_buf(),
@@ -103,7 +110,7 @@ impl Env {
         if let Some(env) = cache.get(&key).and_then(Weak::upgrade) {
             return Ok(env);
         }
-        let env = Arc::new(Self::open_raw(&key)?);
+        let env = Arc::new(Self::open_raw(&key, flags)?);
         cache.insert(key, Arc::downgrade(&env));
         Ok(env)
     }
@@ -129,8 +136,8 @@ impl Env {
     ///    the case of a shared read-only dataset (a writer would need the
     ///    write access this process lacks). Within this process nothing can
     ///    write it: [`Env::write`] refuses, naming the path.
-    fn open_raw(path: &Path) -> Result<Env> {
-        let read_write = match Self::open_with(path, 0) {
+    fn open_raw(path: &Path, flags: u32) -> Result<Env> {
+        let read_write = match Self::open_with(path, flags) {
             Ok(raw) => return Ok(Self::from_raw(raw, path, None)),
             Err(rc) if is_permission(rc) => strerror(rc),
             Err(rc) => return Err(lmdb_error(path, rc)),
@@ -198,6 +205,43 @@ impl Env {
 
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Why the environment is read-only here, None if it can be written.
+    pub fn read_only_reason(&self) -> Option<&str> {
+        self.read_only.as_deref()
+    }
+
+    /// Checks that `data.mdb` holds every page the environment uses: a file
+    /// cut short (a crash during a copy, a full disk) would otherwise fault
+    /// (SIGBUS) on the first read of a missing page, not return an error.
+    pub fn check_file_size(&self) -> Result<(), String> {
+        let env = self.ptr().map_err(|e| e.to_string())?;
+        let mut info = std::mem::MaybeUninit::<ffi::MDB_envinfo>::zeroed();
+        let mut stat = std::mem::MaybeUninit::<ffi::MDB_stat>::zeroed();
+        let (info, stat) = unsafe {
+            let rc = ffi::mdb_env_info(env, info.as_mut_ptr());
+            if rc != 0 {
+                return Err(strerror(rc));
+            }
+            let rc = ffi::mdb_env_stat(env, stat.as_mut_ptr());
+            if rc != 0 {
+                return Err(strerror(rc));
+            }
+            (info.assume_init(), stat.assume_init())
+        };
+        let needed = (info.me_last_pgno as u64 + 1) * stat.ms_psize as u64;
+        let file = self.path.join("data.mdb");
+        let len = std::fs::metadata(&file)
+            .map_err(|e| format!("{}: {e}", file.display()))?
+            .len();
+        if len < needed {
+            return Err(format!(
+                "{} is {len} bytes long but its pages need {needed}: the file was cut short",
+                file.display()
+            ));
+        }
+        Ok(())
     }
 
     fn err(&self, rc: i32) -> StoreError {
@@ -335,9 +379,23 @@ impl<'e> RoTxn<'e> {
     }
 
     /// Calls `f` on every (key, value) pair in key order; stops early if `f` returns false.
-    pub fn for_each(
+    pub fn for_each(&self, dbi: Dbi, f: impl FnMut(&[u8], &[u8]) -> Result<bool>) -> Result<()> {
+        self.walk(dbi, false, f)
+    }
+
+    /// [`RoTxn::for_each`] from the last key down.
+    pub fn for_each_rev(
         &self,
         dbi: Dbi,
+        f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
+    ) -> Result<()> {
+        self.walk(dbi, true, f)
+    }
+
+    fn walk(
+        &self,
+        dbi: Dbi,
+        reverse: bool,
         mut f: impl FnMut(&[u8], &[u8]) -> Result<bool>,
     ) -> Result<()> {
         let mut cursor: *mut ffi::MDB_cursor = ptr::null_mut();
@@ -345,7 +403,12 @@ impl<'e> RoTxn<'e> {
         if rc != 0 {
             return Err(self.env.err(rc));
         }
-        let mut op = ffi::MDB_FIRST;
+        let (first, next) = if reverse {
+            (ffi::MDB_LAST, ffi::MDB_PREV)
+        } else {
+            (ffi::MDB_FIRST, ffi::MDB_NEXT)
+        };
+        let mut op = first;
         let result = loop {
             let mut k = ffi::MDB_val {
                 mv_size: 0,
@@ -373,7 +436,7 @@ impl<'e> RoTxn<'e> {
                 Ok(false) => break Ok(()),
                 Err(e) => break Err(e),
             }
-            op = ffi::MDB_NEXT;
+            op = next;
         };
         unsafe { ffi::mdb_cursor_close(cursor) };
         result

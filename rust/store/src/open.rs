@@ -1,5 +1,6 @@
 //! Opening a store by URL, for every front end (Python, DALI, tch, the CLI).
 
+use crate::cache::{CacheOptions, CachedStore, SampleCache};
 use crate::cassandra::{CassandraOptions, CassandraStore, OptionValue};
 use crate::error::{Result, StoreError};
 use crate::local::LocalStore;
@@ -12,6 +13,9 @@ use std::sync::Arc;
 pub struct Opened {
     pub store: Arc<dyn SampleStore>,
     pub warning: Option<String>,
+    /// Why the sample cache is off, or was rebuilt, if it is: a warning too
+    /// (reads work, from the store).
+    pub cache_warning: Option<String>,
 }
 
 /// Opens `url`:
@@ -21,6 +25,9 @@ pub struct Opened {
 ///   ScyllaDB with connection options (see
 ///   [`crate::cassandra::OPTION_NAMES`]); `create` is accepted and changes
 ///   nothing (ingest creates keyspaces and tables). Does not connect yet.
+///   With `cache="local:PATH"` and `cache_size`, and optionally
+///   `cache_policy` ("plan" or "lru"), sample reads go through a local
+///   sample cache (see [`crate::cache`]).
 pub fn open_store(url: &str, options: Vec<(String, OptionValue)>) -> Result<Opened> {
     let mut create = false;
     let mut rest = Vec::with_capacity(options.len());
@@ -35,7 +42,14 @@ pub fn open_store(url: &str, options: Vec<(String, OptionValue)>) -> Result<Open
             _ => rest.push((key, value)),
         }
     }
+    let cache = CacheOptions::take(&mut rest)?;
     if let Some(path) = url.strip_prefix("local:") {
+        if cache.is_some() {
+            return Err(StoreError::InvalidArgument(format!(
+                "the local store {url:?} is already local: a sample cache (cache=) is for \
+                 remote stores"
+            )));
+        }
         if let Some((key, _)) = rest.first() {
             return Err(StoreError::InvalidArgument(format!(
                 "the local store {url:?} takes no connection options (got {key})"
@@ -45,6 +59,7 @@ pub fn open_store(url: &str, options: Vec<(String, OptionValue)>) -> Result<Open
         return Ok(Opened {
             store: Arc::new(store),
             warning: None,
+            cache_warning: None,
         });
     }
     if url.starts_with("cassandra://") || url.starts_with("scylla://") {
@@ -57,10 +72,21 @@ pub fn open_store(url: &str, options: Vec<(String, OptionValue)>) -> Result<Open
                 opts.hosts.join(",")
             )
         });
-        let store = CassandraStore::new(opts)?;
+        let store: Arc<dyn SampleStore> = Arc::new(CassandraStore::new(opts)?);
+        let (store, cache_warning) = match cache {
+            None => (store, None),
+            Some(options) => match SampleCache::open(&options) {
+                (Some(cache), warning) => (
+                    Arc::new(CachedStore::new(store, cache)) as Arc<dyn SampleStore>,
+                    warning,
+                ),
+                (None, warning) => (store, warning),
+            },
+        };
         return Ok(Opened {
-            store: Arc::new(store),
+            store,
             warning,
+            cache_warning,
         });
     }
     Err(StoreError::InvalidArgument(format!(
@@ -108,5 +134,21 @@ mod tests {
         )
         .unwrap();
         assert!(opened.warning.unwrap().contains("NOT verified"));
+        let cache = |c: &str| {
+            vec![
+                ("cache".to_string(), OptionValue::Text(c.into())),
+                ("cache_size".to_string(), OptionValue::Text("1MB".into())),
+            ]
+        };
+        let m = err(&local, cache("local:/tmp/c"));
+        assert!(m.contains("already local"), "{m}");
+        let path = dir.path().join("cache");
+        let opened = open_store(
+            "cassandra://h/ks",
+            cache(&format!("local:{}", path.display())),
+        )
+        .unwrap();
+        assert!(opened.cache_warning.is_none());
+        assert!(path.join(crate::cache::MARKER).exists());
     }
 }

@@ -6,6 +6,7 @@
 
 use crate::array::patch::{PatchSpec, PatchTable};
 use crate::batch::{ArenaPool, BatchJob, Labels};
+use crate::cache::UseClock;
 use crate::engine::{BatchStream, EngineOptions, FetchEngine, Next};
 use crate::error::{Result, StoreError};
 use crate::runtime::runtime;
@@ -355,6 +356,13 @@ impl Reader {
     ) -> Result<Self> {
         let batches = config.batches(ids.len(), &share, progress)?;
         let options = config.engine_options(&share);
+        // Every epoch's order follows from these: a cache in front of the
+        // table keeps the samples due soonest.
+        table.plan_known(Arc::new(UseClock::new(
+            ids.len(),
+            config.shuffle,
+            config.seed,
+        )));
         let stream = {
             let rt = runtime();
             let _guard = rt.enter();

@@ -197,6 +197,7 @@ impl Hedging {
                     .filter(|n| n.key.load(Relaxed) != 0 && n.avoid_until.load(Relaxed) > now)
                     .count() as u64
             },
+            ..ReadStats::default()
         }
     }
 

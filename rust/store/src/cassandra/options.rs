@@ -276,8 +276,10 @@ impl CassandraOptions {
                 "connections" => self.connections = count()?.max(1),
                 _ => {
                     return Err(StoreError::InvalidArgument(format!(
-                        "unknown Cassandra option {key:?}; known options: {}",
-                        OPTION_NAMES.join(", ")
+                        "unknown Cassandra option {key:?}; known options: {}, and the \
+                         sample cache's: {}",
+                        OPTION_NAMES.join(", "),
+                        crate::cache::CACHE_OPTION_NAMES.join(", ")
                     )))
                 }
             }

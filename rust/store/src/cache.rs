@@ -1,0 +1,1331 @@
+//! A local sample cache in front of a remote store, whose eviction knows the
+//! future.
+//!
+//! `open_store("cassandra://...", cache="local:/nvme/cache", cache_size="200GB")`
+//! wraps the store in a [`CachedStore`]: every sample read from Cassandra is
+//! written into an LMDB environment on a local disk as it arrives, and a later
+//! read of a cached sample is served from there. The cache never changes what
+//! is served: a batch is the same bytes, labels and order with or without it;
+//! a sample the store cannot serve fails (or is skipped) exactly as it would
+//! without the cache, because failed reads are never cached and a batch is
+//! cached only once its read succeeded.
+//!
+//! Why plan-aware eviction: the order of every epoch is a pure function of
+//! the seed, the epoch and the uuid list ([`crs4_cassandra_core::order_positions`]).
+//! When a sample is read in epoch `e` its next use is known: its position in
+//! epoch `e + 1`. Keeping the samples whose next use comes soonest is
+//! Belady's optimal policy; least-recently-used, the usual choice, keeps
+//! exactly the wrong samples on reshuffled full scans (those just read, due
+//! again on average an epoch later). The time of a use is its global
+//! position, `epoch * n + position in the epoch's order`, the same clock for
+//! every rank and DataLoader worker of a run, so processes sharing a cache
+//! agree on which samples are due first. The reader hands that clock
+//! ([`UseClock`]) to its table through [`crate::TableReader::plan_known`].
+//!
+//! Layout (one LMDB environment, shared by every process of a host: LMDB
+//! serializes write transactions across processes, and each batch is one
+//! write transaction):
+//! - `samples`: namespace (8) ++ uuid (16) -> u32 label length (`u32::MAX`
+//!   for none), label bytes, data bytes;
+//! - `keys`: namespace ++ uuid -> use key (8, big endian) ++ record size (8);
+//! - `index`: use key (8, big endian) ++ namespace ++ uuid -> nothing, in
+//!   key order: under the plan policy the key is the next use (evict the
+//!   largest, after the stale ones whose next use has passed), under LRU the
+//!   last use (evict the smallest);
+//! - `meta`: the format, the bytes of samples held, and the namespaces
+//!   (hash -> store URL, table, columns), so that a hash collision is found
+//!   rather than served.
+//!
+//! Where the cache cannot work (a directory that cannot be written, a full
+//! disk), reads go to the store, with a warning: the cache speeds reads up,
+//! it is never a reason for a read to fail. A damaged environment (a file cut
+//! short by a crash) is found when the cache opens and rebuilt empty.
+
+use crate::batch::{ArenaPool, Batch, BatchJob, Labels};
+use crate::cassandra::OptionValue;
+use crate::error::{Result, StoreError};
+use crate::lmdb::{Dbi, Env, RoTxn, RwTxn};
+use crate::{
+    ChunkSource, LabelType, MetadataRow, ReadStats, SampleRow, SampleStore, TableReader, TableSpec,
+};
+use futures::future::{BoxFuture, FutureExt};
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use uuid::Uuid;
+
+/// A file beside `data.mdb` that marks the directory as a sample cache: only
+/// a marked directory is ever rebuilt (emptied), so a mistyped path to a
+/// local store is refused, never wiped.
+pub const MARKER: &str = "crs4_cassandra_cache";
+const FORMAT: &[u8] = b"crs4_cassandra sample cache 1";
+const SAMPLES: &str = "samples";
+const KEYS: &str = "keys";
+const INDEX: &str = "index";
+const META: &str = "meta";
+const META_FORMAT: &[u8] = b"format";
+const META_BYTES: &[u8] = b"bytes";
+const NO_LABEL: u32 = u32::MAX;
+
+/// Which cached sample makes room for a new one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CachePolicy {
+    /// Belady's policy over the epoch plans: evict the sample used again
+    /// last (stale entries first), and admit a new sample only if it is used
+    /// again sooner than that.
+    Plan,
+    /// Least recently used: evict the sample read longest ago.
+    Lru,
+}
+
+impl CachePolicy {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "plan" => Ok(Self::Plan),
+            "lru" => Ok(Self::Lru),
+            other => Err(StoreError::InvalidArgument(format!(
+                "cache_policy must be \"plan\" or \"lru\", got {other:?}"
+            ))),
+        }
+    }
+}
+
+/// The cache options of `open_store`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CacheOptions {
+    pub path: PathBuf,
+    /// Bytes of cached samples (labels and data) at most.
+    pub size: u64,
+    pub policy: CachePolicy,
+}
+
+/// The option names [`CacheOptions::take`] consumes.
+pub const CACHE_OPTION_NAMES: &[&str] = &["cache", "cache_size", "cache_policy"];
+
+impl CacheOptions {
+    /// Takes the cache options out of `options` (leaving the others), None if
+    /// there are none; `cache_size` and `cache_policy` need `cache`, and
+    /// `cache` needs `cache_size`.
+    pub fn take(options: &mut Vec<(String, OptionValue)>) -> Result<Option<Self>> {
+        let mut take = |name: &str| {
+            let i = options.iter().position(|(k, _)| k == name)?;
+            Some(options.remove(i).1)
+        };
+        let (cache, size, policy) = (take("cache"), take("cache_size"), take("cache_policy"));
+        let invalid = |m: String| StoreError::InvalidArgument(m);
+        let Some(cache) = cache else {
+            return match (size, policy) {
+                (None, None) => Ok(None),
+                _ => Err(invalid(
+                    "cache_size and cache_policy need cache=\"local:PATH\"".into(),
+                )),
+            };
+        };
+        let path = match &cache {
+            OptionValue::Text(t) => t.strip_prefix("local:").map(PathBuf::from),
+            _ => None,
+        }
+        .filter(|p| !p.as_os_str().is_empty())
+        .ok_or_else(|| {
+            invalid(format!(
+                "cache must be \"local:PATH\" (a directory on a local disk), got {cache:?}"
+            ))
+        })?;
+        let size = size.ok_or_else(|| {
+            invalid(format!(
+                "cache={cache:?} needs cache_size (bytes, or a string such as \"200GB\" or \"512MiB\")"
+            ))
+        })?;
+        let size = parse_size(&size)?;
+        let policy = match policy {
+            None => CachePolicy::Plan,
+            Some(OptionValue::Text(t)) => CachePolicy::parse(&t)?,
+            Some(other) => CachePolicy::parse(&format!("{other:?}"))?,
+        };
+        Ok(Some(Self { path, size, policy }))
+    }
+}
+
+/// A size in bytes: a number, or a string with a unit (`"200GB"`, `"512MiB"`,
+/// `"1.5T"`; k, M, G, T are powers of 1000, Ki, Mi, Gi, Ti of 1024).
+pub fn parse_size(value: &OptionValue) -> Result<u64> {
+    let bad = || {
+        StoreError::InvalidArgument(format!(
+            "cache_size must be a positive number of bytes or a string such as \"200GB\" or \
+             \"512MiB\", got {value:?}"
+        ))
+    };
+    let bytes = match value {
+        OptionValue::Number(x) => *x,
+        OptionValue::Text(t) => {
+            let t = t.trim();
+            let split = t
+                .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+                .unwrap_or(t.len());
+            let (number, unit) = t.split_at(split);
+            let number: f64 = number.parse().map_err(|_| bad())?;
+            let unit = unit.trim().to_ascii_lowercase();
+            let unit = unit.strip_suffix('b').unwrap_or(&unit);
+            let scale = match unit {
+                "" => 1.0,
+                "k" => 1e3,
+                "m" => 1e6,
+                "g" => 1e9,
+                "t" => 1e12,
+                "ki" => 1024.0,
+                "mi" => 1024.0 * 1024.0,
+                "gi" => 1024.0 * 1024.0 * 1024.0,
+                "ti" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+                _ => return Err(bad()),
+            };
+            number * scale
+        }
+        OptionValue::Bool(_) => return Err(bad()),
+    };
+    if !bytes.is_finite() || bytes < 1.0 || bytes > u64::MAX as f64 {
+        return Err(bad());
+    }
+    Ok(bytes as u64)
+}
+
+/// When each sample of a run is used: `epoch * n + position` in the
+/// epoch's order, the same for every rank and worker. Keeps the positions
+/// of the last few epochs asked for (4 bytes a sample each).
+pub struct UseClock {
+    n: usize,
+    shuffle: bool,
+    seed: u64,
+    positions: Mutex<Vec<(u64, Arc<[u32]>)>>,
+}
+
+const EPOCHS_KEPT: usize = 4;
+
+impl UseClock {
+    pub fn new(n: usize, shuffle: bool, seed: u64) -> Self {
+        Self {
+            n,
+            shuffle,
+            seed,
+            positions: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    fn positions(&self, epoch: u64) -> Arc<[u32]> {
+        let mut kept = self.positions.lock().expect("use clock poisoned");
+        if let Some((_, p)) = kept.iter().find(|(e, _)| *e == epoch) {
+            return p.clone();
+        }
+        let p: Arc<[u32]> =
+            crs4_cassandra_core::order_positions(self.n, self.shuffle, self.seed, epoch).into();
+        if kept.len() == EPOCHS_KEPT {
+            kept.remove(0);
+        }
+        kept.push((epoch, p.clone()));
+        p
+    }
+
+    /// For the entries `indices` of the uuid list read in `epoch`: when each
+    /// is read now and when it is read next (in the next epoch).
+    pub fn times(&self, epoch: u64, indices: &[u32]) -> Vec<(u64, u64)> {
+        let (now, next) = (self.positions(epoch), self.positions(epoch + 1));
+        let n = self.n as u64;
+        indices
+            .iter()
+            .map(|&i| {
+                let i = i as usize;
+                match (now.get(i), next.get(i)) {
+                    (Some(&p), Some(&q)) => (epoch * n + p as u64, (epoch + 1) * n + q as u64),
+                    // An index past the list (cannot happen for a plan's
+                    // batch): used now, never again.
+                    _ => (epoch * n, u64::MAX),
+                }
+            })
+            .collect()
+    }
+}
+
+/// FNV-1a: a stable 64-bit hash of a namespace (the same in every process
+/// and every build, unlike std's hasher).
+fn fnv1a(bytes: &[u8]) -> [u8; 8] {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h.to_be_bytes()
+}
+
+/// What identifies a table's samples in a shared cache: the store, the
+/// qualified table and the columns read (a table read with its labels and
+/// without them are two namespaces).
+pub fn namespace(store_url: &str, spec: &TableSpec) -> String {
+    format!(
+        "{store_url}\n{}\n{}\n{}\n{}\n{}",
+        spec.table,
+        spec.id_col,
+        spec.data_col,
+        spec.label_col,
+        spec.label_type.as_str()
+    )
+}
+
+type Ns = [u8; 8];
+
+fn sample_key(ns: &Ns, id: Uuid) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..8].copy_from_slice(ns);
+    k[8..].copy_from_slice(id.as_bytes());
+    k
+}
+
+fn index_key(key: u64, sample: &[u8; 24]) -> [u8; 32] {
+    let mut k = [0u8; 32];
+    k[..8].copy_from_slice(&key.to_be_bytes());
+    k[8..].copy_from_slice(sample);
+    k
+}
+
+fn u64_at(bytes: &[u8], at: usize, path: &Path) -> Result<u64> {
+    bytes
+        .get(at..at + 8)
+        .map(|b| u64::from_be_bytes(b.try_into().expect("8 bytes")))
+        .ok_or_else(|| StoreError::Lmdb {
+            path: path.to_path_buf(),
+            message: "corrupt sample cache entry (too short)".into(),
+        })
+}
+
+/// A cached sample, copied out of the map.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Cached {
+    pub label: Option<Vec<u8>>,
+    pub data: Vec<u8>,
+}
+
+fn encode(label: Option<&[u8]>, data: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(4 + label.map_or(0, <[u8]>::len) + data.len());
+    match label {
+        Some(l) => {
+            v.extend_from_slice(&(l.len() as u32).to_le_bytes());
+            v.extend_from_slice(l);
+        }
+        None => v.extend_from_slice(&NO_LABEL.to_le_bytes()),
+    }
+    v.extend_from_slice(data);
+    v
+}
+
+/// A record of `samples`, None if it does not parse (then it is not served).
+fn decode(value: &[u8]) -> Option<Cached> {
+    let len = u32::from_le_bytes(value.get(..4)?.try_into().ok()?);
+    let rest = &value[4..];
+    let (label, data) = if len == NO_LABEL {
+        (None, rest)
+    } else {
+        let n = len as usize;
+        (Some(rest.get(..n)?.to_vec()), rest.get(n..)?)
+    };
+    (!data.is_empty()).then(|| Cached {
+        label,
+        data: data.to_vec(),
+    })
+}
+
+/// One sample of a batch read, for [`SampleCache::record`]: its key under
+/// the policy and its label and data.
+pub struct Use<'a> {
+    pub id: Uuid,
+    pub key: u64,
+    pub label: Option<&'a [u8]>,
+    pub data: &'a [u8],
+}
+
+/// The cache of one directory in this process. Holds no LMDB handle (one
+/// held here would cross `fork()` into DataLoader workers): [`Env::open`]
+/// returns this process's.
+pub struct SampleCache {
+    path: PathBuf,
+    capacity: u64,
+    policy: CachePolicy,
+    /// Cleared after a write fails (a full disk...): this process then stops
+    /// writing, and still serves what is cached.
+    writes: AtomicBool,
+    /// Cleared after a read of the cache fails: reads then go to the store.
+    reads: AtomicBool,
+    hits: AtomicU64,
+    misses: AtomicU64,
+}
+
+/// Why a cache could not be opened as it was.
+enum OpenError {
+    /// The directory cannot be written: the cache is off.
+    Off(String),
+    /// The environment is damaged: rebuild it.
+    Damaged(String),
+}
+
+impl SampleCache {
+    /// Opens the cache at `options.path`, creating it if missing and
+    /// rebuilding it if damaged; None (with the warning to show) when it
+    /// cannot be used, and Some warning when it was rebuilt.
+    pub fn open(options: &CacheOptions) -> (Option<Arc<Self>>, Option<String>) {
+        let path = &options.path;
+        let off = |why: String| {
+            Some(format!(
+                "sample cache {} is off: {why}; samples are read from the store",
+                path.display()
+            ))
+        };
+        if let Err(e) = std::fs::create_dir_all(path) {
+            return (None, off(format!("cannot create the directory: {e}")));
+        }
+        if path.join("data.mdb").exists() && !path.join(MARKER).exists() {
+            return (
+                None,
+                off(
+                    "the directory holds an LMDB environment that is not a sample cache \
+                     (no marker file); it is left alone"
+                        .into(),
+                ),
+            );
+        }
+        // Processes opening the cache at once (DDP ranks) take turns: only
+        // one checks it, and rebuilds it if damaged.
+        let _lock = match OpenLock::take(&path.join("open.lock")) {
+            Ok(lock) => lock,
+            Err(e) => return (None, off(format!("cannot write in the directory: {e}"))),
+        };
+        if let Err(e) = std::fs::write(path.join(MARKER), b"") {
+            return (None, off(format!("cannot write in the directory: {e}")));
+        }
+        let cache = Arc::new(Self {
+            path: path.clone(),
+            capacity: options.size,
+            policy: options.policy,
+            writes: AtomicBool::new(true),
+            reads: AtomicBool::new(true),
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+        });
+        match cache.check() {
+            Ok(()) => (Some(cache), None),
+            Err(OpenError::Off(why)) => (None, off(why)),
+            Err(OpenError::Damaged(why)) => {
+                for file in ["data.mdb", "lock.mdb"] {
+                    let _ = std::fs::remove_file(path.join(file));
+                }
+                match cache.check() {
+                    Ok(()) => (
+                        Some(cache),
+                        Some(format!(
+                            "sample cache {} was damaged ({why}): rebuilt empty",
+                            path.display()
+                        )),
+                    ),
+                    Err(OpenError::Off(again) | OpenError::Damaged(again)) => (
+                        None,
+                        off(format!(
+                            "it was damaged ({why}) and could not be rebuilt: {again}"
+                        )),
+                    ),
+                }
+            }
+        }
+    }
+
+    /// Opens the environment and checks it: its file holds its pages, its
+    /// format is this one, its databases agree.
+    fn check(&self) -> std::result::Result<(), OpenError> {
+        let env = match self.env() {
+            Ok(env) => env,
+            Err(StoreError::Lmdb { message, .. }) => return Err(OpenError::Damaged(message)),
+            Err(e) => return Err(OpenError::Off(e.to_string())),
+        };
+        if let Some(reason) = env.read_only_reason() {
+            return Err(OpenError::Off(format!("it cannot be written ({reason})")));
+        }
+        env.check_file_size().map_err(OpenError::Damaged)?;
+        let damaged = |e: StoreError| OpenError::Damaged(e.to_string());
+        let dbs = self.dbs(&env).map_err(damaged)?;
+        env.write(|txn| {
+            let bad = |why: &str| StoreError::Internal(why.to_string());
+            match txn.get(dbs.meta, META_FORMAT)? {
+                Some(f) if f == FORMAT => {}
+                Some(_) => return Err(bad("written by another version")),
+                None if txn.count(dbs.samples)? > 0 => return Err(bad("no format entry")),
+                None => {
+                    txn.put(dbs.meta, META_FORMAT, FORMAT)?;
+                    txn.put(dbs.meta, META_BYTES, &0u64.to_be_bytes())?;
+                }
+            }
+            let (samples, keys, index) = (
+                txn.count(dbs.samples)?,
+                txn.count(dbs.keys)?,
+                txn.count(dbs.index)?,
+            );
+            if samples != keys || keys != index {
+                return Err(bad(&format!(
+                    "{samples} samples, {keys} keys and {index} index entries"
+                )));
+            }
+            match txn.get(dbs.meta, META_BYTES)? {
+                Some(b) if b.len() == 8 => Ok(()),
+                _ => Err(bad("no byte count")),
+            }
+        })
+        .map_err(|e| match e {
+            StoreError::Internal(why) => OpenError::Damaged(why),
+            other => damaged(other),
+        })
+    }
+
+    fn env(&self) -> Result<Arc<Env>> {
+        // A cache can be rebuilt: no fsync at each batch's commit (a system
+        // crash may lose the last batches, or damage the file, which the
+        // next open finds).
+        Env::open_flags(&self.path, true, lmdb_master_sys::MDB_NOSYNC)
+    }
+
+    fn dbs(&self, env: &Env) -> Result<Dbs> {
+        let db = |name| env.dbi(name, true).map(|d| d.expect("created"));
+        Ok(Dbs {
+            samples: db(SAMPLES)?,
+            keys: db(KEYS)?,
+            index: db(INDEX)?,
+            meta: db(META)?,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    pub fn policy(&self) -> CachePolicy {
+        self.policy
+    }
+
+    /// The namespace of `name` in this cache: its hash, recorded with the
+    /// name so that two names with one hash are found (the second is then
+    /// not cached: None).
+    pub fn namespace(&self, name: &str) -> Result<Option<Ns>> {
+        let ns = fnv1a(name.as_bytes());
+        let mut key = b"ns:".to_vec();
+        key.extend_from_slice(&ns);
+        let env = self.env()?;
+        let dbs = self.dbs(&env)?;
+        env.write(|txn| match txn.get(dbs.meta, &key)? {
+            Some(known) if known == name.as_bytes() => Ok(Some(ns)),
+            Some(_) => Ok(None),
+            None => {
+                txn.put(dbs.meta, &key, name.as_bytes())?;
+                Ok(Some(ns))
+            }
+        })
+    }
+
+    /// The cached copies of `ids` (None where a sample is not cached).
+    pub fn lookup(&self, ns: &Ns, ids: &[Uuid]) -> Result<Vec<Option<Cached>>> {
+        let env = self.env()?;
+        let dbs = self.dbs(&env)?;
+        env.read(|txn| {
+            ids.iter()
+                .map(|&id| Ok(txn.get(dbs.samples, &sample_key(ns, id))?.and_then(decode)))
+                .collect()
+        })
+    }
+
+    /// Records one batch's reads in one write transaction: a cached sample
+    /// gets its new key, another is admitted if the policy makes room for
+    /// it. `stale_below`: under the plan policy, keys below it are next uses
+    /// that have passed, evicted first.
+    pub fn record(&self, ns: &Ns, uses: &[Use<'_>], stale_below: u64) -> Result<()> {
+        let env = self.env()?;
+        let dbs = self.dbs(&env)?;
+        env.write(|txn| {
+            let mut total = match txn.get(dbs.meta, META_BYTES)? {
+                Some(b) => u64_at(b, 0, &self.path)?,
+                None => 0,
+            };
+            let mut new = Vec::new();
+            for u in uses {
+                let sample = sample_key(ns, u.id);
+                match txn.get(dbs.keys, &sample)? {
+                    Some(entry) => {
+                        let (old, size) =
+                            (u64_at(entry, 0, &self.path)?, u64_at(entry, 8, &self.path)?);
+                        txn.del(dbs.index, &index_key(old, &sample))?;
+                        txn.put(dbs.index, &index_key(u.key, &sample), &[])?;
+                        txn.put(dbs.keys, &sample, &key_entry(u.key, size))?;
+                    }
+                    None => new.push(u),
+                }
+            }
+            for u in new {
+                let record = encode(u.label, u.data);
+                let size = record.len() as u64;
+                if size > self.capacity {
+                    continue;
+                }
+                let (victims, admit) = self.victims(txn, &dbs, total, size, u.key, stale_below)?;
+                for victim in victims {
+                    total -= evict(txn, &dbs, &victim, &self.path)?;
+                }
+                if admit {
+                    let sample = sample_key(ns, u.id);
+                    txn.put(dbs.samples, &sample, &record)?;
+                    txn.put(dbs.keys, &sample, &key_entry(u.key, size))?;
+                    txn.put(dbs.index, &index_key(u.key, &sample), &[])?;
+                    total += size;
+                }
+            }
+            txn.put(dbs.meta, META_BYTES, &total.to_be_bytes())
+        })
+    }
+
+    /// The entries to evict before a sample of `size` bytes and key `key`
+    /// comes in, and whether it comes in. The one eviction decision of both
+    /// policies:
+    /// - LRU: the oldest entries, as many as make room;
+    /// - plan: the stale entries first (key below `stale_below`), then, from
+    ///   the one used again last, entries used again later than the new
+    ///   sample; if those do not make room, the new sample stays out (and
+    ///   only the stale entries go).
+    fn victims(
+        &self,
+        txn: &RoTxn<'_>,
+        dbs: &Dbs,
+        total: u64,
+        size: u64,
+        key: u64,
+        stale_below: u64,
+    ) -> Result<(Vec<[u8; 32]>, bool)> {
+        let mut free = self.capacity.saturating_sub(total);
+        let mut victims = Vec::new();
+        if free >= size {
+            return Ok((victims, true));
+        }
+        let size_of = |k: &[u8]| -> Result<u64> {
+            let entry = txn
+                .get(dbs.keys, &k[8..32])?
+                .ok_or_else(|| StoreError::Lmdb {
+                    path: self.path.clone(),
+                    message: "sample cache index entry without its sample".into(),
+                })?;
+            u64_at(entry, 8, &self.path)
+        };
+        let lowest_first = match self.policy {
+            CachePolicy::Lru => u64::MAX,
+            CachePolicy::Plan => stale_below,
+        };
+        txn.for_each(dbs.index, |k, _| {
+            if free >= size || u64_at(k, 0, &self.path)? >= lowest_first {
+                return Ok(false);
+            }
+            free += size_of(k)?;
+            victims.push(k.try_into().expect("32-byte index key"));
+            Ok(true)
+        })?;
+        if free >= size || self.policy == CachePolicy::Lru {
+            return Ok((victims, free >= size));
+        }
+        let stale = victims.len();
+        txn.for_each_rev(dbs.index, |k, _| {
+            let k_key = u64_at(k, 0, &self.path)?;
+            if free >= size || k_key <= key || k_key < stale_below {
+                return Ok(false);
+            }
+            free += size_of(k)?;
+            victims.push(k.try_into().expect("32-byte index key"));
+            Ok(true)
+        })?;
+        if free >= size {
+            Ok((victims, true))
+        } else {
+            victims.truncate(stale);
+            Ok((victims, false))
+        }
+    }
+
+    /// Bytes of samples held, and their number.
+    pub fn usage(&self) -> Result<(u64, usize)> {
+        let env = self.env()?;
+        let dbs = self.dbs(&env)?;
+        env.read(|txn| {
+            let bytes = match txn.get(dbs.meta, META_BYTES)? {
+                Some(b) => u64_at(b, 0, &self.path)?,
+                None => 0,
+            };
+            Ok((bytes, txn.count(dbs.samples)?))
+        })
+    }
+
+    fn reads_on(&self) -> bool {
+        self.reads.load(Ordering::Relaxed)
+    }
+
+    fn writes_on(&self) -> bool {
+        self.writes.load(Ordering::Relaxed)
+    }
+
+    /// Turns reads (and writes) of the cache off in this process after
+    /// `error`, saying so once on stderr (a background read has no caller
+    /// to warn).
+    fn reads_failed(&self, error: &StoreError) {
+        self.writes.store(false, Ordering::Relaxed);
+        if self.reads.swap(false, Ordering::Relaxed) {
+            eprintln!(
+                "crs4_cassandra: sample cache {} is off in this process: {error}; samples are \
+                 read from the store",
+                self.path.display()
+            );
+        }
+    }
+
+    fn writes_failed(&self, error: &StoreError) {
+        if self.writes.swap(false, Ordering::Relaxed) {
+            eprintln!(
+                "crs4_cassandra: sample cache {} takes no more samples in this process: \
+                 {error}; what it holds is still served, the rest is read from the store",
+                self.path.display()
+            );
+        }
+    }
+}
+
+fn key_entry(key: u64, size: u64) -> [u8; 16] {
+    let mut e = [0u8; 16];
+    e[..8].copy_from_slice(&key.to_be_bytes());
+    e[8..].copy_from_slice(&size.to_be_bytes());
+    e
+}
+
+/// Removes an index entry's sample; its size.
+fn evict(txn: &RwTxn<'_>, dbs: &Dbs, index: &[u8; 32], path: &Path) -> Result<u64> {
+    let sample = &index[8..32];
+    let size = match txn.get(dbs.keys, sample)? {
+        Some(entry) => u64_at(entry, 8, path)?,
+        None => 0,
+    };
+    txn.del(dbs.index, index)?;
+    txn.del(dbs.keys, sample)?;
+    txn.del(dbs.samples, sample)?;
+    Ok(size)
+}
+
+struct Dbs {
+    samples: Dbi,
+    keys: Dbi,
+    index: Dbi,
+    meta: Dbi,
+}
+
+/// An exclusive `flock` on a file, released when dropped.
+struct OpenLock(std::fs::File);
+
+impl OpenLock {
+    fn take(path: &Path) -> std::io::Result<Self> {
+        use std::os::fd::AsRawFd;
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)?;
+        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(Self(file))
+    }
+}
+
+impl Drop for OpenLock {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        unsafe { libc::flock(self.0.as_raw_fd(), libc::LOCK_UN) };
+    }
+}
+
+/// A store whose sample reads go through a [`SampleCache`]; everything else
+/// goes to the store.
+pub struct CachedStore {
+    inner: Arc<dyn SampleStore>,
+    cache: Arc<SampleCache>,
+}
+
+impl CachedStore {
+    pub fn new(inner: Arc<dyn SampleStore>, cache: Arc<SampleCache>) -> Self {
+        Self { inner, cache }
+    }
+
+    pub fn cache(&self) -> &Arc<SampleCache> {
+        &self.cache
+    }
+}
+
+impl SampleStore for CachedStore {
+    fn url(&self) -> String {
+        self.inner.url()
+    }
+
+    fn open_table(&self, spec: &TableSpec) -> BoxFuture<'static, Result<Arc<dyn TableReader>>> {
+        let (opening, cache, url) = (self.inner.open_table(spec), self.cache.clone(), self.url());
+        async move {
+            let inner = opening.await?;
+            let name = namespace(&url, inner.spec());
+            let ns = {
+                let cache = cache.clone();
+                tokio::task::spawn_blocking(move || cache.namespace(&name))
+                    .await
+                    .map_err(|e| StoreError::Internal(e.to_string()))?
+            };
+            let ns = match ns {
+                Ok(Some(ns)) => ns,
+                // Another table's hash: read this one from the store.
+                Ok(None) => return Ok(inner),
+                Err(e) => {
+                    cache.reads_failed(&e);
+                    return Ok(inner);
+                }
+            };
+            Ok(Arc::new(CachedTable {
+                inner,
+                cache,
+                ns,
+                clock: Mutex::new(None),
+            }) as Arc<dyn TableReader>)
+        }
+        .boxed()
+    }
+
+    fn create_tables(
+        &self,
+        spec: &TableSpec,
+        metadata_table: &str,
+        overwrite: bool,
+    ) -> BoxFuture<'static, Result<()>> {
+        self.inner.create_tables(spec, metadata_table, overwrite)
+    }
+
+    fn put_samples(&self, table: &str, rows: Vec<SampleRow>) -> BoxFuture<'static, Result<()>> {
+        self.inner.put_samples(table, rows)
+    }
+
+    fn put_metadata(&self, table: &str, rows: Vec<MetadataRow>) -> BoxFuture<'static, Result<()>> {
+        self.inner.put_metadata(table, rows)
+    }
+
+    fn scan_metadata(&self, table: &str) -> BoxFuture<'static, Result<Vec<MetadataRow>>> {
+        self.inner.scan_metadata(table)
+    }
+
+    fn array_meta(&self, name: &str) -> BoxFuture<'static, Result<Option<String>>> {
+        self.inner.array_meta(name)
+    }
+
+    fn put_array_meta(&self, name: &str, meta: Option<String>) -> BoxFuture<'static, Result<()>> {
+        self.inner.put_array_meta(name, meta)
+    }
+
+    fn list_arrays(&self) -> BoxFuture<'static, Result<Vec<String>>> {
+        self.inner.list_arrays()
+    }
+
+    fn chunk_source(&self) -> Result<Arc<dyn ChunkSource>> {
+        self.inner.chunk_source()
+    }
+
+    fn put_chunks(
+        &self,
+        array: Uuid,
+        chunks: Vec<(u64, Option<Vec<u8>>)>,
+    ) -> BoxFuture<'static, Result<()>> {
+        self.inner.put_chunks(array, chunks)
+    }
+
+    fn max_chunk_bytes(&self) -> Option<usize> {
+        self.inner.max_chunk_bytes()
+    }
+
+    fn read_stats(&self) -> ReadStats {
+        ReadStats {
+            cache_hits: self.cache.hits.load(Ordering::Relaxed),
+            cache_misses: self.cache.misses.load(Ordering::Relaxed),
+            ..self.inner.read_stats()
+        }
+    }
+}
+
+/// A table read through the cache.
+pub struct CachedTable {
+    inner: Arc<dyn TableReader>,
+    cache: Arc<SampleCache>,
+    ns: Ns,
+    /// The run's clock, from the reader; without it (a sample read by
+    /// itself) cached samples are served and nothing is recorded.
+    clock: Mutex<Option<Arc<UseClock>>>,
+}
+
+impl CachedTable {
+    fn clock(&self) -> Option<Arc<UseClock>> {
+        self.clock.lock().expect("clock poisoned").clone()
+    }
+
+    async fn read(self: Arc<Self>, job: BatchJob, pool: Arc<ArenaPool>) -> Result<Batch> {
+        let cache = self.cache.clone();
+        let found = if cache.reads_on() {
+            let (c, ns, ids) = (cache.clone(), self.ns, job.ids.clone());
+            match tokio::task::spawn_blocking(move || c.lookup(&ns, &ids)).await {
+                Ok(Ok(found)) => found,
+                Ok(Err(e)) => {
+                    cache.reads_failed(&e);
+                    vec![None; job.ids.len()]
+                }
+                Err(e) => return Err(StoreError::Internal(e.to_string())),
+            }
+        } else {
+            vec![None; job.ids.len()]
+        };
+        let misses: Vec<usize> = (0..job.ids.len()).filter(|&i| found[i].is_none()).collect();
+        let fetched = if misses.is_empty() {
+            None
+        } else {
+            let sub = BatchJob {
+                epoch: job.epoch,
+                position: job.position,
+                indices: misses.iter().map(|&i| job.indices[i]).collect(),
+                is_pad: misses.iter().map(|&i| job.is_pad[i]).collect(),
+                ids: misses.iter().map(|&i| job.ids[i]).collect(),
+            };
+            // A failed read fails (or, skipped, is retried by the engine)
+            // before anything is recorded: errors are never cached.
+            Some(self.inner.clone().read_batch(sub, pool.clone()).await?)
+        };
+        let missed = misses.iter().filter(|&&i| !job.is_pad[i]).count() as u64;
+        let hit = job.is_pad.iter().filter(|&&pad| !pad).count() as u64 - missed;
+        cache.hits.fetch_add(hit, Ordering::Relaxed);
+        cache.misses.fetch_add(missed, Ordering::Relaxed);
+        let batch = assemble(
+            &job,
+            self.inner.spec().label_type,
+            &found,
+            fetched.as_ref(),
+            &pool,
+        );
+        drop(fetched);
+        let Some(clock) = self.clock().filter(|_| cache.writes_on()) else {
+            return Ok(batch);
+        };
+        let ns = self.ns;
+        let recorded = tokio::task::spawn_blocking(move || {
+            let result = record_batch(&cache, &ns, &clock, &job, &batch);
+            if let Err(e) = &result {
+                cache.writes_failed(e);
+            }
+            batch
+        })
+        .await;
+        recorded.map_err(|e| StoreError::Internal(e.to_string()))
+    }
+}
+
+/// The batch of `job`, from the cached samples (`found`) and those read
+/// from the store (`fetched`, the misses in job order).
+fn assemble(
+    job: &BatchJob,
+    label_type: LabelType,
+    found: &[Option<Cached>],
+    fetched: Option<&Batch>,
+    pool: &Arc<ArenaPool>,
+) -> Batch {
+    let total: usize = found.iter().flatten().map(|c| c.data.len()).sum::<usize>()
+        + fetched.map_or(0, |b| b.data.len());
+    let labels = match label_type {
+        LabelType::Int => Labels::Int(Vec::with_capacity(job.ids.len())),
+        LabelType::Blob => Labels::Blob {
+            data: pool.take(0),
+            offsets: vec![0],
+        },
+        LabelType::None => Labels::None,
+    };
+    let mut batch = Batch::from_job(job, pool.take(total), labels);
+    let mut next = 0;
+    for cached in found {
+        let (label, data): (Option<LabelRef<'_>>, &[u8]) = match cached {
+            Some(c) => (c.label.as_deref().map(LabelRef::Bytes), &c.data),
+            None => {
+                let b = fetched.expect("a miss was read");
+                let j = next;
+                next += 1;
+                let label = match &b.labels {
+                    Labels::Int(v) => Some(LabelRef::Int(v[j])),
+                    Labels::Blob { data, offsets } => Some(LabelRef::Bytes(
+                        &data[offsets[j] as usize..offsets[j + 1] as usize],
+                    )),
+                    Labels::None => None,
+                };
+                (label, b.sample(j))
+            }
+        };
+        batch.data.extend_from_slice(data);
+        batch.offsets.push(batch.data.len() as i64);
+        match (&mut batch.labels, label) {
+            (Labels::Int(v), Some(LabelRef::Int(l))) => v.push(l),
+            (Labels::Int(v), Some(LabelRef::Bytes(b))) => {
+                v.push(i32::from_le_bytes(b.try_into().unwrap_or_default()) as i64)
+            }
+            (Labels::Blob { data, offsets }, Some(LabelRef::Bytes(b))) => {
+                data.extend_from_slice(b);
+                offsets.push(data.len() as i64);
+            }
+            _ => {}
+        }
+    }
+    batch
+}
+
+enum LabelRef<'a> {
+    Int(i64),
+    Bytes(&'a [u8]),
+}
+
+/// Records the real samples of a finished batch (pads repeat them), each
+/// once, keyed by the policy: the next use (plan) or this use (LRU).
+fn record_batch(
+    cache: &SampleCache,
+    ns: &Ns,
+    clock: &UseClock,
+    job: &BatchJob,
+    batch: &Batch,
+) -> Result<()> {
+    let times = clock.times(job.epoch, &job.indices);
+    let mut seen = HashSet::new();
+    let mut ints = Vec::new();
+    if let Labels::Int(v) = &batch.labels {
+        ints = v.iter().map(|&l| (l as i32).to_le_bytes()).collect();
+    }
+    let mut uses = Vec::with_capacity(job.ids.len());
+    for (i, &id) in job.ids.iter().enumerate() {
+        if job.is_pad[i] || !seen.insert(id) {
+            continue;
+        }
+        let (now, next) = times[i];
+        let label = match &batch.labels {
+            Labels::Int(_) => Some(&ints[i][..]),
+            Labels::Blob { data, offsets } => {
+                Some(&data[offsets[i] as usize..offsets[i + 1] as usize])
+            }
+            Labels::None => None,
+        };
+        uses.push(Use {
+            id,
+            key: match cache.policy {
+                CachePolicy::Plan => next,
+                CachePolicy::Lru => now,
+            },
+            label,
+            data: batch.sample(i),
+        });
+    }
+    // Reads of one epoch run ahead of each other by up to a window of
+    // batches (workers, ranks): a next use that passed less than this long
+    // ago may be a read about to happen, not a stale entry.
+    let slack = (clock.n() / 16) as u64;
+    let stale_below = times
+        .iter()
+        .map(|t| t.0)
+        .min()
+        .unwrap_or(0)
+        .saturating_sub(slack);
+    cache.record(ns, &uses, stale_below)
+}
+
+impl TableReader for CachedTable {
+    fn read_batch(
+        self: Arc<Self>,
+        job: BatchJob,
+        pool: Arc<ArenaPool>,
+    ) -> BoxFuture<'static, Result<Batch>> {
+        self.read(job, pool).boxed()
+    }
+
+    fn spec(&self) -> &TableSpec {
+        self.inner.spec()
+    }
+
+    fn plan_known(&self, clock: Arc<UseClock>) {
+        *self.clock.lock().expect("clock poisoned") = Some(clock);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(dir: &Path, size: u64, policy: CachePolicy) -> Arc<SampleCache> {
+        let options = CacheOptions {
+            path: dir.to_path_buf(),
+            size,
+            policy,
+        };
+        let (cache, warning) = SampleCache::open(&options);
+        assert!(warning.is_none(), "{warning:?}");
+        cache.unwrap()
+    }
+
+    fn id(i: u128) -> Uuid {
+        Uuid::from_u128(i + 1)
+    }
+
+    /// Records samples `(i, key)` of 10 data bytes each (14 with the header).
+    fn put(c: &SampleCache, ns: &Ns, samples: &[(u128, u64)], stale_below: u64) {
+        let data = [7u8; 10];
+        let uses: Vec<Use<'_>> = samples
+            .iter()
+            .map(|&(i, key)| Use {
+                id: id(i),
+                key,
+                label: None,
+                data: &data,
+            })
+            .collect();
+        c.record(ns, &uses, stale_below).unwrap();
+    }
+
+    fn held(c: &SampleCache, ns: &Ns, n: u128) -> Vec<u128> {
+        let ids: Vec<Uuid> = (0..n).map(id).collect();
+        let found = c.lookup(ns, &ids).unwrap();
+        (0..n).filter(|&i| found[i as usize].is_some()).collect()
+    }
+
+    #[test]
+    fn plan_policy_keeps_the_samples_used_soonest() {
+        let dir = tempfile::tempdir().unwrap();
+        // Room for 3 samples of 14 bytes.
+        let c = cache(dir.path(), 3 * 14, CachePolicy::Plan);
+        let ns = fnv1a(b"t");
+        put(&c, &ns, &[(0, 50), (1, 20), (2, 40)], 0);
+        assert_eq!(held(&c, &ns, 6), vec![0, 1, 2]);
+        // Used again at 30: sooner than 50 (sample 0), which goes.
+        put(&c, &ns, &[(3, 30)], 0);
+        assert_eq!(held(&c, &ns, 6), vec![1, 2, 3]);
+        // Used again at 45, later than all held: not admitted.
+        put(&c, &ns, &[(4, 45)], 0);
+        assert_eq!(held(&c, &ns, 6), vec![1, 2, 3]);
+        // Keys below 25 are stale (their use has passed): sample 1 goes first,
+        // even though the newcomer is used later than everything held.
+        put(&c, &ns, &[(5, 99)], 25);
+        assert_eq!(held(&c, &ns, 6), vec![2, 3, 5]);
+        assert_eq!(c.usage().unwrap(), (3 * 14, 3));
+        // A hit moves its sample's key: 2 is now used at 100, the latest.
+        put(&c, &ns, &[(2, 100)], 0);
+        put(&c, &ns, &[(0, 60)], 0);
+        assert_eq!(held(&c, &ns, 6), vec![0, 3, 5]);
+    }
+
+    #[test]
+    fn lru_evicts_the_least_recently_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path(), 3 * 14, CachePolicy::Lru);
+        let ns = fnv1a(b"t");
+        put(&c, &ns, &[(0, 1), (1, 2), (2, 3)], 0);
+        // 0 is used again: 1 is now the least recent.
+        put(&c, &ns, &[(0, 4)], 0);
+        put(&c, &ns, &[(3, 5)], 0);
+        assert_eq!(held(&c, &ns, 4), vec![0, 2, 3]);
+        assert_eq!(c.usage().unwrap(), (3 * 14, 3));
+    }
+
+    #[test]
+    fn a_sample_larger_than_the_cache_is_not_admitted_and_evicts_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        for policy in [CachePolicy::Plan, CachePolicy::Lru] {
+            let c = cache(&dir.path().join(format!("{policy:?}")), 20, policy);
+            let ns = fnv1a(b"t");
+            put(&c, &ns, &[(0, 5)], 0);
+            let big = vec![1u8; 64];
+            let u = Use {
+                id: id(1),
+                key: 1,
+                label: None,
+                data: &big,
+            };
+            c.record(&ns, &[u], 0).unwrap();
+            assert_eq!(held(&c, &ns, 2), vec![0]);
+        }
+    }
+
+    #[test]
+    fn belady_beats_lru_on_reshuffled_epochs() {
+        // The policies as the reader drives them: 200 samples, a cache of
+        // 100, five shuffled epochs read in order.
+        let n = 200usize;
+        let mut rates = Vec::new();
+        for policy in [CachePolicy::Plan, CachePolicy::Lru] {
+            let dir = tempfile::tempdir().unwrap();
+            let c = cache(dir.path(), 100 * 14, policy);
+            let ns = fnv1a(b"t");
+            let clock = UseClock::new(n, true, 9);
+            let mut hits = 0;
+            for epoch in 0..5u64 {
+                let order = {
+                    let pos = crs4_cassandra_core::order_positions(n, true, 9, epoch);
+                    let mut order = vec![0u32; n];
+                    for (i, &p) in pos.iter().enumerate() {
+                        order[p as usize] = i as u32;
+                    }
+                    order
+                };
+                for batch in order.chunks(10) {
+                    let ids: Vec<Uuid> = batch.iter().map(|&i| id(i as u128)).collect();
+                    if epoch > 0 {
+                        hits += c.lookup(&ns, &ids).unwrap().iter().flatten().count();
+                    }
+                    let times = clock.times(epoch, batch);
+                    let samples: Vec<(u128, u64)> = batch
+                        .iter()
+                        .zip(&times)
+                        .map(|(&i, &(now, next))| {
+                            (
+                                i as u128,
+                                if policy == CachePolicy::Plan {
+                                    next
+                                } else {
+                                    now
+                                },
+                            )
+                        })
+                        .collect();
+                    let stale = times.iter().map(|t| t.0).min().unwrap() - (n / 16) as u64;
+                    put(&c, &ns, &samples, stale);
+                }
+            }
+            rates.push(hits as f64 / (4 * n) as f64);
+        }
+        // Each sample is read once an epoch, so a sample served from the
+        // cache in an epoch was held across its start: no policy serves more
+        // than the cache holds (100 of 200), and Belady's serves that.
+        let (plan, lru) = (rates[0], rates[1]);
+        assert!(plan > 0.49 && plan > lru + 0.2, "plan {plan}, lru {lru}");
+    }
+
+    #[test]
+    fn namespaces_keep_tables_apart() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path(), 1000, CachePolicy::Plan);
+        let a = c.namespace("store\nks.a").unwrap().unwrap();
+        let b = c.namespace("store\nks.b").unwrap().unwrap();
+        assert_ne!(a, b);
+        put(&c, &a, &[(0, 1)], 0);
+        assert_eq!(held(&c, &a, 1), vec![0]);
+        assert!(held(&c, &b, 1).is_empty());
+    }
+
+    #[test]
+    fn a_damaged_cache_is_rebuilt_and_a_foreign_directory_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c");
+        {
+            let c = cache(&path, 1 << 20, CachePolicy::Plan);
+            let ns = fnv1a(b"t");
+            let big = vec![3u8; 100_000];
+            let uses: Vec<Use<'_>> = (0..5)
+                .map(|i| Use {
+                    id: id(i),
+                    key: i as u64,
+                    label: None,
+                    data: &big,
+                })
+                .collect();
+            c.record(&ns, &uses, 0).unwrap();
+        }
+        let file = std::fs::OpenOptions::new()
+            .write(true)
+            .open(path.join("data.mdb"))
+            .unwrap();
+        let len = file.metadata().unwrap().len();
+        file.set_len(len / 2).unwrap();
+        let options = CacheOptions {
+            path: path.clone(),
+            size: 1 << 20,
+            policy: CachePolicy::Plan,
+        };
+        let (c, warning) = SampleCache::open(&options);
+        let warning = warning.unwrap();
+        assert!(
+            warning.contains("rebuilt") && warning.contains("cut short"),
+            "{warning}"
+        );
+        assert_eq!(c.unwrap().usage().unwrap(), (0, 0));
+
+        let store = dir.path().join("store");
+        crate::local::LocalStore::open(&store, true).unwrap();
+        let (c, warning) = SampleCache::open(&CacheOptions {
+            path: store.clone(),
+            ..options
+        });
+        assert!(c.is_none());
+        assert!(warning.unwrap().contains("not a sample cache"));
+        assert!(store.join("data.mdb").exists());
+    }
+
+    #[test]
+    fn an_unwritable_path_turns_the_cache_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"x").unwrap();
+        let (c, warning) = SampleCache::open(&CacheOptions {
+            path: file.join("cache"),
+            size: 100,
+            policy: CachePolicy::Plan,
+        });
+        assert!(c.is_none());
+        let warning = warning.unwrap();
+        assert!(
+            warning.contains("is off") && warning.contains("f/cache"),
+            "{warning}"
+        );
+    }
+
+    #[test]
+    fn options_and_sizes_parse_or_name_the_problem() {
+        let text = |s: &str| OptionValue::Text(s.into());
+        assert_eq!(parse_size(&text("200GB")).unwrap(), 200_000_000_000);
+        assert_eq!(parse_size(&text("512MiB")).unwrap(), 512 << 20);
+        assert_eq!(parse_size(&text("1.5k")).unwrap(), 1500);
+        assert_eq!(parse_size(&OptionValue::Number(4096.0)).unwrap(), 4096);
+        for bad in [text("12 parsecs"), text("-1GB"), OptionValue::Number(0.0)] {
+            assert!(parse_size(&bad)
+                .unwrap_err()
+                .to_string()
+                .contains("cache_size"));
+        }
+        let mut options = vec![
+            ("cache".to_string(), text("local:/tmp/c")),
+            ("cache_size".to_string(), text("1GB")),
+            ("retries".to_string(), OptionValue::Number(3.0)),
+        ];
+        let taken = CacheOptions::take(&mut options).unwrap().unwrap();
+        assert_eq!(taken.path, PathBuf::from("/tmp/c"));
+        assert_eq!(taken.policy, CachePolicy::Plan);
+        assert_eq!(options.len(), 1);
+        let err =
+            |mut o: Vec<(String, OptionValue)>| CacheOptions::take(&mut o).unwrap_err().to_string();
+        assert!(err(vec![("cache".into(), text("local:/c"))]).contains("needs cache_size"));
+        assert!(err(vec![
+            ("cache".into(), text("/c")),
+            ("cache_size".into(), text("1"))
+        ])
+        .contains("local:PATH"));
+        assert!(err(vec![("cache_size".into(), text("1GB"))]).contains("need cache="));
+        assert!(err(vec![
+            ("cache".into(), text("local:/c")),
+            ("cache_size".into(), text("1GB")),
+            ("cache_policy".into(), text("mru")),
+        ])
+        .contains("cache_policy"));
+    }
+}
