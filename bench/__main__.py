@@ -272,7 +272,7 @@ def main() -> None:
         lines.append("")
         write_json("slow_node", r)
     if "cache" in only:
-        r = cache.run(samples=3000, kb=16, delay_ms=100, epochs=5)
+        r = cache.run(samples=4000, kb=16, delay_ms=100, epochs=5)
         lines += cache.report(r)
         write_json("cache", r)
     if "arrays" in only:

@@ -3,14 +3,14 @@ cache, from an Apache Cassandra node behind toxiproxy's latency toxic.
 
 Each configuration runs in a new Python process with an empty cache
 directory: it opens the store (``cache=``, ``cache_size=``,
-``cache_policy=``), reads epochs one after the other with ``set_epoch`` (as a
-training loop does) and reports, per epoch, the seconds, the samples and the
-cache's hits and misses (``store.read_stats()``). Cache sizes are shares of
-the bytes the cache would hold for the whole table (labels, data and a
-4-byte header a sample). From the third epoch on the dataset reads the next
-epoch ahead, so an epoch's counts include the first reads of the next one.
+``cache_policy=``) and reads shuffled epochs one after the other, each
+through a new dataset on that store (so that no epoch is read ahead during
+the one before: each epoch's time and counts are its own), and reports, per
+epoch, the seconds, the samples and the cache's hits and misses
+(``store.read_stats()``). Cache sizes are shares of the bytes the cache
+would hold for the whole table (data, 4-byte labels and a 4-byte header a sample).
 
-    python -m bench.cache [--samples 3000] [--kb 16] [--delay-ms 100] [--epochs 5]
+    python -m bench.cache [--samples 4000] [--kb 16] [--delay-ms 100] [--epochs 5]
 """
 
 from __future__ import annotations
@@ -34,6 +34,13 @@ from .common import DATA, HERE, log, machine, settle, write_json
 SHARES = (0.25, 0.5, 0.9)
 POLICIES = ("plan", "lru")
 BATCH = 64
+# Every configuration runs once per round, in an order rotated each round,
+# so that the node's warming up (and the machine's other load) falls on all
+# of them alike; figures are medians over the rounds.
+ROUNDS = 3
+# A fresh node's JIT and first flushes make its first seconds of reads slower
+# than any later ones: read for a while before timing.
+NODE_WARM_UP_S = 20.0
 
 
 def child(url: str, uuids_file: str, policy: str, size: int, path: str, epochs: int) -> None:
@@ -45,9 +52,11 @@ def child(url: str, uuids_file: str, policy: str, size: int, path: str, epochs: 
     if policy != "none":
         options = {"cache": f"local:{path}", "cache_size": size, "cache_policy": policy}
     store = cc.open_store(url, **options)
-    ds = cc.ShardedDataset(store, "data", uuids, BATCH, seed=1)
     rows = []
     for epoch in range(epochs):
+        # A dataset per epoch (one store, one connection, one cache): none
+        # reads the next epoch ahead, so each epoch's time and counts are its own.
+        ds = cc.ShardedDataset(store, "data", uuids, BATCH, seed=1)
         ds.set_epoch(epoch)
         before = store.read_stats()
         c0, t0 = os.times(), time.perf_counter()
@@ -63,7 +72,7 @@ def child(url: str, uuids_file: str, policy: str, size: int, path: str, epochs: 
                 "misses": after["cache_misses"] - before["cache_misses"],
             }
         )
-    ds.close()
+        ds.close()
     print(json.dumps({"epochs": rows}))
 
 
@@ -74,9 +83,11 @@ def run_child(
         sys.executable, "-m", "bench.cache", "--child", url, str(uuids_file), policy,
         str(size), str(path), str(epochs),
     ]  # fmt: skip
+    # The clone's root first (bench, testbed), then the caller's path.
+    path = os.pathsep.join(p for p in (str(HERE.parent), os.environ.get("PYTHONPATH")) if p)
     out = subprocess.run(
         cmd, cwd=HERE.parent, capture_output=True, text=True, timeout=600, check=False,
-        env={**os.environ, "PYTHONPATH": str(HERE.parent)},
+        env={**os.environ, "PYTHONPATH": path},
     )  # fmt: skip
     if out.returncode != 0:
         raise RuntimeError(f"{cmd}: {out.stderr[-2000:]}")
@@ -114,19 +125,34 @@ def run(samples: int, kb: int, delay_ms: int, epochs: int) -> dict[str, Any]:
         uuids_file.parent.mkdir(parents=True, exist_ok=True)
         np.save(uuids_file, np.frombuffer(b"".join(ids), np.uint8).reshape(-1, 16))
         log(f"waited {settle(cl):.0f} s for the node to finish flushing and compacting")
-        # The node's own caches warm for every configuration alike.
-        run_child(url, uuids_file, "none", 0, root, 1)
+        import crs4_cassandra as cc
+
+        warm = cc.ShardedDataset(url, "data", np.load(uuids_file), BATCH)
+        t0, epoch = time.perf_counter(), 0
+        while time.perf_counter() - t0 < NODE_WARM_UP_S:
+            warm.set_epoch(epoch)
+            list(warm)
+            epoch += 1
+        warm.close()
+        log(f"node warmed up over {epoch} epochs")
         cl.proxies[0].latency(delay_ms)
         configs = [("no cache", "none", 0.0)] + [
             (f"{policy} {share:.0%}", policy, share) for share in SHARES for policy in POLICIES
         ]
-        for name, policy, share in configs:
+        runs = [
+            (rnd, configs[(i + rnd * 3) % len(configs)])
+            for rnd in range(ROUNDS)
+            for i in range(len(configs))
+        ]
+        out["rounds"] = ROUNDS
+        for rnd, (name, policy, share) in runs:
             path = root / name.replace(" ", "-").replace("%", "")
             shutil.rmtree(path, ignore_errors=True)
             s0, p0, w0 = cl.cpu_seconds(), cl.toxiproxy.cpu_seconds(), time.perf_counter()
             r = run_child(url, uuids_file, policy, int(table_bytes * share), path, epochs)
             wall = time.perf_counter() - w0
             row = {
+                "round": rnd,
                 "name": name,
                 "policy": policy,
                 "share": share,
@@ -141,7 +167,7 @@ def run(samples: int, kb: int, delay_ms: int, epochs: int) -> dict[str, Any]:
             rates = [e["samples"] / e["seconds"] for e in r["epochs"]]
             hit = [e["hits"] / max(e["hits"] + e["misses"], 1) for e in r["epochs"]]
             log(
-                f"{name:<9} samples/s " + " ".join(f"{x:,.0f}" for x in rates)
+                f"round {rnd + 1} {name:<9} samples/s " + " ".join(f"{x:,.0f}" for x in rates)
                 + " | hit rate " + " ".join(f"{x:.0%}" for x in hit)
             )  # fmt: skip
             shutil.rmtree(path, ignore_errors=True)
@@ -158,12 +184,14 @@ def report(r: dict[str, Any]) -> list[str]:
         f"`python -m bench.cache`: {r['samples']:,} samples of {r['kb'] / 2:.0f}-"
         f"{r['kb'] * 1.5:.0f} KB ({r['table_bytes'] / 1e6:.0f} MB in the cache's terms), "
         f"batch {r['batch_size']}, one node (1 GiB heap) behind a {r['delay_ms']} ms latency "
-        f"toxic; each configuration a new process with an empty cache reading {epochs} "
-        "shuffled epochs with set_epoch; cache sizes are shares of the whole table. Hit "
-        "rate: hits / (hits + misses) of each epoch (`store.read_stats()`; from the third "
-        "epoch on, the next epoch's first reads count in the epoch before). Steady: median "
-        "samples/s of epochs 1 and later; first epoch: samples/s of epoch 0, connecting "
-        "included, and its ratio to no cache's (the cost of filling the cache). "
+        f"toxic, read for {NODE_WARM_UP_S:.0f} s before timing; each configuration a new "
+        f"process with an empty cache reading {epochs} shuffled epochs, each through a new "
+        "dataset on the one store (no epoch read ahead during the one before), once in each "
+        f"of {r['rounds']} rounds (order rotated), medians over the rounds; cache sizes are "
+        "shares of the whole table. Hit rate: hits / (hits + misses) of each epoch "
+        "(`store.read_stats()`). Steady: samples/s, the median of epochs 1 and later; first "
+        "epoch: samples/s of epoch 0, connecting included, and its ratio to no cache's (the "
+        "cost of filling the cache). "
         f"{r['machine']}; load average {lb[0]:.2f}, {lb[1]:.2f}, {lb[2]:.2f} when it started "
         f"and {la[0]:.2f}, {la[1]:.2f}, {la[2]:.2f} when it ended; cores used by the loader, "
         "the node and toxiproxy over each process's lifetime (the loader's over its epochs).",
@@ -172,24 +200,34 @@ def report(r: dict[str, Any]) -> list[str]:
         "| vs no cache | steady samples/s | vs no cache | cores: loader + node + toxiproxy |",
         "|---|---|---:|---:|---:|---:|---|",
     ]
-    base = r["rows"][0]
-    base_first = base["epochs"][0]["samples"] / base["epochs"][0]["seconds"]
-
-    def steady(row: dict[str, Any]) -> float:
-        return float(statistics.median(e["samples"] / e["seconds"] for e in row["epochs"][1:]))
-
+    by: dict[str, list[dict[str, Any]]] = {}
     for row in r["rows"]:
-        ep = row["epochs"]
-        first = ep[0]["samples"] / ep[0]["seconds"]
-        hits = (
-            " ".join(f"{e['hits'] / max(e['hits'] + e['misses'], 1):.0%}" for e in ep)
-            if row["policy"] != "none"
-            else "-"
+        by.setdefault(row["name"], []).append(row)
+
+    def med(runs: list[dict[str, Any]], f: Any) -> float:
+        return float(statistics.median(f(x) for x in runs))
+
+    def first(x: dict[str, Any]) -> float:
+        return x["epochs"][0]["samples"] / x["epochs"][0]["seconds"]
+
+    def steady(x: dict[str, Any]) -> float:
+        return float(statistics.median(e["samples"] / e["seconds"] for e in x["epochs"][1:]))
+
+    def rate(e: dict[str, Any]) -> float:
+        return e["hits"] / max(e["hits"] + e["misses"], 1)
+
+    base = by["no cache"]
+    for name, runs in by.items():
+        hits = " ".join(
+            f"{med(runs, lambda x, i=i: rate(x['epochs'][i])):.0%}" for i in range(epochs)
         )
+        f, st = med(runs, first), med(runs, steady)
         lines.append(
-            f"| {row['name']} | {hits} | {first:,.0f} | {first / base_first:.2f} "
-            f"| {steady(row):,.0f} | {steady(row) / steady(base):.2f} "
-            f"| {row['loader_cores']:.2f} + {row['node_cores']:.2f} + {row['proxy_cores']:.2f} |"
+            f"| {name} | {'-' if name == 'no cache' else hits} | {f:,.0f} "
+            f"| {f / med(base, first):.2f} | {st:,.0f} | {st / med(base, steady):.2f} "
+            f"| {med(runs, lambda x: x['loader_cores']):.2f} + "
+            f"{med(runs, lambda x: x['node_cores']):.2f} + "
+            f"{med(runs, lambda x: x['proxy_cores']):.2f} |"
         )
     lines.append("")
     return lines
@@ -217,7 +255,7 @@ def write_section(lines: list[str]) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--child", nargs=6, metavar=("URL", "UUIDS", "POLICY", "SIZE", "PATH", "N"))
-    ap.add_argument("--samples", type=int, default=3000)
+    ap.add_argument("--samples", type=int, default=4000)
     ap.add_argument("--kb", type=int, default=16, help="mean sample size in KB")
     ap.add_argument("--delay-ms", type=int, default=100)
     ap.add_argument("--epochs", type=int, default=5)
