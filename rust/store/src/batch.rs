@@ -158,6 +158,10 @@ pub struct Batch {
     pub skipped: Vec<i64>,
     /// 16 uuid bytes per entry of `skipped`.
     pub skipped_ids: Vec<u8>,
+    /// Every sample came from a local cache: the read's time and bytes say
+    /// nothing of the store's round trip or throughput, which the window
+    /// tuner must not learn from it.
+    pub local: bool,
 }
 
 impl Batch {
@@ -192,6 +196,7 @@ impl Batch {
             images: None,
             skipped: Vec::new(),
             skipped_ids: Vec::new(),
+            local: false,
         }
     }
 

@@ -908,13 +908,14 @@ impl CachedTable {
         let hit = job.is_pad.iter().filter(|&&pad| !pad).count() as u64 - missed;
         cache.hits.fetch_add(hit, Ordering::Relaxed);
         cache.misses.fetch_add(missed, Ordering::Relaxed);
-        let batch = assemble(
+        let mut batch = assemble(
             &job,
             self.inner.spec().label_type,
             &found,
             fetched.as_ref(),
             &pool,
         );
+        batch.local = misses.is_empty();
         drop(fetched);
         let Some(clock) = self.clock().filter(|_| cache.writes_on()) else {
             return Ok(batch);
@@ -1288,6 +1289,73 @@ mod tests {
             warning.contains("is off") && warning.contains("f/cache"),
             "{warning}"
         );
+    }
+
+    #[test]
+    fn a_cached_table_serves_the_same_batch_and_marks_it_local_once_all_hit() {
+        use crate::local::LocalStore;
+        use crate::{LabelValue, SampleRow};
+        let dir = tempfile::tempdir().unwrap();
+        let local = LocalStore::open(&dir.path().join("store"), true).unwrap();
+        let spec = TableSpec::new("t", LabelType::Int);
+        local.create_tables_sync(&spec, "t_meta", false).unwrap();
+        let rows: Vec<SampleRow> = (0..6u128)
+            .map(|i| SampleRow {
+                id: id(i),
+                label: LabelValue::Int(i as i32 * 10),
+                data: vec![i as u8 + 1; 5 + i as usize],
+            })
+            .collect();
+        local.put_samples_sync("t", &rows).unwrap();
+        let store = CachedStore::new(
+            Arc::new(local),
+            cache(&dir.path().join("cache"), 1 << 20, CachePolicy::Plan),
+        );
+        let rt = crate::runtime::runtime();
+        let table = rt.block_on(store.open_table(&spec)).unwrap();
+        table.plan_known(Arc::new(UseClock::new(6, true, 1)));
+        let job = BatchJob {
+            epoch: 0,
+            position: 0,
+            indices: vec![4, 1, 3, 4],
+            is_pad: vec![false, false, false, true],
+            ids: [4, 1, 3, 4].map(id).to_vec(),
+        };
+        let pool = ArenaPool::new(0);
+        let read = || {
+            rt.block_on(table.clone().read_batch(job.clone(), pool.clone()))
+                .unwrap()
+        };
+        let first = read();
+        assert!(!first.local);
+        let hits = |s: &CachedStore| (s.read_stats().cache_hits, s.read_stats().cache_misses);
+        assert_eq!(hits(&store), (0, 3));
+        let again = read();
+        assert!(again.local);
+        assert_eq!(hits(&store), (3, 3));
+        for b in [&first, &again] {
+            for (slot, &i) in [4u128, 1, 3, 4].iter().enumerate() {
+                assert_eq!(b.sample(slot), &rows[i as usize].data[..]);
+            }
+            match &b.labels {
+                Labels::Int(v) => assert_eq!(v, &vec![40, 10, 30, 40]),
+                other => panic!("{other:?}"),
+            }
+        }
+        // A sample missing from the store fails the batch, in every read,
+        // and is never cached.
+        let ghost = BatchJob {
+            ids: vec![id(1), Uuid::from_u128(999)],
+            indices: vec![1, 5],
+            is_pad: vec![false, false],
+            ..job.clone()
+        };
+        for _ in 0..2 {
+            let err = rt
+                .block_on(table.clone().read_batch(ghost.clone(), pool.clone()))
+                .unwrap_err();
+            assert_eq!(err.bad_sample(), Some(Uuid::from_u128(999)));
+        }
     }
 
     #[test]

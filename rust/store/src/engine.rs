@@ -598,10 +598,13 @@ impl Driver {
             at,
         } = done;
         self.failed |= result.is_err();
-        if let Ok(batch) = &result {
+        if let Some(batch) = result.as_ref().ok().filter(|b| !b.local) {
             // The tuner counts reads as they finish, not as they are
             // delivered: in plan order, one late batch holds back those after
-            // it and delivery comes in bursts a window long.
+            // it and delivery comes in bursts a window long. A batch served
+            // from a local cache is left out: its microseconds would pass for
+            // the store's round trip and shrink the window for the reads that
+            // do go to the store.
             let bytes = batch.data.len() + batch.images.as_ref().map_or(0, |i| i.pixels.len());
             self.tuner.on_batch(ticket, bytes, at);
         }
