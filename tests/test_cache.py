@@ -11,6 +11,7 @@ import subprocess
 import sys
 import textwrap
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +31,11 @@ BATCH = 8
 
 
 class Table:
-    def __init__(self, url: str, name: str, seed: int = 0) -> None:
+    def __init__(
+        self, url: str, name: str, seed: int = 0, sizes: tuple[int, int] = (100, 400)
+    ) -> None:
         self.url, self.name = url, name
-        self.uuids, data, labels = fill_table(url, name, "int", N, seed=seed, sizes=(100, 400))
+        self.uuids, data, labels = fill_table(url, name, "int", N, seed=seed, sizes=sizes)
         self.data = {bytes(u): d for u, d in zip(self.uuids, data, strict=True)}
         self.labels = {bytes(u): int(lab) for u, lab in zip(self.uuids, labels, strict=True)}
         # What the cache holds of a sample: its label (4 bytes), a 4-byte header, the data.
@@ -177,6 +180,37 @@ def test_a_cache_too_small_for_one_sample_serves_from_the_store(
     h, m = hits(st)
     assert h == 0 and m >= 2 * N, (h, m)
     assert (tmp_path / "cache" / "data.mdb").stat().st_size < 200_000
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 160 KiB tmpfs: a disk that fills up."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=160k", "tmpfs", str(mount)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=True)
+
+
+def test_a_full_disk_stops_the_cache_taking_samples_not_the_reads(
+    keyspace_url: str, small_disk: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    t = Table(keyspace_url, "big", sizes=(2000, 4000))  # about 360 KB: more than the disk
+    st = cached(t.url, small_disk / "cache", size="1GB")
+    ds = cc.ShardedDataset(st, "big", t.uuids, BATCH)
+    for epoch in range(3):
+        check(t, read_epoch(ds, epoch))
+    assert "takes no more samples" in capfd.readouterr().err
+    h, m = hits(st)
+    assert 0 < h < 2 * N and m > N, (h, m)
 
 
 FILL = textwrap.dedent(
