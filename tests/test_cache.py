@@ -106,6 +106,23 @@ def test_dataloader_workers_share_one_cache(table: Table, tmp_path: Path) -> Non
     assert hits(again) == (N, 0)
 
 
+def test_ranks_share_one_cache(table: Table, tmp_path: Path) -> None:
+    # Two ranks of one host (here, two stores of one process): each serves
+    # its share, and in the next epoch finds the samples the other one read.
+    path = tmp_path / "cache"
+    stores = [cached(table.url, path) for _ in range(2)]
+    ranks = [
+        cc.ShardedDataset(st, "t", table.uuids, BATCH, seed=4, rank=r, world_size=2)
+        for r, st in enumerate(stores)
+    ]
+    for epoch in range(2):
+        check(table, [b for ds in ranks for b in read_epoch(ds, epoch)])
+    h = sum(hits(st)[0] for st in stores)
+    m = sum(hits(st)[1] for st in stores)
+    # Only epoch 0 missed (later hits include epochs read ahead).
+    assert m == N and h >= N, (h, m)
+
+
 def hit_rate(t: Table, path: Path, policy: str) -> float:
     st = cached(t.url, path, size=t.bytes // 2, cache_policy=policy)
     ds = cc.ShardedDataset(st, "t", t.uuids, BATCH, seed=3, window=2)
