@@ -67,16 +67,21 @@ impl Store {
 
     /// Counts of this store's sample reads in this process: ``reads``
     /// (requests sent), ``hedged`` (of them sent to a second replica because
-    /// the first was late), ``hedges_won`` (hedges answered first) and
-    /// ``slow_nodes`` (nodes found slow, put last in query plans now). All
-    /// zero for a local store.
+    /// the first was late), ``hedges_won`` (hedges answered first),
+    /// ``retries`` (after transient errors), ``timeouts`` (of those errors),
+    /// ``slow_nodes`` (nodes found slow, put last in query plans now), and
+    /// ``cache_hits`` and ``cache_misses``. All zero for a local store.
     fn read_stats(&self) -> std::collections::HashMap<&'static str, u64> {
         let s = self.inner.read_stats();
         [
             ("reads", s.reads),
             ("hedged", s.hedged),
             ("hedges_won", s.hedges_won),
+            ("retries", s.retries),
+            ("timeouts", s.timeouts),
             ("slow_nodes", s.slow_nodes),
+            ("cache_hits", s.cache_hits),
+            ("cache_misses", s.cache_misses),
         ]
         .into()
     }
