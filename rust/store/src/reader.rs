@@ -372,7 +372,7 @@ impl Reader {
             let _guard = rt.enter();
             FetchEngine::start(table.clone(), ids.clone(), batches, options)
         };
-        let counting = EpochCounter::start(progress.epoch, stream.counters(), store_base, started);
+        let counting = EpochCounter::first(progress.epoch, store_base, started);
         Ok(Self {
             stream,
             config,

@@ -474,6 +474,8 @@ pub struct EpochCounter {
 }
 
 impl EpochCounter {
+    /// Starts counting `epoch` at `now`, from the store's counters `store`
+    /// and the engine's as they are now.
     pub fn start(
         epoch: u64,
         engine: &EngineCounters,
@@ -481,6 +483,16 @@ impl EpochCounter {
         now: Instant,
     ) -> Self {
         engine.reset_max();
+        Self::from(epoch, engine.snapshot(), store, now)
+    }
+
+    /// Starts counting the first epoch of a new engine: from zero, since its
+    /// reads started with it.
+    pub fn first(epoch: u64, store: crate::ReadStats, now: Instant) -> Self {
+        Self::from(epoch, EngineSnapshot::default(), store, now)
+    }
+
+    fn from(epoch: u64, engine: EngineSnapshot, store: crate::ReadStats, now: Instant) -> Self {
         Self {
             epoch,
             started: now,
@@ -492,7 +504,7 @@ impl EpochCounter {
             skipped: 0,
             wait: Duration::ZERO,
             complete: false,
-            engine: engine.snapshot(),
+            engine,
             store,
         }
     }
