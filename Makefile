@@ -11,6 +11,9 @@ export CARGO_TERM_COLOR := never
 # Build outputs live outside the clone too: a fresh clone reuses the compiled
 # dependencies (cargo's fingerprints decide what is stale).
 export CARGO_TARGET_DIR ?= $(ENV_CACHE)/target
+# Incremental compilation data of the debug builds (tests, clippy) would take
+# tens of GB of the cache for rebuilds that CI never does.
+export CARGO_INCREMENTAL := 0
 
 # Apache Cassandra (jars from Maven Central) and toxiproxy (built with Go), for
 # the tests and benchmarks: each in a cache keyed by its version.
@@ -109,7 +112,11 @@ test-rust:
 	cargo test --workspace --exclude crs4-cassandra-python --exclude crs4-cassandra-tch -q
 
 # Only rust/tch links libtorch: the one inside the environment's torch wheel.
-TCH_ENV = LIBTORCH_USE_PYTORCH=1 LD_LIBRARY_PATH=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}
+# torch-sys asks the environment's Python where torch is only when one of the
+# variables it watches changes, and it does not watch which Python that is:
+# LIBTORCH_USE_PYTORCH (any value turns it on) names the environment, so a
+# new environment makes torch-sys look again instead of linking a stale path.
+TCH_ENV = LIBTORCH_USE_PYTORCH=$(VENV) LD_LIBRARY_PATH=$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/torch/lib$${LD_LIBRARY_PATH:+:$$LD_LIBRARY_PATH}
 
 # Its cross-language resume test runs the installed Python package.
 test-tch: build

@@ -137,7 +137,7 @@ def run_recipe(
     on PATH, so `python`, `torchrun` and `crs4-cassandra` are its own), mktemp
     directories under tmp/tmp. Checks what the README states; returns the
     output and the directory the recipe worked in. `epilogue` is Python run
-    after the last Python block, in its process (checks on its variables);
+    after the first Python block, in its process (checks on its variables);
     `drop` names variables of this environment the recipe must not see."""
     work, scratch = tmp / "work", tmp / "tmp"
     work.mkdir()
@@ -158,13 +158,13 @@ def run_recipe(
             check=True, capture_output=True, timeout=120, env=environ,
         )  # fmt: skip
     cwd = work if r.options.get("cwd") == "work" else ROOT
-    last_py = max((i for i, (lang, _) in enumerate(r.blocks) if lang == "python"), default=-1)
+    first_py = min((i for i, (lang, _) in enumerate(r.blocks) if lang == "python"), default=-1)
     stdout = ""
     for i, (lang, code) in enumerate(r.blocks):
         if lang == "bash":
             cmd = ["bash", "-e", "-o", "pipefail", "-c", code]
         else:
-            cmd = [str(python), "-c", code + ("\n" + epilogue if i == last_py else "")]
+            cmd = [str(python), "-c", code + ("\n" + epilogue if i == first_py else "")]
         p = subprocess.run(
             cmd, cwd=cwd, env=environ, capture_output=True, text=True, timeout=timeout
         )

@@ -302,3 +302,17 @@ def test_cache_options_are_checked(local_store: tuple[str, Path], tmp_path: Path
         cc.open_store(url, cache=f"local:{tmp_path}", cache_size=10**6, cache_policy="mru")  # type: ignore[arg-type]
     with pytest.raises(errors.InvalidArgumentError, match="local:PATH"):
         cc.open_store(url, cache=str(tmp_path), cache_size="512MiB")
+
+
+def test_epoch_statistics_count_the_cache(table: Table, tmp_path: Path) -> None:
+    st = cached(table.url, tmp_path / "cache")
+    ds = cc.ShardedDataset(st, table.name, table.uuids, BATCH, seed=3)
+    read_epoch(ds, 0)
+    first = ds.stats()["last"]
+    assert first["cache_hits"] == 0 and first["cache_misses"] >= N, first
+    read_epoch(ds, 1)
+    second = ds.stats()["last"]
+    # The whole table fits: every sample of the second epoch is a hit, and
+    # the node is not asked for any of them.
+    assert second["cache_hits"] >= N and second["cache_misses"] == 0, second
+    assert sum(n["reads"] for n in second["nodes"].values()) == second["reads"] == 0, second

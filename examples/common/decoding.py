@@ -223,6 +223,7 @@ class DaliLoader:
 
         p = pipe()
         p.build()
+        self.pipe = p
         self.label_kind = label_kind
         self.iterator = DALIGenericIterator(
             [p],
@@ -231,6 +232,12 @@ class DaliLoader:
             last_batch_policy=LastBatchPolicy.PARTIAL,
             auto_reset=True,
         )
+
+    def stats(self) -> dict[str, Any]:
+        """The reader's loader statistics (crs4_cassandra.stats)."""
+        from crs4_cassandra.dali import stats
+
+        return stats(self.pipe, "Reader")
 
     def __iter__(self) -> Iterator[DecodedBatch]:
         for (out,) in self.iterator:

@@ -32,6 +32,7 @@ from common.decoding import (
 )
 from common.metrics import Metric
 from crs4_cassandra import Batch, ShardedDataset, SplitFile, open_store
+from crs4_cassandra.stats import summary
 
 
 @dataclass(frozen=True)
@@ -187,9 +188,21 @@ class Loader:
         # The DALI reader counts its epochs itself.
         self.ds.set_epoch(epoch)
 
+    def stats(self) -> dict[str, Any]:
+        """Loader statistics of the epoch under way and the last one
+        (crs4_cassandra.stats): samples/s, data stall, round trips..."""
+        if isinstance(self.batches, DataLoader):
+            return self.ds.stats()
+        stats: dict[str, Any] = self.batches.stats()
+        return stats
+
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         db: DecodedBatch
-        for db in self.batches:
+        # The loop's waits for batches, measured here: the data stall.
+        batches = (
+            self.ds.watch(self.batches) if isinstance(self.batches, DataLoader) else self.batches
+        )
+        for db in batches:
             x = db.images.to(self.device, non_blocking=True)
             y = db.targets.to(self.device, non_blocking=True)
             yield normalize(x), y, db.is_pad.to(self.device)
@@ -211,6 +224,14 @@ def evaluate(
     out = metric.compute()
     out["images_per_s"] = out["samples"] / max(time.perf_counter() - t0, 1e-9)
     return out
+
+
+def data_postfix(stats: dict[str, Any]) -> dict[str, str]:
+    """Samples/s and data stall of the epoch under way, for a progress bar."""
+    e = stats["current"] or stats["last"]
+    if not e:
+        return {}
+    return {"samples/s": f"{e['samples_per_s']:,.0f}", "stall": f"{100 * e['stall']:.0f}%"}
 
 
 def load_split(args: argparse.Namespace) -> tuple[SplitFile, Any]:
@@ -276,7 +297,7 @@ def _train(task: Task, args: argparse.Namespace, d: Dist) -> int:
     for epoch in range(args.epochs):
         train.set_epoch(epoch)
         net.train()
-        t0, seen, loss_sum = time.perf_counter(), 0, 0.0
+        t0, seen, loss_sum, step = time.perf_counter(), 0, 0.0, 0
         bar = tqdm(
             train,
             total=len(train),
@@ -296,8 +317,14 @@ def _train(task: Task, args: argparse.Namespace, d: Dist) -> int:
             sched.step()
             seen += x.shape[0]
             loss_sum += loss.item() * x.shape[0]
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            step += 1
+            if step % 10 == 1:
+                bar.set_postfix(loss=f"{loss.item():.3f}", **data_postfix(train.stats()))
         dt = time.perf_counter() - t0
+        data = train.stats()
+        data_epoch = (
+            data["last"] if data["last"] and data["last"]["epoch"] == train.ds.epoch else None
+        )
         totals = d.all_reduce(torch.tensor([seen, loss_sum], dtype=torch.float64))
         row: dict[str, Any] = {
             "epoch": epoch,
@@ -305,6 +332,8 @@ def _train(task: Task, args: argparse.Namespace, d: Dist) -> int:
             "images_per_s": float(totals[0]) / dt,
             "seconds": dt,
         }
+        if data_epoch is not None:
+            row["data"] = summary(data_epoch)
         if val is not None:
             val_metrics = evaluate(task, model, val, num_classes, d, "val", args.quiet)
             row["val"] = val_metrics

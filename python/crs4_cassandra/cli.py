@@ -311,6 +311,123 @@ def _add_serve_parser(sub: Any) -> None:
     t.set_defaults(func=_serve_triton)
 
 
+def _probe(args: argparse.Namespace) -> int:
+    """Reads for a few seconds, as training would, and prints what was seen."""
+    import json
+    import time
+
+    import numpy as np
+
+    from .dataset import ShardedDataset
+    from .errors import InvalidArgumentError
+    from .split_file import SplitFile
+
+    if args.split_file:
+        sf = SplitFile.load(args.split_file)
+        table = args.table or sf.table
+        uuids = sf.uuids(args.split)
+        label_type = args.label_type or sf.label_type
+    else:
+        if not args.table:
+            raise InvalidArgumentError("give --table, or a --split-file")
+        table = args.table
+        rows = args.store.scan_metadata(args.metadata_table or f"{table}_metadata")
+        uuids = np.frombuffer(b"".join(r[0] for r in rows), dtype=np.uint8).reshape(-1, 16)
+        label_type = args.label_type or "int"
+    if len(uuids) == 0:
+        raise InvalidArgumentError(f"no samples to read for table {table!r}")
+    ds = ShardedDataset(
+        args.store, table, uuids, args.batch_size, label_type=label_type, rank=0, world_size=1
+    )
+    deadline = time.monotonic() + args.seconds
+    epochs: list[dict[str, object]] = []
+    epoch = 0
+    while time.monotonic() < deadline:
+        ds.set_epoch(epoch)
+        for _ in ds:
+            if time.monotonic() >= deadline:
+                break
+        figures = ds.stats()
+        e = figures["last"] if figures["last"] and figures["last"]["epoch"] == epoch else None
+        epochs.append(e or figures["current"] or {})
+        epoch += 1
+    ds.close()
+    steady = [e for e in epochs[1:] if e.get("complete")] or epochs[-1:]
+    last = _sequential(steady)
+    report = {
+        "table": table,
+        "samples": len(uuids),
+        "batch_size": args.batch_size,
+        "epochs_read": len(epochs),
+        "first_epoch": _probe_line(epochs[0]),
+        "steady": _probe_line(last),
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    print(f"table {table}: {len(uuids)} samples, batch size {args.batch_size}, "
+          f"{len(epochs)} epoch(s) in {args.seconds:g} s")  # fmt: skip
+    for name in ("first_epoch", "steady"):
+        r = report[name]
+        assert isinstance(r, dict)
+        print(f"{name.replace('_', ' ')}: {r['samples_per_s']:,.0f} samples/s, "
+              f"{r['mb_per_s']:.1f} MB/s, batch read p50/p90/p99 {r['batch_read_ms']} ms, "
+              f"window {r['window']}, in flight {r['in_flight']}, "
+              f"{r['reads']} reads, {r['retries']} retries, {r['timeouts']} timeouts, "
+              f"{r['hedged']} hedged ({r['hedges_won']} won)")  # fmt: skip
+        for addr, node in r["nodes"].items():
+            print(f"  node {addr}: {node['reads']} reads, latency p50/p90/p99 "
+                  f"{node['latency_ms']} ms")  # fmt: skip
+    return 0
+
+
+def _sequential(epochs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The figures of consecutive epochs of one reader as one: histograms
+    added (the percentiles recomputed), rates over the summed time, the
+    window of the last."""
+    import json
+
+    from . import _native
+
+    if len(epochs) == 1 or not epochs[0]:
+        return epochs[-1]
+    merged = _native.merge_stats([json.dumps(e) for e in epochs])
+    assert merged is not None
+    out: dict[str, Any] = json.loads(merged)
+    seconds = sum(e["seconds"] for e in epochs)
+    out["seconds"] = seconds
+    out["samples_per_s"] = out["samples"] / seconds if seconds else 0.0
+    out["mb_per_s"] = out["bytes"] / 1e6 / seconds if seconds else 0.0
+    out["window"], out["in_flight"] = epochs[-1]["window"], epochs[-1]["in_flight"]
+    return out
+
+
+def _fmt_ms(p: dict[str, float | None]) -> str:
+    return "/".join("-" if p[k] is None else f"{p[k]:.1f}" for k in ("p50", "p90", "p99"))
+
+
+def _probe_line(e: dict[str, Any]) -> dict[str, Any]:
+    if not e:
+        return {}
+    return {
+        "samples_per_s": e["samples_per_s"],
+        "mb_per_s": e["mb_per_s"],
+        "seconds": e["seconds"],
+        "batch_read_ms": _fmt_ms(e["batch_read_ms"]),
+        "window": round(e["window"]["last"]),
+        "in_flight": round(e["in_flight"]["mean"], 1),
+        "reads": e["reads"],
+        "retries": e["retries"],
+        "timeouts": e["timeouts"],
+        "hedged": e["hedged"],
+        "hedges_won": e["hedges_won"],
+        "nodes": {
+            a: {"reads": n["reads"], "latency_ms": _fmt_ms(n["latency_ms"])}
+            for a, n in e["nodes"].items()
+        },
+    }
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="crs4-cassandra", description=__doc__)
     sub = p.add_subparsers(dest="command", required=True)
@@ -392,6 +509,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     create.add_argument("-o", "--output", required=True, help="split file to write")
     create.set_defaults(func=_split_create)
+    probe = sub.add_parser(
+        "probe",
+        help="read a table for a few seconds and print throughput, round trips and window",
+    )
+    _store_args(probe)
+    probe.add_argument("--table", help="data table (default: the split file's)")
+    probe.add_argument("--split-file", help="read the samples of a split of this split file")
+    probe.add_argument("--split", default="train", help="split to read (default: train)")
+    probe.add_argument(
+        "-m", "--metadata-table", help="without a split file: the uuids of this metadata table "
+        "(default: TABLE_metadata)"
+    )  # fmt: skip
+    probe.add_argument("--label-type", choices=("int", "blob", "none"))
+    probe.add_argument("--batch-size", type=int, default=32)
+    probe.add_argument("--seconds", type=float, default=5.0, help="how long to read")
+    probe.add_argument("--json", action="store_true", help="print the report as JSON")
+    probe.set_defaults(func=_probe)
     _add_serve_parser(sub)
     return p
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import collections
 import io
+import json
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -82,6 +83,19 @@ class _Source:
         # DALI reads no_copy inputs some iterations after they are fed: keep the
         # batches (and so their arenas) referenced until well past that.
         self._alive: collections.deque[_native.NativeBatch] = collections.deque(maxlen=keep_alive)
+        # The figures of the last reader, once it is gone.
+        self._stats: str | None = None
+
+    def stats(self) -> dict[str, Any]:
+        """The reader's figures (see :mod:`crs4_cassandra.stats`); the wait
+        is DALI's, which calls this source ahead of the training loop."""
+        it = self._it
+        raw = it.stats() if it is not None else self._stats
+        out: dict[str, Any] = json.loads(raw) if raw else {"current": None, "last": None}
+        for key in ("current", "last"):
+            if out[key]:
+                out[key]["stall_source"] = "reader"
+        return out
 
     def _plan_epoch(self, epoch: int) -> int:
         """The epoch of the plan (the shuffle) that epoch ``epoch`` serves."""
@@ -101,6 +115,7 @@ class _Source:
         for _ in it:
             pass
         self.epoch += 1
+        self._stats = it.stats()
         if it.next_epoch():
             it.read_ahead(self._plan_epoch(self.epoch + 1))
             self._served = 0
@@ -154,6 +169,27 @@ def _reader_metas(pipe: Any) -> dict[str, dict[str, Any]]:
     pipe._crs4_cassandra_readers = metas
     pipe.reader_meta = reader_meta
     return metas
+
+
+def _reader_sources(pipe: Any) -> dict[str, _Source]:
+    sources: dict[str, _Source] | None = getattr(pipe, "_crs4_cassandra_sources", None)
+    if sources is None:
+        sources = {}
+        pipe._crs4_cassandra_sources = sources
+    return sources
+
+
+def stats(pipe: Any, name: str = "Reader") -> dict[str, Any]:
+    """Loader statistics of reader ``name`` of a built pipeline:
+    ``{"current": ..., "last": ...}`` as ``ShardedDataset.stats()`` gives
+    them (see :mod:`crs4_cassandra.stats`)."""
+    sources = getattr(pipe, "_crs4_cassandra_sources", {})
+    if name not in sources:
+        raise InvalidArgumentError(
+            f"the pipeline has no crs4_cassandra reader named {name!r} (it has {sorted(sources)})"
+        )
+    figures: dict[str, Any] = sources[name].stats()
+    return figures
 
 
 def reader(
@@ -314,6 +350,7 @@ def reader(
         label_dtype,
         keep_alive=depth + 3,
     )
+    _reader_sources(pipe)[name] = source
     label_type_dali = {
         "int": DT.INT32 if label_dtype == "int32" else DT.INT64,
         "blob": DT.UINT8,
@@ -377,4 +414,4 @@ def decode_npy_batch(labels: Any) -> npt.NDArray[Any]:
     return np.stack([decode_npy(x) for x in items])
 
 
-__all__ = ["TUNED_ARGUMENTS", "decode_npy", "decode_npy_batch", "reader"]
+__all__ = ["TUNED_ARGUMENTS", "decode_npy", "decode_npy_batch", "reader", "stats"]

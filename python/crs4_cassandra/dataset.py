@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import os
 import uuid as uuidlib
-from collections.abc import Callable, Iterator
-from typing import Any, Literal, NamedTuple
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Literal, NamedTuple, TypeVar
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
@@ -15,8 +15,11 @@ from torch.utils.data._utils.collate import default_collate_fn_map
 from torch.utils.dlpack import from_dlpack
 
 from . import _native
+from . import stats as stats_mod
 from .errors import InvalidArgumentError
 from .split_file import SplitFile, as_uuid_array
+
+T = TypeVar("T")
 
 Consistency = Literal["one", "local_one", "two", "quorum", "local_quorum", "all"]
 
@@ -246,6 +249,11 @@ def _collate_batches(batches: list[Batch], **_: Any) -> Batch:
 
 # DataLoader's default collate function looks up element types here.
 default_collate_fn_map[Batch] = _collate_batches
+
+
+def _latest_epoch(stats: dict[str, Any]) -> int:
+    """The highest epoch a reader's figures cover (-1: none)."""
+    return max((stats[k]["epoch"] for k in ("current", "last") if stats[k]), default=-1)
 
 
 def _distributed() -> tuple[int, int]:
@@ -486,6 +494,13 @@ class ShardedDataset(IterableDataset[Any]):
         # A reader whose epoch is over and which is already reading the next
         # one: (configuration, share, epoch, reader).
         self._ahead: tuple[_native.ReaderConfig, tuple[int, ...], int, _native.Reader] | None = None
+        # Loader statistics (see crs4_cassandra.stats): the reader being
+        # iterated here, the figures of the last one, where DataLoader
+        # workers publish theirs, and the training loop's waits.
+        self._live: _native.Reader | None = None
+        self._reader_stats: str | None = None
+        self._board = stats_mod.Board()
+        self._loop = stats_mod.LoopClock()
 
     @classmethod
     def from_split(
@@ -535,6 +550,8 @@ class ShardedDataset(IterableDataset[Any]):
         # copy sent to a worker each epoch would only guess wrong.
         state["_ahead"] = None
         state["_last_iterated"] = None
+        state["_live"] = None
+        state["_reader_stats"] = None
         if self._config.rank is None:
             rank, world_size = _distributed()
             state["_config"] = self._config.replace(rank=rank, world_size=world_size)
@@ -631,6 +648,11 @@ class ShardedDataset(IterableDataset[Any]):
         self.skipped = []
         finished = False
         config, make, transform = self._config, self._batch, self.transform
+        # In a DataLoader worker: (id, count), to publish the figures.
+        info = get_worker_info()
+        worker = (info.id, info.num_workers) if info is not None else None
+        board = self._board
+        self._live = reader
         try:
             for nb in reader:
                 batch = make(nb, epoch)
@@ -638,9 +660,15 @@ class ShardedDataset(IterableDataset[Any]):
                     self.skipped.extend(batch.skipped.tolist())
                 self._positions.append(batch.position)
                 self.current_window = reader.window
+                if worker is not None and board.due():
+                    board.publish(*worker, reader.stats())
                 yield batch if transform is None else transform(batch)
             finished = True
         finally:
+            self._live = None
+            self._reader_stats = reader.stats()
+            if worker is not None:
+                board.publish(*worker, self._reader_stats)
             if finished and then is not None and reader.has_next_epoch:
                 # Keep the reads of the guessed epoch going for the next iteration.
                 self._ahead = (config, share, then, reader)
@@ -650,6 +678,39 @@ class ShardedDataset(IterableDataset[Any]):
     def _batch(self, nb: _native.NativeBatch, epoch: int) -> Batch:
         """The batch yielded for a native one."""
         return Batch.from_native(nb, epoch, self.size, self.layout)
+
+    def stats(self) -> dict[str, Any]:
+        """Loader statistics: ``{"current": ..., "last": ...}``, the figures
+        of the epoch under way in this process (None between epochs) and of
+        the last one delivered; see :mod:`crs4_cassandra.stats` for what they
+        hold. In the main process of a DataLoader with workers, the workers'
+        figures merged per epoch. ``stall`` is the training loop's when it is
+        measured (:meth:`watch`, the Lightning ``LoaderStats`` callback)."""
+        live = self._live
+        raw = live.stats() if live is not None else self._reader_stats
+        own: dict[str, Any] = json.loads(raw) if raw else {"current": None, "last": None}
+        source = "reader"
+        if get_worker_info() is None:
+            workers = self._board.collect()
+            if workers:
+                merged = stats_mod.merge_epochs([w["stats"] for w in workers])
+                if _latest_epoch(merged) >= _latest_epoch(own):
+                    own, source = merged, "workers"
+        for key in ("current", "last"):
+            if own[key]:
+                own[key]["stall_source"] = source
+                self._loop.apply(own[key])
+        return own
+
+    def watch(self, loader: Iterable[T]) -> Iterator[T]:
+        """Iterates ``loader`` (a DataLoader over this dataset, say),
+        measuring the time the loop waits for each batch: then
+        ``stats()["stall"]`` is the loop's data stall, also with DataLoader
+        workers (whose own waits say little about the loop's).
+
+            for batch in ds.watch(loader): ...
+        """
+        return stats_mod.watch(loader, self._loop, lambda: self.epoch)
 
     def close(self) -> None:
         """Stops the reads of a next epoch started ahead (see the class

@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> int:
         model.train()
         t0, seen = time.perf_counter(), 0
         loader = DataLoader(train_rgb, batch_size=None)
-        bar = tqdm(loader, desc=f"train epoch {epoch}", unit="batch")
+        # watch() times the loop's waits for batches: the data stall.
+        bar = tqdm(train_rgb.watch(loader), total=len(loader), desc=f"train epoch {epoch}")
         for b in bar:
             x = as_input(b.images)
             assert b.labels is not None
@@ -121,11 +122,15 @@ def main(argv: list[str] | None = None) -> int:
             opt.step()
             sched.step()
             seen += len(b)
-            bar.set_postfix(loss=f"{loss.item():.3f}")
+            if bar.n % 10 == 0:
+                now = train_rgb.stats()["current"]
+                stall = f", data stall {now['stall']:.0%}" if now else ""
+                bar.set_postfix_str(f"loss {loss.item():.3f}{stall}")
         dt = time.perf_counter() - t0
+        last = train_rgb.stats()["last"]
         print(
             f"epoch {epoch}: {seen / dt:,.0f} images/s (Rust decode + CPU training step), "
-            f"last loss {loss.item():.3f}"
+            f"last loss {loss.item():.3f}, data stall {last['stall']:.0%}"
         )
 
     if "val" in sf.names():

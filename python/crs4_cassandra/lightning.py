@@ -16,6 +16,7 @@ seen.
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -23,6 +24,7 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader, IterableDataset
 
 from . import _native
+from . import stats as stats_mod
 from .dataset import Batch, ShardedDataset
 from .errors import InvalidArgumentError, StateDictError
 from .split_file import SplitFile
@@ -231,3 +233,71 @@ class ShardedDataModule(pl.LightningDataModule):
         self._resumed_epoch = ds.epoch
         self._resumed_batches = int(state["batches_consumed"])
         self._pending = None
+
+
+class LoaderStats(pl.Callback):
+    """Logs the training data's figures at the end of each training epoch
+    (``pl_module.log_dict``, under ``prefix``): samples/s, MB/s, the data stall
+    (the share of the epoch the training loop waited for batches, measured
+    here, between one batch's end and the next one's start), batch read
+    percentiles, window and reads in flight, the store's reads, retries,
+    timeouts and hedges, and per-node read latencies (see
+    :func:`crs4_cassandra.stats.summary`).
+
+        Trainer(callbacks=[LoaderStats()]).fit(model, datamodule=dm)
+
+    Works with a :class:`ShardedDataModule`, or any train DataLoader whose
+    dataset is a :class:`ShardedDataset`. ``last`` holds the last epoch's
+    logged figures.
+    """
+
+    def __init__(self, prefix: str = "data/") -> None:
+        super().__init__()
+        self.prefix = prefix
+        self.last: dict[str, float] = {}
+        self._ds: ShardedDataset | None = None
+        self._mark = 0.0
+
+    @staticmethod
+    def _dataset(trainer: pl.Trainer) -> ShardedDataset | None:
+        loader = trainer.train_dataloader
+        if isinstance(loader, EpochDataLoader):
+            return loader.sharded
+        ds = getattr(loader, "dataset", None)
+        if isinstance(ds, _Mapped):
+            return ds.ds
+        return ds if isinstance(ds, ShardedDataset) else None
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._ds = self._dataset(trainer)
+        self._mark = time.monotonic()
+        if self._ds is not None:
+            self._ds._loop.begin(self._ds.epoch, self._mark)
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self._ds is not None:
+            self._ds._loop.waited(self._ds.epoch, time.monotonic() - self._mark)
+
+    def on_train_batch_end(
+        self,
+        trainer: pl.Trainer,
+        pl_module: pl.LightningModule,
+        outputs: Any,
+        batch: Any,
+        batch_idx: int,
+    ) -> None:
+        self._mark = time.monotonic()
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        ds = self._ds
+        if ds is None:
+            return
+        ds._loop.end(ds.epoch)
+        figures = ds.stats()
+        mine = [figures[k] for k in ("last", "current") if figures[k]]
+        epoch = next((e for e in mine if e["epoch"] == ds.epoch), None)
+        self.last = stats_mod.summary(epoch, self.prefix)
+        if self.last:
+            pl_module.log_dict(self.last, on_epoch=True, sync_dist=False)

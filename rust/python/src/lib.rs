@@ -30,6 +30,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     memory::init();
     m.add_function(wrap_pyfunction!(store::open_store, m)?)?;
     m.add_function(wrap_pyfunction!(reader::guess_next_epoch, m)?)?;
+    m.add_function(wrap_pyfunction!(reader::merge_stats, m)?)?;
     m.add_function(wrap_pyfunction!(split::read_split_file, m)?)?;
     m.add_function(wrap_pyfunction!(split::write_split_file, m)?)?;
     m.add_function(wrap_pyfunction!(array::array_create, m)?)?;

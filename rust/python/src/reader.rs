@@ -11,6 +11,7 @@ use crs4_cassandra_core::{Consumed, LoaderState, Owner, Progress as CoreProgress
 use crs4_cassandra_store::array::patch::PatchSpec;
 use crs4_cassandra_store::engine::Next;
 use crs4_cassandra_store::reader::{decode_mode, label_type};
+use crs4_cassandra_store::stats::{EpochStats, ReaderStats};
 use crs4_cassandra_store::{
     reader_ids, Layout, OnError, Reader as CoreReader, ReaderConfig as Config, Share, TableSpec,
 };
@@ -408,6 +409,8 @@ pub struct Reader {
     open: Option<Open>,
     config: Arc<Config>,
     window: usize,
+    /// The figures when the reader closed.
+    closed_stats: ReaderStats,
     /// The process that started it: in a forked child it reads nothing.
     owner: Owner,
 }
@@ -449,6 +452,7 @@ impl Reader {
                 _hold: memory::Hold::new(),
             }),
             config: config.config.clone(),
+            closed_stats: ReaderStats::default(),
             owner: Owner::current(),
         })
     }
@@ -501,7 +505,7 @@ impl Reader {
     fn next_epoch(&mut self) -> bool {
         let moved = self.open.as_mut().is_some_and(|o| o.reader.next_epoch());
         if !moved {
-            self.open = None;
+            self.shut();
         }
         moved
     }
@@ -531,18 +535,18 @@ impl Reader {
                 }
                 Ok(Next::End) => {
                     if !open.reader.has_next_epoch() {
-                        self.open = None;
+                        self.shut();
                     }
                     return Ok(None);
                 }
                 Ok(Next::Pending) => {
                     if let Err(e) = py.check_signals() {
-                        self.open = None; // stops the background reads
+                        self.shut(); // stops the background reads
                         return Err(e);
                     }
                 }
                 Err(e) => {
-                    self.open = None;
+                    self.shut();
                     return Err(store_err(e));
                 }
             }
@@ -551,12 +555,47 @@ impl Reader {
 
     /// Stops background reads now (also done when the reader is garbage collected).
     fn close(&mut self) {
-        self.open = None;
+        self.shut();
+    }
+
+    /// The reader's figures as JSON: ``{"current": ..., "last": ...}``, the
+    /// epoch under way (None between epochs) and the last one delivered
+    /// (see ``crs4_cassandra.stats``).
+    fn stats(&self) -> PyResult<String> {
+        let stats = self
+            .open
+            .as_ref()
+            .map_or_else(|| self.closed_stats.clone(), |o| o.reader.stats());
+        serde_json::to_string(&stats).map_err(|e| invalid(e.to_string()))
     }
 
     fn __len__(&self) -> usize {
         self.open.as_ref().map_or(0, |o| o.reader.remaining())
     }
+}
+
+impl Reader {
+    /// Closes the reader (stopping its background reads), keeping its figures.
+    fn shut(&mut self) {
+        if let Some(open) = self.open.take() {
+            self.closed_stats = open.reader.stats();
+        }
+    }
+}
+
+/// The figures of several readers of one epoch (JSON, as `Reader.stats`
+/// gives them: its "current" or "last") merged into one (JSON; None if none
+/// given); see `EpochStats::merge`.
+#[pyfunction]
+pub fn merge_stats(parts: Vec<String>) -> PyResult<Option<String>> {
+    let parts = parts
+        .iter()
+        .map(|p| serde_json::from_str::<EpochStats>(p))
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(format!("bad loader statistics: {e}")))?;
+    EpochStats::merge(&parts)
+        .map(|m| serde_json::to_string(&m).map_err(|e| invalid(e.to_string())))
+        .transpose()
 }
 
 /// Made in one process; tells whether it is now in another (a forked child

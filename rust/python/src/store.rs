@@ -67,16 +67,19 @@ impl Store {
 
     /// Counts of this store's sample reads in this process: ``reads``
     /// (requests sent), ``hedged`` (of them sent to a second replica because
-    /// the first was late), ``hedges_won`` (hedges answered first) and
-    /// ``slow_nodes`` (nodes found slow, put last in query plans now). All
-    /// zero for a local store. With a sample cache, ``cache_hits`` (samples
-    /// served by it) and ``cache_misses`` (read from the store).
+    /// the first was late), ``hedges_won`` (hedges answered first),
+    /// ``retries`` (after transient errors), ``timeouts`` (of those errors),
+    /// ``slow_nodes`` (nodes found slow, put last in query plans now), and
+    /// ``cache_hits`` (samples served by the sample cache) and ``cache_misses``
+    /// (read from the store). All zero for a local store.
     fn read_stats(&self) -> std::collections::HashMap<&'static str, u64> {
         let s = self.inner.read_stats();
         [
             ("reads", s.reads),
             ("hedged", s.hedged),
             ("hedges_won", s.hedges_won),
+            ("retries", s.retries),
+            ("timeouts", s.timeouts),
             ("slow_nodes", s.slow_nodes),
             ("cache_hits", s.cache_hits),
             ("cache_misses", s.cache_misses),

@@ -1060,6 +1060,14 @@ impl TableReader for CachedTable {
     fn plan_known(&self, clock: Arc<UseClock>) {
         *self.clock.lock().expect("clock poisoned") = Some(clock);
     }
+
+    fn read_stats(&self) -> ReadStats {
+        ReadStats {
+            cache_hits: self.cache.hits.load(Ordering::Relaxed),
+            cache_misses: self.cache.misses.load(Ordering::Relaxed),
+            ..self.inner.read_stats()
+        }
+    }
 }
 
 #[cfg(test)]

@@ -24,6 +24,7 @@ use crate::decode::{decode_stage, DecodeOptions};
 use crate::error::{Result, StoreError};
 use crate::reorder::ReorderBuffer;
 use crate::runtime::runtime;
+use crate::stats::EngineCounters;
 use crate::tuner::{Ticket, WindowTuner};
 use crate::{TableReader, TableSpec};
 use crs4_cassandra_core::{PlannedBatch, ProcessOwned};
@@ -106,6 +107,7 @@ pub struct BatchStream {
     /// After those, epochs of this many batches without end ([`BatchStream::read_ahead`]).
     endless: Option<usize>,
     window: Arc<AtomicUsize>,
+    counters: Arc<EngineCounters>,
 }
 
 /// The stream's end of the driver task: dropping it stops the task.
@@ -261,6 +263,11 @@ impl BatchStream {
     pub fn window(&self) -> usize {
         self.window.load(Ordering::Relaxed)
     }
+
+    /// What the engine counted so far (see [`crate::stats`]).
+    pub fn counters(&self) -> &EngineCounters {
+        &self.counters
+    }
 }
 
 pub struct FetchEngine;
@@ -294,6 +301,7 @@ impl FetchEngine {
         let (plans, plans_rx) = mpsc::unbounded_channel();
         let remaining = batches.len();
         let window = Arc::new(AtomicUsize::new(tuner.window()));
+        let counters = Arc::new(EngineCounters::default());
         let driver = Driver::new(
             reader,
             ids,
@@ -304,6 +312,7 @@ impl FetchEngine {
                 plans: plans_rx,
                 tx,
                 window: window.clone(),
+                counters: counters.clone(),
             },
         );
         let driver = runtime().spawn(driver.run());
@@ -316,6 +325,7 @@ impl FetchEngine {
             queued_epochs: VecDeque::new(),
             endless: None,
             window,
+            counters,
         }
     }
 }
@@ -377,6 +387,7 @@ struct Channels {
     tx: mpsc::Sender<Result<Batch>>,
     /// The window in use, shown by [`BatchStream::window`].
     window: Arc<AtomicUsize>,
+    counters: Arc<EngineCounters>,
 }
 
 /// A batch read's outcome, with its place in the sequence of reads, the
@@ -598,6 +609,12 @@ impl Driver {
             at,
         } = done;
         self.failed |= result.is_err();
+        self.channels.counters.finished(
+            at.saturating_duration_since(ticket.sent()),
+            self.pooled,
+            self.in_flight.len() + 1,
+            at,
+        );
         if let Some(batch) = result.as_ref().ok().filter(|b| !b.local) {
             // The tuner counts reads as they finish, not as they are
             // delivered: in plan order, one late batch holds back those after

@@ -17,6 +17,7 @@ pub mod open;
 pub mod reader;
 pub mod reorder;
 pub mod runtime;
+pub mod stats;
 pub mod tuner;
 
 use bytes::Bytes;
@@ -58,19 +59,23 @@ impl TableSpec {
 
 /// Counts of a store's sample reads in this process: `reads` requests sent,
 /// `hedged` of them sent again to another replica because the first answer
-/// was late, `hedges_won` of those answered by the second copy first, and
-/// `slow_nodes`, the nodes found slow and put at the end of query plans now.
-/// Stores without hedged reads (the local store) count nothing.
-/// `cache_hits` and `cache_misses`: samples served by the local sample cache
-/// ([`cache`]) and samples it had to read from the store.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// was late, `hedges_won` of those answered by the second copy first,
+/// `retries` after transient errors and `timeouts` among those errors,
+/// `slow_nodes`, the nodes found slow and put at the end of query plans now,
+/// `cache_hits` and `cache_misses` (samples served by the local sample cache,
+/// [`cache`], and samples it had to read from the store), and per node (address) a histogram of its reads'
+/// latencies. Stores without these (the local store) count nothing.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ReadStats {
     pub reads: u64,
     pub hedged: u64,
     pub hedges_won: u64,
+    pub retries: u64,
+    pub timeouts: u64,
     pub slow_nodes: u64,
     pub cache_hits: u64,
     pub cache_misses: u64,
+    pub nodes: Vec<(String, stats::Counts)>,
 }
 
 /// A label as written by ingest.
@@ -116,6 +121,12 @@ pub trait TableReader: Send + Sync + 'static {
     /// is read in every epoch. A cache evicts by it (see [`cache`]); other
     /// readers ignore it.
     fn plan_known(&self, _clock: Arc<cache::UseClock>) {}
+
+    /// Counts of the store's sample reads so far, in this process (see
+    /// [`SampleStore::read_stats`]).
+    fn read_stats(&self) -> ReadStats {
+        ReadStats::default()
+    }
 }
 
 /// Reads stored chunks of arrays (see [`SampleStore::chunk_source`]).

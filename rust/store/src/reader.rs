@@ -10,6 +10,7 @@ use crate::cache::UseClock;
 use crate::engine::{BatchStream, EngineOptions, FetchEngine, Next};
 use crate::error::{Result, StoreError};
 use crate::runtime::runtime;
+use crate::stats::{EpochCounter, EpochStats, ReaderStats};
 use crate::{DecodeOptions, LabelType, LabelValue, SampleRow, SampleStore, TableReader, TableSpec};
 use crs4_cassandra_core::{
     find_duplicate, uuids_fingerprint, EpochPlan, LoaderState, PlanSpec, PlannedBatch, Progress,
@@ -18,7 +19,7 @@ use crs4_cassandra_core::{
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// What to do with a sample that cannot be read or decoded.
@@ -342,6 +343,14 @@ pub struct Reader {
     queued: VecDeque<u64>,
     /// Then, without end: the next epoch and the step between epochs.
     ahead: Option<(u64, u64)>,
+    /// For the store's read counters.
+    table: Arc<dyn TableReader>,
+    /// The epoch being counted, from the consumer's first request for it.
+    counting: Option<EpochCounter>,
+    /// The figures of the last epoch delivered.
+    last_stats: Option<EpochStats>,
+    /// Every batch of the current epoch was delivered (its figures are final).
+    delivered_all: bool,
 }
 
 impl Reader {
@@ -363,11 +372,15 @@ impl Reader {
             config.shuffle,
             config.seed,
         )));
+        // The first epoch counts from here: its first reads start now,
+        // before the consumer asks for a batch.
+        let (store_base, started) = (table.read_stats(), Instant::now());
         let stream = {
             let rt = runtime();
             let _guard = rt.enter();
-            FetchEngine::start(table, ids.clone(), batches, options)
+            FetchEngine::start(table.clone(), ids.clone(), batches, options)
         };
+        let counting = EpochCounter::first(progress.epoch, store_base, started);
         Ok(Self {
             stream,
             config,
@@ -376,6 +389,10 @@ impl Reader {
             epoch: progress.epoch,
             queued: VecDeque::new(),
             ahead: None,
+            counting: Some(counting),
+            table,
+            last_stats: None,
+            delivered_all: false,
         })
     }
 
@@ -448,9 +465,53 @@ impl Reader {
         Ok(())
     }
 
-    /// Waits up to `wait` for the next batch of the current epoch.
+    /// Waits up to `wait` for the next batch of the current epoch. The time
+    /// spent here is the consumer's wait (see [`Reader::stats`]).
     pub fn next_blocking(&mut self, wait: Duration) -> Result<Next> {
-        self.stream.next_blocking(wait)
+        let asked = Instant::now();
+        if self.counting.is_none() && !self.delivered_all {
+            self.counting = Some(EpochCounter::start(
+                self.epoch,
+                self.stream.counters(),
+                self.table.read_stats(),
+                asked,
+            ));
+        }
+        let next = self.stream.next_blocking(wait);
+        let now = Instant::now();
+        if let Some(counter) = self.counting.as_mut() {
+            counter.waited(now - asked);
+            match &next {
+                Ok(Next::Batch(b)) => counter.delivered(
+                    b.is_pad.iter().filter(|&&pad| !pad).count() as u64,
+                    b.data.len() as u64,
+                    b.skipped.len() as u64,
+                    now,
+                ),
+                Ok(Next::End) => {
+                    counter.finish();
+                    self.last_stats =
+                        Some(counter.stats(self.stream.counters(), &self.table.read_stats(), now));
+                    self.counting = None;
+                    self.delivered_all = true;
+                }
+                _ => {}
+            }
+        }
+        next
+    }
+
+    /// The figures of the epoch under way (from the consumer's first
+    /// request for a batch of it) and of the last one delivered.
+    pub fn stats(&self) -> ReaderStats {
+        let now = Instant::now();
+        ReaderStats {
+            current: self
+                .counting
+                .as_ref()
+                .map(|c| c.stats(self.stream.counters(), &self.table.read_stats(), now)),
+            last: self.last_stats.clone(),
+        }
     }
 
     /// Whether a next epoch is queued behind the current one.
@@ -463,6 +524,8 @@ impl Reader {
         if !self.stream.next_epoch() {
             return false;
         }
+        self.delivered_all = false;
+        self.counting = None;
         self.epoch = match self.queued.pop_front() {
             Some(e) => e,
             None => {

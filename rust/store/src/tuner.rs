@@ -95,6 +95,13 @@ pub struct Ticket {
     delivered_at: Instant,
 }
 
+impl Ticket {
+    /// When the read was issued.
+    pub fn sent(&self) -> Instant {
+        self.sent
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Phase {
     Startup,

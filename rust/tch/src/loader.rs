@@ -10,6 +10,7 @@ use crs4_cassandra_store::batch::Images as DecodedImages;
 use crs4_cassandra_store::cassandra::OptionValue;
 use crs4_cassandra_store::engine::Next;
 use crs4_cassandra_store::runtime::runtime;
+use crs4_cassandra_store::stats::{EpochStats, ReaderStats};
 use crs4_cassandra_store::{
     check_unique_ids, open_store, Batch, Labels, OnError, Reader, ReaderConfig, Share, TableReader,
     TableSpec,
@@ -282,6 +283,7 @@ impl LoaderBuilder {
             share,
             progress: Progress::fresh(self.epoch),
             images: self.images,
+            last_stats: std::sync::Mutex::new(None),
         })
     }
 }
@@ -299,6 +301,8 @@ pub struct Loader {
     /// The epoch and its resume point.
     progress: Progress,
     images: Images,
+    /// The figures of the last epoch iterated (see [`Loader::stats`]).
+    last_stats: std::sync::Mutex<Option<EpochStats>>,
 }
 
 impl Loader {
@@ -388,7 +392,20 @@ impl Loader {
             reader,
             positions: Vec::new(),
             total,
+            failed: false,
         })
+    }
+
+    /// The figures of the last epoch iterated (delivered in full or not; see
+    /// [`EpochIter::stats`] for the one under way): samples/s, the time the
+    /// loop waited for batches (the data stall), batch read times, the window,
+    /// and the store's reads, retries and hedges (see
+    /// `crs4_cassandra_store::stats`).
+    pub fn stats(&self) -> Option<EpochStats> {
+        self.last_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// The state after this rank has consumed `batches_consumed` batches of the
@@ -592,9 +609,27 @@ pub struct EpochIter<'a> {
     /// Positions of the batches yielded so far.
     positions: Vec<usize>,
     total: usize,
+    failed: bool,
+}
+
+impl Drop for EpochIter<'_> {
+    fn drop(&mut self) {
+        let stats = self.reader.stats();
+        *self
+            .loader
+            .last_stats
+            .lock()
+            .unwrap_or_else(|e| e.into_inner()) = stats.current.or(stats.last);
+    }
 }
 
 impl EpochIter<'_> {
+    /// The figures of this epoch so far (`current`; `last` once every batch
+    /// was delivered).
+    pub fn stats(&self) -> ReaderStats {
+        self.reader.stats()
+    }
+
     /// Batches yielded so far in this epoch.
     pub fn yielded(&self) -> usize {
         self.positions.len()
@@ -623,6 +658,10 @@ impl Iterator for EpochIter<'_> {
 
     fn next(&mut self) -> Option<Self::Item> {
         if self.positions.len() >= self.total {
+            if !self.failed {
+                // Every batch is in: the reader ends the epoch's figures.
+                let _ = self.next_raw();
+            }
             return None;
         }
         let epoch = self.loader.progress.epoch;
@@ -637,6 +676,7 @@ impl Iterator for EpochIter<'_> {
             Err(e) => {
                 // An error ends the epoch.
                 self.total = self.positions.len();
+                self.failed = true;
                 Some(Err(e))
             }
         }

@@ -90,6 +90,44 @@ fn encoded_batches_hold_the_stored_samples_once_each() {
 }
 
 #[test]
+fn an_epoch_reports_what_it_delivered_and_how_long_the_loop_waited() {
+    with_timeout(60, || {
+        let s = shapes_store(3, 8, Encoding::Png);
+        let l = loader(&s, 4).shuffle(false).build().unwrap();
+        assert!(l.stats().is_none());
+        let mut it = l.iter().unwrap();
+        let mut bytes = 0;
+        for _ in 0..2 {
+            let b = it.next().unwrap().unwrap();
+            bytes += b.data.size()[0] as u64;
+            // A loop slower than the store: it rarely waits.
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let now = it.stats().current.expect("an epoch under way");
+        assert_eq!((now.epoch, now.batches, now.samples), (0, 2, 8));
+        assert_eq!(now.bytes, bytes);
+        assert!(!now.complete);
+        for b in it.by_ref() {
+            b.unwrap();
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        drop(it);
+        let done = l.stats().expect("the epoch's figures");
+        // 18 samples and 2 pads in 5 batches.
+        assert_eq!((done.batches, done.samples, done.skipped), (5, 18, 0));
+        assert!(done.complete);
+        assert!(done.seconds >= 0.2, "{done:?}");
+        assert!(done.stall < 0.5, "{done:?}");
+        assert!(
+            done.batch_reads >= 5 && done.batch_read_ms.p50.is_some(),
+            "{done:?}"
+        );
+        assert!(done.window.max >= 1.0, "{done:?}");
+        assert!((done.samples_per_s - 18.0 / done.seconds).abs() < 1e-6);
+    });
+}
+
+#[test]
 fn decoded_images_are_the_stored_pixels() {
     with_timeout(60, || {
         let s = shapes_store(2, 8, Encoding::Png);

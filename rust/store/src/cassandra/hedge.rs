@@ -27,6 +27,7 @@
 //! spent gets an empty plan and is not sent. Everything here is atomics, no
 //! locks.
 
+use crate::stats::Histogram;
 use crate::ReadStats;
 use scylla::cluster::{ClusterState, NodeRef};
 use scylla::errors::{RequestAttemptError, RequestError};
@@ -76,6 +77,10 @@ struct Node {
     hedged: AtomicU32,
     /// Microseconds since [`Hedging::epoch`] until which the node is avoided.
     avoid_until: AtomicU64,
+    /// Its address, once known, and the latency of every read it answered
+    /// first, never decayed (for [`ReadStats`]).
+    addr: std::sync::OnceLock<SocketAddr>,
+    answers: Histogram,
 }
 
 impl Node {
@@ -86,6 +91,8 @@ impl Node {
             first: AtomicU32::new(0),
             hedged: AtomicU32::new(0),
             avoid_until: AtomicU64::new(0),
+            addr: std::sync::OnceLock::new(),
+            answers: Histogram::default(),
         }
     }
 }
@@ -98,6 +105,8 @@ pub struct Hedging {
     reads: AtomicU64,
     hedged: AtomicU64,
     hedges_won: AtomicU64,
+    retries: AtomicU64,
+    timeouts: AtomicU64,
     answered: AtomicU64,
     /// The hedge delay in microseconds; 0 until enough reads were seen.
     delay_us: AtomicU64,
@@ -175,6 +184,8 @@ impl Hedging {
             reads: AtomicU64::new(0),
             hedged: AtomicU64::new(0),
             hedges_won: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+            timeouts: AtomicU64::new(0),
             answered: AtomicU64::new(0),
             delay_us: AtomicU64::new(0),
             avoiding: AtomicBool::new(false),
@@ -190,6 +201,13 @@ impl Hedging {
             reads: self.reads.load(Relaxed),
             hedged: self.hedged.load(Relaxed),
             hedges_won: self.hedges_won.load(Relaxed),
+            retries: self.retries.load(Relaxed),
+            timeouts: self.timeouts.load(Relaxed),
+            nodes: self
+                .nodes
+                .iter()
+                .filter_map(|n| Some((n.addr.get()?.to_string(), n.answers.snapshot())))
+                .collect(),
             slow_nodes: {
                 let now = self.now_us();
                 self.nodes
@@ -198,6 +216,19 @@ impl Hedging {
                     .count() as u64
             },
             ..ReadStats::default()
+        }
+    }
+
+    /// A request failed with a transient error (a timeout or not) and is tried again.
+    pub fn retried(&self, timeout: bool) {
+        self.retries.fetch_add(1, Relaxed);
+        self.timed_out(timeout);
+    }
+
+    /// A request failed for good; counted when it was a timeout.
+    pub fn timed_out(&self, timeout: bool) {
+        if timeout {
+            self.timeouts.fetch_add(1, Relaxed);
         }
     }
 
@@ -220,7 +251,10 @@ impl Hedging {
             match n.key.load(Relaxed) {
                 k if k == key => return i,
                 0 => match n.key.compare_exchange(0, key, Relaxed, Relaxed) {
-                    Ok(_) => return i,
+                    Ok(_) => {
+                        let _ = n.addr.set(addr);
+                        return i;
+                    }
                     Err(k) if k == key => return i,
                     Err(_) => continue,
                 },
@@ -239,7 +273,9 @@ impl Hedging {
     }
 
     fn answered(&self, slot: usize, latency_us: u64) {
-        self.nodes[slot.min(NODES - 1)].latency[bucket(latency_us)].fetch_add(1, Relaxed);
+        let node = &self.nodes[slot.min(NODES - 1)];
+        node.latency[bucket(latency_us)].fetch_add(1, Relaxed);
+        node.answers.record_us(latency_us);
         if (self.answered.fetch_add(1, Relaxed) + 1).is_multiple_of(PERIOD) {
             self.update(self.now_us());
         }

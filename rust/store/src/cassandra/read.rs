@@ -195,4 +195,8 @@ impl TableReader for CassandraTable {
     fn spec(&self) -> &TableSpec {
         &self.spec
     }
+
+    fn read_stats(&self) -> crate::ReadStats {
+        self.store.read_stats()
+    }
 }

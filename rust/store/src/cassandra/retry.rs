@@ -33,6 +33,18 @@ pub(super) fn retriable(e: &ExecutionError) -> bool {
     }
 }
 
+/// Timeouts: the client's, or a server's read or write timeout.
+pub(super) fn timeout(e: &ExecutionError) -> bool {
+    matches!(
+        e,
+        ExecutionError::RequestTimeout(_)
+            | ExecutionError::LastAttemptError(RequestAttemptError::DbError(
+                DbError::ReadTimeout { .. } | DbError::WriteTimeout { .. },
+                _
+            ))
+    )
+}
+
 /// Failures of the connection rather than of the request: a node restarting
 /// or unreachable. The driver reconnects in the background, so these are
 /// retried until `retry_time_limit`, whatever `retries` says.
@@ -92,6 +104,7 @@ impl CassandraStore {
                 && !left.is_zero()
                 && (connection_level(&e) || tries < self.opts.retries);
             if !again {
+                self.hedging.timed_out(timeout(&e));
                 let gave_up = tries > 0 && connection_level(&e);
                 let mut err = self.map_error(table, e, started);
                 if let (true, StoreError::Connection { message, .. }) = (gave_up, &mut err) {
@@ -104,6 +117,7 @@ impl CassandraStore {
                 return Err(err);
             }
             tries += 1;
+            self.hedging.retried(timeout(&e));
             let jitter = f64::from(started.elapsed().subsec_nanos() % 1000) / 1000.0;
             tokio::time::sleep(backoff.pause(jitter, left, connection_level(&e))).await;
         }
