@@ -1208,7 +1208,12 @@ mod tests {
                             )
                         })
                         .collect();
-                    let stale = times.iter().map(|t| t.0).min().unwrap() - (n / 16) as u64;
+                    let stale = times
+                        .iter()
+                        .map(|t| t.0)
+                        .min()
+                        .unwrap()
+                        .saturating_sub((n / 16) as u64);
                     put(&c, &ns, &samples, stale);
                 }
             }
