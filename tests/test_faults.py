@@ -298,8 +298,8 @@ def test_slow_node_reads_are_hedged_to_another_replica(cluster3: Cluster) -> Non
     # delay learned while warming up: on a loaded machine its 99th percentile
     # can be over 300 ms, and then node 2's median finds it slow before any
     # read is late enough for a hedge. Either way the epoch must not wait.
-    assert before["slow_nodes"] == 0, (before, after)
-    assert hedged > 0 or after["slow_nodes"] == 1, (before, after)
+    # (A loaded machine can find a node slow during the warm-up already.)
+    assert hedged > 0 or after["slow_nodes"] >= 1, (before, after)
     assert won <= hedged < reads / 4, (before, after)
     # Without either, nearly every batch (8 samples) has one on node 2 and
     # waits 300 ms: 30 batches, 4 at a time, would take over 2 s.
