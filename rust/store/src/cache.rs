@@ -22,9 +22,17 @@
 //! agree on which samples are due first. The reader hands that clock
 //! ([`UseClock`]) to its table through [`crate::TableReader::plan_known`].
 //!
+//! Admissions leave the read path: a batch is handed on as soon as it is
+//! read, and its samples go to a queue that a writer thread of the process
+//! commits, as many queued batches as there are in one write transaction
+//! ([`WriteQueue`]). Until then a lookup finds them in the queue. The queue
+//! is bounded (a reader waits for room past [`QUEUE_BYTES`]), and a reader
+//! waits for it to drain at the end of each epoch it delivers, so that
+//! another process sharing the cache (a DataLoader worker, a rank) finds
+//! every sample of an epoch once that epoch is over.
+//!
 //! Layout (one LMDB environment, shared by every process of a host: LMDB
-//! serializes write transactions across processes, and each batch is one
-//! write transaction):
+//! serializes write transactions across processes):
 //! - `samples`: namespace (8) ++ uuid (16) -> u32 label length (`u32::MAX`
 //!   for none), label bytes, data bytes;
 //! - `keys`: namespace ++ uuid -> use key (8, big endian) ++ record size (8);
@@ -48,11 +56,13 @@ use crate::lmdb::{Dbi, Env, RoTxn, RwTxn};
 use crate::{
     ChunkSource, LabelType, MetadataRow, ReadStats, SampleRow, SampleStore, TableReader, TableSpec,
 };
+use crs4_cassandra_core::ProcessOwned;
 use futures::future::{BoxFuture, FutureExt};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// A file beside `data.mdb` that marks the directory as a sample cache: only
@@ -345,6 +355,56 @@ pub struct Use<'a> {
     pub data: &'a [u8],
 }
 
+/// A sample's new key, and its record to admit if it is not cached (None
+/// for a sample the batch found cached: only its key moves; if it was
+/// evicted meanwhile it stays out).
+struct Admission {
+    id: Uuid,
+    key: u64,
+    record: Option<Arc<[u8]>>,
+}
+
+/// One batch's admissions, queued for the writer thread.
+struct Pending {
+    ns: Ns,
+    admissions: Vec<Admission>,
+    stale_below: u64,
+    bytes: usize,
+}
+
+/// Queued admissions past which a reader waits for the writer: the memory
+/// the queue may hold. A transaction takes what is queued, up to as much.
+pub const QUEUE_BYTES: usize = 64 << 20;
+
+/// How long the writer thread waits for work before it ends (the next
+/// admission starts another).
+const WRITER_IDLE: Duration = Duration::from_secs(2);
+
+/// The longest a reader waits for the queue to drain at an epoch's end; past
+/// it the epoch ends anyway (the samples are admitted later).
+const SETTLE_LIMIT: Duration = Duration::from_secs(30);
+
+/// A process's queue of admissions and its writer thread (see the module
+/// docs).
+struct WriteQueue {
+    state: Mutex<QueueState>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct QueueState {
+    items: VecDeque<Pending>,
+    /// Bytes of records queued or being written.
+    bytes: usize,
+    /// Batches taken by the writer and not yet committed.
+    writing: usize,
+    /// Whether a writer thread runs.
+    running: bool,
+    /// The records queued or being written, by sample key: what a lookup
+    /// serves before they are committed.
+    held: HashMap<[u8; 24], Arc<[u8]>>,
+}
+
 /// The cache of one directory in this process. Holds no LMDB handle (one
 /// held here would cross `fork()` into DataLoader workers): [`Env::open`]
 /// returns this process's.
@@ -359,6 +419,8 @@ pub struct SampleCache {
     reads: AtomicBool,
     hits: AtomicU64,
     misses: AtomicU64,
+    /// This process's admission queue (a forked child makes its own).
+    queue: Mutex<Option<ProcessOwned<Arc<WriteQueue>>>>,
 }
 
 /// Why a cache could not be opened as it was.
@@ -411,6 +473,7 @@ impl SampleCache {
             reads: AtomicBool::new(true),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
+            queue: Mutex::new(None),
         });
         match cache.check() {
             Ok(()) => (Some(cache), None),
@@ -530,20 +593,191 @@ impl SampleCache {
 
     /// The cached copies of `ids` (None where a sample is not cached).
     pub fn lookup(&self, ns: &Ns, ids: &[Uuid]) -> Result<Vec<Option<Cached>>> {
+        let queued: Vec<Option<Arc<[u8]>>> = match self.current_queue() {
+            Some(q) => {
+                let state = q.state.lock().expect("cache queue poisoned");
+                ids.iter()
+                    .map(|&id| state.held.get(&sample_key(ns, id)).cloned())
+                    .collect()
+            }
+            None => vec![None; ids.len()],
+        };
         let env = self.env()?;
         let dbs = self.dbs(&env)?;
         env.read(|txn| {
             ids.iter()
-                .map(|&id| Ok(txn.get(dbs.samples, &sample_key(ns, id))?.and_then(decode)))
+                .zip(queued)
+                .map(|(&id, queued)| match queued {
+                    Some(record) => Ok(decode(&record)),
+                    None => Ok(txn.get(dbs.samples, &sample_key(ns, id))?.and_then(decode)),
+                })
                 .collect()
         })
     }
 
-    /// Records one batch's reads in one write transaction: a cached sample
-    /// gets its new key, another is admitted if the policy makes room for
-    /// it. `stale_below`: under the plan policy, keys below it are next uses
-    /// that have passed, evicted first.
+    /// This process's queue, if it made one.
+    fn current_queue(&self) -> Option<Arc<WriteQueue>> {
+        let queue = self.queue.lock().expect("cache queue poisoned");
+        queue.as_ref().and_then(|q| q.get()).cloned()
+    }
+
+    /// This process's queue, made now if missing (or inherited through
+    /// `fork()`: the parent's is left to the parent).
+    fn process_queue(&self) -> Arc<WriteQueue> {
+        let mut queue = self.queue.lock().expect("cache queue poisoned");
+        if let Some(q) = queue.as_ref().and_then(|q| q.get()) {
+            return q.clone();
+        }
+        let q = Arc::new(WriteQueue {
+            state: Mutex::new(QueueState::default()),
+            changed: Condvar::new(),
+        });
+        *queue = Some(ProcessOwned::new(q.clone()));
+        q
+    }
+
+    /// Whether a batch's admissions would wait for room in the queue.
+    fn queue_full(&self) -> bool {
+        self.current_queue()
+            .is_some_and(|q| q.state.lock().expect("cache queue poisoned").bytes >= QUEUE_BYTES)
+    }
+
+    /// Queues a batch's admissions for the writer thread (started if none
+    /// runs), waiting first while the queue holds [`QUEUE_BYTES`] or more:
+    /// call it off the runtime's threads when [`Self::queue_full`].
+    fn enqueue(self: &Arc<Self>, pending: Pending) {
+        let q = self.process_queue();
+        let mut state = q.state.lock().expect("cache queue poisoned");
+        while state.bytes >= QUEUE_BYTES && state.running {
+            state = q.changed.wait(state).expect("cache queue poisoned");
+        }
+        for a in &pending.admissions {
+            if let Some(record) = &a.record {
+                state
+                    .held
+                    .insert(sample_key(&pending.ns, a.id), record.clone());
+            }
+        }
+        state.bytes += pending.bytes;
+        state.items.push_back(pending);
+        if !state.running {
+            state.running = true;
+            let (cache, q) = (self.clone(), q.clone());
+            let spawned = std::thread::Builder::new()
+                .name("crs4-cache-writer".into())
+                .spawn(move || cache.write_queued(&q));
+            if let Err(e) = spawned {
+                state.running = false;
+                state.items.clear();
+                state.held.clear();
+                state.bytes = 0;
+                drop(state);
+                self.writes_failed(&StoreError::Internal(format!(
+                    "cannot start its writer thread: {e}"
+                )));
+                return;
+            }
+        }
+        q.changed.notify_all();
+    }
+
+    /// The writer thread: commits what is queued, as many batches as are
+    /// queued (up to [`QUEUE_BYTES`]) in one write transaction, until the
+    /// queue stays empty for [`WRITER_IDLE`].
+    fn write_queued(&self, q: &WriteQueue) {
+        loop {
+            let (taken, bytes) = {
+                let mut state = q.state.lock().expect("cache queue poisoned");
+                let idle_since = Instant::now();
+                while state.items.is_empty() {
+                    let waited = idle_since.elapsed();
+                    if waited >= WRITER_IDLE {
+                        state.running = false;
+                        q.changed.notify_all();
+                        return;
+                    }
+                    state = q
+                        .changed
+                        .wait_timeout(state, WRITER_IDLE - waited)
+                        .expect("cache queue poisoned")
+                        .0;
+                }
+                let (mut taken, mut bytes) = (Vec::new(), 0);
+                while let Some(p) = state.items.front() {
+                    if !taken.is_empty() && bytes + p.bytes > QUEUE_BYTES {
+                        break;
+                    }
+                    bytes += p.bytes;
+                    taken.push(state.items.pop_front().expect("an item"));
+                }
+                state.writing = taken.len();
+                (taken, bytes)
+            };
+            if self.writes_on() {
+                if let Err(e) = self.commit(&taken) {
+                    self.writes_failed(&e);
+                }
+            }
+            let mut state = q.state.lock().expect("cache queue poisoned");
+            for p in &taken {
+                for a in &p.admissions {
+                    let Some(record) = &a.record else { continue };
+                    let key = sample_key(&p.ns, a.id);
+                    if state.held.get(&key).is_some_and(|r| Arc::ptr_eq(r, record)) {
+                        state.held.remove(&key);
+                    }
+                }
+            }
+            state.writing = 0;
+            state.bytes -= bytes;
+            q.changed.notify_all();
+        }
+    }
+
+    /// Waits (up to [`SETTLE_LIMIT`]) until this process's queued admissions
+    /// are committed, so that other processes see them.
+    pub fn settle(&self) {
+        let Some(q) = self.current_queue() else {
+            return;
+        };
+        let deadline = Instant::now() + SETTLE_LIMIT;
+        let mut state = q.state.lock().expect("cache queue poisoned");
+        while (!state.items.is_empty() || state.writing > 0) && state.running {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            state = q
+                .changed
+                .wait_timeout(state, deadline - now)
+                .expect("cache queue poisoned")
+                .0;
+        }
+    }
+
+    /// Records one batch's reads in one write transaction, now: a cached
+    /// sample gets its new key, another is admitted if the policy makes room
+    /// for it. `stale_below`: under the plan policy, keys below it are next
+    /// uses that have passed, evicted first.
     pub fn record(&self, ns: &Ns, uses: &[Use<'_>], stale_below: u64) -> Result<()> {
+        let admissions = uses
+            .iter()
+            .map(|u| Admission {
+                id: u.id,
+                key: u.key,
+                record: Some(encode(u.label, u.data).into()),
+            })
+            .collect();
+        self.commit(&[Pending {
+            ns: *ns,
+            admissions,
+            stale_below,
+            bytes: 0,
+        }])
+    }
+
+    /// Commits queued batches in one write transaction, in their order.
+    fn commit(&self, batches: &[Pending]) -> Result<()> {
         let env = self.env()?;
         let dbs = self.dbs(&env)?;
         env.write(|txn| {
@@ -551,40 +785,47 @@ impl SampleCache {
                 Some(b) => u64_at(b, 0, &self.path)?,
                 None => 0,
             };
-            let mut new = Vec::new();
-            for u in uses {
-                let sample = sample_key(ns, u.id);
-                match txn.get(dbs.keys, &sample)? {
-                    Some(entry) => {
-                        let (old, size) =
-                            (u64_at(entry, 0, &self.path)?, u64_at(entry, 8, &self.path)?);
-                        txn.del(dbs.index, &index_key(old, &sample))?;
-                        txn.put(dbs.index, &index_key(u.key, &sample), &[])?;
-                        txn.put(dbs.keys, &sample, &key_entry(u.key, size))?;
-                    }
-                    None => new.push(u),
-                }
-            }
-            for u in new {
-                let record = encode(u.label, u.data);
-                let size = record.len() as u64;
-                if size > self.capacity {
-                    continue;
-                }
-                let (victims, admit) = self.victims(txn, &dbs, total, size, u.key, stale_below)?;
-                for victim in victims {
-                    total -= evict(txn, &dbs, &victim, &self.path)?;
-                }
-                if admit {
-                    let sample = sample_key(ns, u.id);
-                    txn.put(dbs.samples, &sample, &record)?;
-                    txn.put(dbs.keys, &sample, &key_entry(u.key, size))?;
-                    txn.put(dbs.index, &index_key(u.key, &sample), &[])?;
-                    total += size;
-                }
+            for p in batches {
+                self.admit(txn, &dbs, p, &mut total)?;
             }
             txn.put(dbs.meta, META_BYTES, &total.to_be_bytes())
         })
+    }
+
+    fn admit(&self, txn: &RwTxn<'_>, dbs: &Dbs, p: &Pending, total: &mut u64) -> Result<()> {
+        let mut new = Vec::new();
+        for a in &p.admissions {
+            let sample = sample_key(&p.ns, a.id);
+            match txn.get(dbs.keys, &sample)? {
+                Some(entry) => {
+                    let (old, size) =
+                        (u64_at(entry, 0, &self.path)?, u64_at(entry, 8, &self.path)?);
+                    txn.del(dbs.index, &index_key(old, &sample))?;
+                    txn.put(dbs.index, &index_key(a.key, &sample), &[])?;
+                    txn.put(dbs.keys, &sample, &key_entry(a.key, size))?;
+                }
+                None => new.push(a),
+            }
+        }
+        for a in new {
+            let Some(record) = &a.record else { continue };
+            let size = record.len() as u64;
+            if size > self.capacity {
+                continue;
+            }
+            let (victims, admit) = self.victims(txn, dbs, *total, size, a.key, p.stale_below)?;
+            for victim in victims {
+                *total -= evict(txn, dbs, &victim, &self.path)?;
+            }
+            if admit {
+                let sample = sample_key(&p.ns, a.id);
+                txn.put(dbs.samples, &sample, record)?;
+                txn.put(dbs.keys, &sample, &key_entry(a.key, size))?;
+                txn.put(dbs.index, &index_key(a.key, &sample), &[])?;
+                *total += size;
+            }
+        }
+        Ok(())
     }
 
     /// The entries to evict before a sample of `size` bytes and key `key`
@@ -920,16 +1161,17 @@ impl CachedTable {
         let Some(clock) = self.clock().filter(|_| cache.writes_on()) else {
             return Ok(batch);
         };
-        let ns = self.ns;
-        let recorded = tokio::task::spawn_blocking(move || {
-            let result = record_batch(&cache, &ns, &clock, &job, &batch);
-            if let Err(e) = &result {
-                cache.writes_failed(e);
-            }
-            batch
-        })
-        .await;
-        recorded.map_err(|e| StoreError::Internal(e.to_string()))
+        // The batch goes on now; its samples are admitted by the writer
+        // thread (see the module docs).
+        let pending = batch_admissions(cache.policy, &self.ns, &clock, &job, &batch, &found);
+        if cache.queue_full() {
+            tokio::task::spawn_blocking(move || cache.enqueue(pending))
+                .await
+                .map_err(|e| StoreError::Internal(e.to_string()))?;
+        } else {
+            cache.enqueue(pending);
+        }
+        Ok(batch)
     }
 }
 
@@ -993,42 +1235,50 @@ enum LabelRef<'a> {
     Bytes(&'a [u8]),
 }
 
-/// Records the real samples of a finished batch (pads repeat them), each
-/// once, keyed by the policy: the next use (plan) or this use (LRU).
-fn record_batch(
-    cache: &SampleCache,
+/// The admissions of a finished batch's real samples (pads repeat them),
+/// each once, keyed by the policy: the next use (plan) or this use (LRU).
+/// A sample the batch found cached (`found`) only moves its key; the others
+/// are copied into records.
+fn batch_admissions(
+    policy: CachePolicy,
     ns: &Ns,
     clock: &UseClock,
     job: &BatchJob,
     batch: &Batch,
-) -> Result<()> {
+    found: &[Option<Cached>],
+) -> Pending {
     let times = clock.times(job.epoch, &job.indices);
     let mut seen = HashSet::new();
-    let mut ints = Vec::new();
-    if let Labels::Int(v) = &batch.labels {
-        ints = v.iter().map(|&l| (l as i32).to_le_bytes()).collect();
-    }
-    let mut uses = Vec::with_capacity(job.ids.len());
+    let mut admissions = Vec::with_capacity(job.ids.len());
+    let mut bytes = 0;
     for (i, &id) in job.ids.iter().enumerate() {
         if job.is_pad[i] || !seen.insert(id) {
             continue;
         }
+        let record = found[i].is_none().then(|| {
+            let int;
+            let label = match &batch.labels {
+                Labels::Int(v) => {
+                    int = (v[i] as i32).to_le_bytes();
+                    Some(&int[..])
+                }
+                Labels::Blob { data, offsets } => {
+                    Some(&data[offsets[i] as usize..offsets[i + 1] as usize])
+                }
+                Labels::None => None,
+            };
+            let record: Arc<[u8]> = encode(label, batch.sample(i)).into();
+            bytes += record.len();
+            record
+        });
         let (now, next) = times[i];
-        let label = match &batch.labels {
-            Labels::Int(_) => Some(&ints[i][..]),
-            Labels::Blob { data, offsets } => {
-                Some(&data[offsets[i] as usize..offsets[i + 1] as usize])
-            }
-            Labels::None => None,
-        };
-        uses.push(Use {
+        admissions.push(Admission {
             id,
-            key: match cache.policy {
+            key: match policy {
                 CachePolicy::Plan => next,
                 CachePolicy::Lru => now,
             },
-            label,
-            data: batch.sample(i),
+            record,
         });
     }
     // Reads of one epoch run ahead of each other by up to a window of
@@ -1041,7 +1291,12 @@ fn record_batch(
         .min()
         .unwrap_or(0)
         .saturating_sub(slack);
-    cache.record(ns, &uses, stale_below)
+    Pending {
+        ns: *ns,
+        admissions,
+        stale_below,
+        bytes,
+    }
 }
 
 impl TableReader for CachedTable {
@@ -1059,6 +1314,10 @@ impl TableReader for CachedTable {
 
     fn plan_known(&self, clock: Arc<UseClock>) {
         *self.clock.lock().expect("clock poisoned") = Some(clock);
+    }
+
+    fn settle(&self) {
+        self.cache.settle();
     }
 
     fn read_stats(&self) -> ReadStats {
@@ -1355,6 +1614,14 @@ mod tests {
                 other => panic!("{other:?}"),
             }
         }
+        // The reads' admissions are committed by the writer thread; once
+        // settled, another cache object of the directory (as another process
+        // would) finds them in the environment.
+        table.settle();
+        let other = cache(&dir.path().join("cache"), 1 << 20, CachePolicy::Plan);
+        let ns = other.namespace(&namespace(&store.url(), &spec)).unwrap().unwrap();
+        assert_eq!(held(&other, &ns, 6), vec![1, 3, 4]);
+        assert!(other.current_queue().is_none());
         // A sample missing from the store fails the batch, in every read,
         // and is never cached.
         let ghost = BatchJob {
@@ -1369,6 +1636,50 @@ mod tests {
                 .unwrap_err();
             assert_eq!(err.bad_sample(), Some(Uuid::from_u128(999)));
         }
+    }
+
+    #[test]
+    fn queued_admissions_are_served_before_they_are_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path(), 1 << 20, CachePolicy::Lru);
+        let ns = c.namespace("ns").unwrap().unwrap();
+        let record: Arc<[u8]> = encode(Some(b"L"), b"data").into();
+        // The writer thread is held off: the queue's lock is ours while
+        // the batch is queued and looked up.
+        let q = c.process_queue();
+        {
+            let mut state = q.state.lock().unwrap();
+            state.running = true;
+            state.held.insert(sample_key(&ns, id(7)), record.clone());
+        }
+        let found = c.lookup(&ns, &[id(7), id(8)]).unwrap();
+        assert_eq!(
+            found[0],
+            Some(Cached {
+                label: Some(b"L".to_vec()),
+                data: b"data".to_vec()
+            })
+        );
+        assert_eq!(found[1], None);
+        q.state.lock().unwrap().running = false;
+        q.state.lock().unwrap().held.clear();
+        // Through the thread: queued, committed, then found by another
+        // cache object of the directory.
+        c.enqueue(Pending {
+            ns,
+            admissions: vec![Admission {
+                id: id(7),
+                key: 1,
+                record: Some(record),
+            }],
+            stale_below: 0,
+            bytes: 10,
+        });
+        c.settle();
+        assert_eq!(q.state.lock().unwrap().bytes, 0);
+        assert!(q.state.lock().unwrap().held.is_empty());
+        let other = cache(dir.path(), 1 << 20, CachePolicy::Lru);
+        assert_eq!(held(&other, &ns, 8), vec![7]);
     }
 
     #[test]

@@ -478,6 +478,11 @@ impl Reader {
             ));
         }
         let next = self.stream.next_blocking(wait);
+        if let Ok(Next::End) = next {
+            // Part of the consumer's wait: what this epoch's reads left to
+            // do in the background (a cache's admissions) is done first.
+            self.table.settle();
+        }
         let now = Instant::now();
         if let Some(counter) = self.counting.as_mut() {
             counter.waited(now - asked);
