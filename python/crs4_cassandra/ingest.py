@@ -394,11 +394,11 @@ class Writer:
         if not isinstance(data, (bytes, bytearray)):
             data = bytes(data)
         label = r.get("label")
+        label_id: int | None = None
         if "label_id" in r:
             label_id = r["label_id"]
-        else:
-            integral = isinstance(label, (int, np.integer)) and not isinstance(label, bool)
-            label_id = int(label) if integral else None
+        elif isinstance(label, (int, np.integer)) and not isinstance(label, bool):
+            label_id = int(label)
         checked, rejected = False, None
         if self.validate and data and not (data[:2] == JPEG_MAGIC or data[:8] == PNG_MAGIC):
             # A format the Rust decoder does not read: PIL says whether it is an image.

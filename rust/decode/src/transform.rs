@@ -151,7 +151,7 @@ impl TransformSpec {
 /// CenterCrop places its box.
 fn centre_offset(extra: u32) -> u32 {
     let half = extra / 2;
-    if extra % 2 == 0 || half % 2 == 0 {
+    if extra.is_multiple_of(2) || half.is_multiple_of(2) {
         half
     } else {
         half + 1
@@ -165,7 +165,10 @@ pub fn apply(bytes: &[u8], spec: &TransformSpec) -> Result<Vec<u8>, TransformErr
 }
 
 /// As [`apply`], borrowing the input when it passes through unchanged.
-pub fn apply_cow<'a>(bytes: &'a [u8], spec: &TransformSpec) -> Result<Cow<'a, [u8]>, TransformError> {
+pub fn apply_cow<'a>(
+    bytes: &'a [u8],
+    spec: &TransformSpec,
+) -> Result<Cow<'a, [u8]>, TransformError> {
     if spec.is_identity() {
         return Ok(Cow::Borrowed(bytes));
     }
@@ -364,10 +367,18 @@ mod tests {
         assert_eq!(s.output_size(500, 375), (341, 256));
         assert_eq!(s.output_size(375, 500), (256, 341));
         assert_eq!(s.output_size(200, 100), (200, 100), "smaller: kept");
-        assert_eq!(s.output_size(256, 999), (256, 999), "shorter side already N");
+        assert_eq!(
+            s.output_size(256, 999),
+            (256, 999),
+            "shorter side already N"
+        );
         let c = spec(Some(256), true, None, false);
         assert_eq!(c.output_size(500, 375), (256, 256));
-        assert_eq!(c.output_size(200, 100), (100, 100), "crop of an image kept small");
+        assert_eq!(
+            c.output_size(200, 100),
+            (100, 100),
+            "crop of an image kept small"
+        );
         assert_eq!(spec(None, true, None, false).output_size(9, 4), (4, 4));
         // torchvision's CenterCrop: round((w - side) / 2), half to even.
         assert_eq!(c.crop_box(341, 256), (42, 0, 256, 256)); // 42.5 -> 42
@@ -419,7 +430,11 @@ mod tests {
         let low = apply(&j, &q).unwrap();
         assert_ne!(low, j);
         assert!(low.len() < j.len(), "quality 30 is smaller than 95");
-        assert_eq!(apply(&p, &q).unwrap(), p, "a PNG is not a JPEG to re-encode");
+        assert_eq!(
+            apply(&p, &q).unwrap(),
+            p,
+            "a PNG is not a JPEG to re-encode"
+        );
         let t = spec(None, false, None, true);
         assert_eq!(apply(&j, &t).unwrap(), j, "a JPEG is JPEG already");
         let converted = apply(&p, &t).unwrap();
@@ -462,7 +477,9 @@ mod tests {
                 zune_core::bit_depth::BitDepth::Eight,
             );
             let mut out = Vec::new();
-            let px = [10u8, 20, 30, 0, 40, 50, 60, 128, 70, 80, 90, 255, 1, 2, 3, 4];
+            let px = [
+                10u8, 20, 30, 0, 40, 50, 60, 128, 70, 80, 90, 255, 1, 2, 3, 4,
+            ];
             zune_png::PngEncoder::new(&px, options)
                 .encode(&mut out)
                 .unwrap();
@@ -472,7 +489,10 @@ mod tests {
         let g = decode_rgb(&apply(&grey, &s).unwrap()).unwrap();
         assert_eq!((g.width, g.height), (2, 2));
         // Centre square of a 4x2 image: columns 1..3.
-        assert_eq!(g.pixels, [50, 50, 50, 100, 100, 100, 250, 250, 250, 25, 25, 25]);
+        assert_eq!(
+            g.pixels,
+            [50, 50, 50, 100, 100, 100, 250, 250, 250, 25, 25, 25]
+        );
         let out = apply(&rgba, &spec(None, false, None, true)).unwrap();
         let c = decode_rgb(&out).unwrap();
         assert_eq!((c.width, c.height), (2, 2));

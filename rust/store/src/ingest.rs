@@ -320,8 +320,8 @@ struct Prepared {
 fn prepare(rows: Vec<IngestRow>, config: &WriterConfig) -> Prepared {
     use rayon::prelude::*;
     let spec = config.transform;
-    let results: Vec<std::result::Result<Option<Vec<u8>>, String>> =
-        crs4_cassandra_decode::pool().install(|| {
+    let results: Vec<std::result::Result<Option<Vec<u8>>, String>> = crs4_cassandra_decode::pool()
+        .install(|| {
             rows.par_iter()
                 .map(|row| {
                     if let Some(why) = &row.rejected {
@@ -334,9 +334,9 @@ fn prepare(rows: Vec<IngestRow>, config: &WriterConfig) -> Prepared {
                             check_image(&row.data).map(|_| None)
                         }
                         Ok(Cow::Borrowed(_)) => Ok(None),
-                        Err(e) if row.data.is_empty() => {
-                            Err(check_image(&row.data).err().unwrap_or_else(|| rejection(&e)))
-                        }
+                        Err(e) if row.data.is_empty() => Err(check_image(&row.data)
+                            .err()
+                            .unwrap_or_else(|| rejection(&e))),
                         Err(e) => Err(rejection(&e)),
                     }
                 })
@@ -380,7 +380,10 @@ fn prepare(rows: Vec<IngestRow>, config: &WriterConfig) -> Prepared {
 /// Errors worth writing the chunk again for: the store's own retries gave up
 /// on a timeout or a lost connection.
 fn transient(e: &StoreError) -> bool {
-    matches!(e, StoreError::Timeout { .. } | StoreError::Connection { .. })
+    matches!(
+        e,
+        StoreError::Timeout { .. } | StoreError::Connection { .. }
+    )
 }
 
 /// Adds which chunk failed, and after how many attempts, to a store error,
@@ -591,7 +594,11 @@ mod tests {
                 "not a JPEG or PNG image (first bytes 6a 75 6e 6b)".to_string()
             )]
         );
-        let want: Vec<Uuid> = rows.iter().filter(|r| r.key.as_deref() != Some("k3")).map(|r| r.id).collect();
+        let want: Vec<Uuid> = rows
+            .iter()
+            .filter(|r| r.key.as_deref() != Some("k3"))
+            .map(|r| r.id)
+            .collect();
         assert_eq!(s.ids, want, "input order");
         assert!(s.max_in_flight >= 1 && s.max_in_flight <= 2);
         let again = run(rows);
@@ -684,7 +691,9 @@ mod tests {
         config.backoff = Duration::from_millis(1);
         config.window = 1;
         let mut w = IngestWriter::new(store, config)?;
-        let rows = (0..5).map(|i| row("t", &format!("k{i}"), png(), i)).collect();
+        let rows = (0..5)
+            .map(|i| row("t", &format!("k{i}"), png(), i))
+            .collect();
         runtime().block_on(async move {
             w.write(rows).await?;
             w.close().await
@@ -699,7 +708,10 @@ mod tests {
         let msg = e.to_string();
         assert!(matches!(e, StoreError::Timeout { .. }), "{msg}");
         assert!(msg.contains("into table \"t\""), "{msg}");
-        assert!(msg.contains(&sample_uuid("t", "k0", 0).to_string()), "{msg}");
+        assert!(
+            msg.contains(&sample_uuid("t", "k0", 0).to_string()),
+            "{msg}"
+        );
         assert!(msg.contains("after 3 attempt(s)"), "{msg}");
     }
 
