@@ -271,6 +271,31 @@ def test_cli_ingest_folder_with_transforms(tmp_path: Path) -> None:
     assert r.returncode == 0 and "resumed: 6 of them" in r.stdout, r.stdout + r.stderr
 
 
+def test_cli_ingest_multilabel_with_transforms(tmp_path: Path) -> None:
+    src = tmp_path / "corel"
+    (src / "images").mkdir(parents=True)
+    samples = []
+    for i in range(4):
+        (src / "images" / f"{i}.png").write_bytes(picture((50, 40), i, "PNG"))
+        samples.append({"image_name": f"{i}.png", "image_labels": ["sky", "sea"][: 1 + i % 2]})
+    (src / "train.json").write_text(json.dumps({"labels": ["sea", "sky"], "samples": samples}))
+    url = f"local:{tmp_path / 'st'}"
+    r = subprocess.run(
+        [sys.executable, "-m", "crs4_cassandra.cli", "ingest", "multilabel", str(src)]
+        + ["--store", url, "--table", "ml", "-q", "--resize-shorter", "20", "--to-jpeg"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert r.returncode == 0 and "wrote 4 samples" in r.stdout, r.stdout + r.stderr
+    st = cc.open_store(url)
+    for m in st.scan_metadata("ml_metadata"):
+        label, data = st.get("ml", bytes(m[0]), "blob")
+        with Image.open(io.BytesIO(data)) as im:
+            assert (im.format, im.size) == ("JPEG", (25, 20))
+        assert np.load(io.BytesIO(label)).sum() == len(str(m[2]).split("|"))
+
+
 def test_segmentation_refuses_resizing_but_reencodes(tmp_path: Path) -> None:
     src = tmp_path / "ade"
     (src / "images").mkdir(parents=True)
