@@ -180,7 +180,12 @@ def test_every_example_readme_has_a_tested_recipe() -> None:
     readmes = {r.readme for r in RECIPES}
     for ex in ("imagenette", "ade20k", "corel5k", "lightning", "splitfile"):
         assert f"examples/{ex}/README.md" in readmes, ex
-    assert {r.name for r in RECIPES if r.readme == "README.md"} == {"quickstart", "arrays"}
+    assert {r.name for r in RECIPES if r.readme == "README.md"} == {
+        "quickstart",
+        "arrays",
+        "transforms",
+        "one-writer-for-every-engine",
+    }
     # The top-level README's example block is imagenette's, run once.
     top = (EXAMPLES.parent / "README.md").read_text()
     assert (
@@ -200,6 +205,20 @@ def extra_checks(r: Recipe, stdout: str, work: Path) -> None:
         assert arrays.names(store) == ["scans/volume", "slide-1"]
         slide = arrays.open(store, "slide-1")
         assert (slide[2047, 0] == 200).all() and (slide[2048, 0] == 0).all()
+    elif r.id == "README.md:transforms":
+        import io
+
+        from PIL import Image
+
+        sf = cc.SplitFile.load(work / "small.split")
+        want = {"resize_shorter": 40, "center_crop": True, "jpeg_quality": 90}
+        assert sf.info["transform"] == want
+        store = cc.open_store(f"local:{work / 'small'}")
+        for u in np.concatenate([sf.uuids("train"), sf.uuids("val")]):
+            with Image.open(io.BytesIO(store.get("imagenette", bytes(u))[1])) as im:
+                assert (im.format, im.size) == ("JPEG", (40, 40))
+    elif r.id == "README.md:one-writer-for-every-engine":
+        assert "img/notes.png: not an image (PIL: cannot identify image file)" in stdout, stdout
     elif r.readme == "examples/imagenette/README.md":
         src = work / "imagenette-standin"
         assert sorted(p.name for p in src.iterdir()) == ["train", "val"]
