@@ -27,7 +27,7 @@ from ray.data import Datasink, Datasource, ReadTask
 from ray.data.block import Block, BlockAccessor, BlockMetadata
 
 from . import _native
-from .errors import InvalidArgumentError, TableExistsError
+from .errors import InvalidArgumentError, SchemaError, TableExistsError, TableNotFoundError
 from .ingest import (
     IngestReport,
     Transform,
@@ -70,7 +70,7 @@ def _open(url: str, options: Mapping[str, Any], *, create: bool = False) -> _nat
     return _native.open_store(url, options=given or None)
 
 
-class StoreDatasink(Datasink[WriteSummary]):  # type: ignore[misc]
+class StoreDatasink(Datasink[WriteSummary]):
     """Writes a Ray Dataset into ``table`` of the store at ``url`` (local or
     Cassandra): ``ds.write_datasink(StoreDatasink(url, table, label_type="int"))``.
 
@@ -274,7 +274,7 @@ def _read_shard(
         reader.close()
 
 
-class SplitDatasource(Datasource):  # type: ignore[misc]
+class SplitDatasource(Datasource):
     """The samples of a split (or of every split) of a split file, as a Ray
     Datasource of ``{id, label, data}`` rows: ``id`` the uuid string, ``label``
     an int, bytes or None after the file's label type, ``data`` the encoded
@@ -291,7 +291,7 @@ class SplitDatasource(Datasource):  # type: ignore[misc]
         batch_size: int = 256,
         **store_options: Any,
     ) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]
         sf = split_file if isinstance(split_file, SplitFile) else SplitFile.load(split_file)
         names = sf.names() if split is None else [split] if isinstance(split, str) else list(split)
         parts = [sf.uuids(n) for n in names]
@@ -387,9 +387,10 @@ def read_split(
     ``batch_size`` samples a request, concurrently. ``store_options`` are
     those of :func:`crs4_cassandra.open_store`."""
     source = SplitDatasource(url, split_file, split, batch_size=batch_size, **store_options)
-    return ray.data.read_datasource(
+    ds: ray.data.Dataset = ray.data.read_datasource(
         source, override_num_blocks=override_num_blocks, concurrency=concurrency
     )
+    return ds
 
 
 # --- the folder ingest on Ray ----------------------------------------------
@@ -467,7 +468,7 @@ def ingest_folder(
     if resume:
         try:
             done = {bytes(r[0]) for r in st.scan_metadata(metadata_table)}
-        except Exception:
+        except TableNotFoundError:
             done = set()
     elif not overwrite:
         _refuse_existing(st, table)
@@ -522,14 +523,12 @@ def ingest_folder(
 
 def _refuse_existing(st: _native.Store, table: str) -> None:
     """What the single-process ingest says of an existing table."""
-    from .errors import TableNotFoundError
-
     try:
         st.check_table(table, "int")
     except TableNotFoundError:
         return
-    except Exception:
-        pass  # exists, with another label type: refused below all the same
+    except SchemaError:
+        pass  # exists, with another label type: refused all the same
     err = TableExistsError(
         f"table {table!r} exists in {st.url}: pass overwrite=True (--overwrite) to replace "
         "it, or resume=True (--resume) to finish an interrupted ingest into it"
