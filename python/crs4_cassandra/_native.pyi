@@ -15,14 +15,18 @@ __all__ = [
     "Reader",
     "ReaderConfig",
     "Store",
+    "Writer",
     "array_create",
     "array_delete",
     "array_list",
     "array_open",
     "guess_next_epoch",
     "merge_stats",
+    "check_image",
     "open_store",
     "read_split_file",
+    "sample_uuid",
+    "transform_image",
     "write_split_file",
 ]
 
@@ -240,6 +244,54 @@ class Reader:
     def close(self) -> None: ...
     def stats(self) -> str: ...
 
+# (id, key, label, data, metadata label, label_name, path, split, checked, rejected)
+_WriterRow = tuple[
+    bytes,
+    str | None,
+    int | bytes | None,
+    bytes | bytearray,
+    int | None,
+    str | None,
+    str | None,
+    str | None,
+    bool,
+    str | None,
+]
+
+@final
+class Writer:
+    def __new__(
+        cls,
+        store: Store,
+        table: str,
+        *,
+        label_type: Literal["int", "blob", "none"] = "int",
+        metadata_table: str | None = None,
+        window: int = 4,
+        chunk: int = 64,
+        resize_shorter: int | None = None,
+        center_crop: bool = False,
+        jpeg_quality: int | None = None,
+        to_jpeg: bool = False,
+        validate: bool = True,
+        retries: int = 3,
+        backoff: float = 0.2,
+    ) -> Writer: ...
+    def write(self, rows: list[_WriterRow]) -> None: ...
+    def close(self) -> dict[str, Any]: ...
+    def drain(self) -> None: ...
+    def abort(self) -> None: ...
+
+def sample_uuid(table: str, key: str, occurrence: int = 0) -> bytes: ...
+def check_image(data: bytes | bytearray) -> str | None: ...
+def transform_image(
+    data: bytes | bytearray,
+    *,
+    resize_shorter: int | None = None,
+    center_crop: bool = False,
+    jpeg_quality: int | None = None,
+    to_jpeg: bool = False,
+) -> bytes: ...
 def open_store(url: str, create: bool = False, options: dict[str, Any] | None = None) -> Store: ...
 def guess_next_epoch(previous: int | None, current: int) -> int | None: ...
 def merge_stats(parts: list[str]) -> str | None: ...

@@ -9,6 +9,47 @@ from typing import Any
 from .errors import LoaderError, StoreConnectionError, StoreIOError, StoreTimeoutError
 
 
+def add_transform_args(p: argparse.ArgumentParser) -> None:
+    """The ingest transform flags (--resize-shorter, --center-crop,
+    --jpeg-quality, --to-jpeg); :func:`transform_from_args` reads them."""
+    g = p.add_argument_group(
+        "transforms",
+        "applied once, as images are written (Rust, on the writer's threads); "
+        "JPEG and PNG inputs",
+    )
+    g.add_argument(
+        "--resize-shorter",
+        type=int,
+        metavar="N",
+        help="shorter side to N pixels, aspect kept (bicubic, as Pillow's resize); "
+        "smaller images keep their size",
+    )
+    g.add_argument(
+        "--center-crop", action="store_true", help="then keep the centre square (N x N)"
+    )
+    g.add_argument(
+        "--jpeg-quality",
+        type=int,
+        metavar="Q",
+        help="re-encode JPEGs at quality Q (1-100; default 90 for images re-encoded anyway)",
+    )
+    g.add_argument("--to-jpeg", action="store_true", help="store PNGs (and JPEG outputs) as JPEG")
+
+
+def transform_from_args(args: argparse.Namespace) -> Any:
+    """The :class:`~crs4_cassandra.ingest.Transform` the flags of
+    :func:`add_transform_args` ask for, None when none is given."""
+    from .ingest import Transform
+
+    t = Transform(
+        resize_shorter=getattr(args, "resize_shorter", None),
+        center_crop=getattr(args, "center_crop", False),
+        jpeg_quality=getattr(args, "jpeg_quality", None),
+        to_jpeg=getattr(args, "to_jpeg", False),
+    )
+    return None if t.is_identity() else t
+
+
 def _ingest_folder(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from . import ray as ray_ingest
@@ -23,6 +64,7 @@ def _ingest_folder(args: argparse.Namespace) -> int:
             split_file=args.split_file,
             overwrite=args.overwrite,
             resume=args.resume,
+            transform=transform_from_args(args),
             progress=not args.quiet,
             **_connection_options(args),
         )
@@ -39,6 +81,7 @@ def _ingest_folder(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resume=args.resume,
         progress=not args.quiet,
+        transform=transform_from_args(args),
     )
     print(report.summary())
     if args.split_file:
@@ -189,6 +232,7 @@ def _ingest_segmentation(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resume=args.resume,
         progress=not args.quiet,
+        transform=transform_from_args(args),
     )
     return _report(report, args)
 
@@ -208,6 +252,7 @@ def _ingest_multilabel(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
         resume=args.resume,
         progress=not args.quiet,
+        transform=transform_from_args(args),
     )
     return _report(report, args)
 
@@ -473,6 +518,7 @@ def build_parser() -> argparse.ArgumentParser:
     folder.add_argument("--split-file", help="where to write the split file")
     _write_mode_args(folder)
     folder.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    add_transform_args(folder)
     add_ray_argument(folder)
     folder.set_defaults(func=_ingest_folder)
 
@@ -486,6 +532,8 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--images", default="images", help="images folder under SRC")
     seg.add_argument("--annotations", default="annotations", help="masks folder under SRC")
     seg.add_argument("--classes", help="name of each mask value: a,b,c or @file (one a line)")
+    # Re-encoding only: resizing or cropping the images would leave their masks behind.
+    add_transform_args(seg)
     seg.set_defaults(func=_ingest_segmentation)
 
     ml = isub.add_parser(
@@ -499,6 +547,7 @@ def build_parser() -> argparse.ArgumentParser:
     ml.add_argument(
         "--labels", nargs="+", help="label files (default: every SRC/*.json; each one a split)"
     )
+    add_transform_args(ml)
     ml.set_defaults(func=_ingest_multilabel)
 
     arr = isub.add_parser(

@@ -1,5 +1,11 @@
 """Ingest datasets into a store: the data table (id, label, data), the metadata
-table (id, label, label_name, path, split) and a split file."""
+table (id, label, label_name, path, split) and a split file.
+
+Every ingest writes through one :class:`Writer` (the Rust core's per-partition
+writer): the ``ingest`` commands here, and Ray or Spark tasks writing their
+partitions. Images may be transformed once, as they are written
+(:class:`Transform`), on the writer's threads, without the GIL.
+"""
 
 from __future__ import annotations
 
@@ -8,10 +14,12 @@ import os
 import re
 import sys
 import uuid as uuidlib
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections import defaultdict, deque
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from types import TracebackType
+from typing import Any, TypeVar
 
 import numpy as np
 from PIL import Image
@@ -64,21 +72,30 @@ class IngestReport:
         return "\n".join(lines)
 
 
+JPEG_MAGIC = b"\xff\xd8"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
 def check_image(data: bytes) -> str | None:
-    """None if ``data`` decodes as an image, else the reason it does not: "empty
-    file (0 bytes)", "not an image (...)", "truncated image (...)" or "cannot
-    decode (...)", PIL's own words in the brackets."""
+    """None if ``data`` decodes as an image, else the reason it does not:
+    "empty file (0 bytes)", "not an image (...)", "truncated image (...)" or
+    "cannot decode (...)". JPEGs and PNGs are decoded whole by the Rust
+    decoder the loader reads them with; other formats (GIF, BMP, WebP, TIFF)
+    are checked by PIL, whose words are in the brackets."""
+    if not data:
+        return "empty file (0 bytes)"
+    if data.startswith(JPEG_MAGIC) or data.startswith(PNG_MAGIC):
+        return _native.check_image(data)
+    return _pil_check(data)
+
+
+def _pil_check(data: bytes) -> str | None:
     import io
 
     from PIL import UnidentifiedImageError
 
-    if not data:
-        return "empty file (0 bytes)"
     try:
         with Image.open(io.BytesIO(data)) as im:
-            # Decoding at 1/8 scale (JPEG DCT scaling) still reads the whole
-            # entropy-coded stream, at a fraction of the cost of a full decode.
-            im.draft("RGB", (max(1, im.width // 8), max(1, im.height // 8)))
             im.load()
         return None
     except UnidentifiedImageError:
@@ -154,18 +171,318 @@ def open_for_writing(store: str | _native.Store) -> _native.Store:
 
 
 # A sample's id is a uuid5 of the table's name and the source file's path under
-# the source folder, so that running an ingest again (``resume``) gives every
-# sample the id the first run gave it: a resumed ingest ends with the ids, the
-# rows and the split file an uninterrupted one writes.
+# the source folder (computed by the Rust core, for every engine alike), so that
+# running an ingest again (``resume``), or a retried task of a distributed one,
+# gives every sample the id the first run gave it: a resumed ingest ends with the
+# ids, the rows and the split file an uninterrupted one writes.
 ID_NAMESPACE = uuidlib.UUID("5d0c3b7e-8a4f-5c1e-9b2d-6f7a8e9c0d1b")
 
 
 def sample_uuid(table: str, path: str, occurrence: int = 0) -> bytes:
     """The id ingest gives the sample of ``path`` (relative to the source, with
     "/") in ``table``; ``occurrence`` counts earlier samples of the same path
-    (a multilabel list may name an image twice)."""
-    name = f"{table}\n{path}" if occurrence == 0 else f"{table}\n{path}\n{occurrence}"
-    return uuidlib.uuid5(ID_NAMESPACE, name).bytes
+    (a multilabel list may name an image twice): the uuid5, in ID_NAMESPACE, of
+    "table\npath", or "table\npath\noccurrence" past the first."""
+    return _native.sample_uuid(table, path, occurrence)
+
+
+@dataclass(frozen=True)
+class Transform:
+    """What to do to each image as it is written; ``Transform()`` does nothing
+    and leaves the bytes as they are.
+
+    ``resize_shorter=N``: the shorter side to N pixels, the longer to
+    ``floor(N * long / short)`` (as ``torchvision.transforms.Resize(N)``), with
+    Pillow's default filter (bicubic, antialiased); an image whose shorter side
+    is N or less keeps its size (never upscaled). ``center_crop``: then keep the
+    centre square (N x N when resized; the shorter side otherwise).
+    ``jpeg_quality=Q``: JPEGs (and JPEG outputs) encoded at Q, 1-100 (default
+    90 where an image is re-encoded). ``to_jpeg``: PNGs stored as JPEG.
+
+    Re-encoded images are 8-bit RGB (grey becomes RGB, alpha is dropped, EXIF
+    is not kept); a PNG stays PNG (lossless) unless ``to_jpeg``. An image whose
+    pixels do not change (already small enough, no crop) and that is not to be
+    re-encoded keeps its bytes. Transforms read JPEG and PNG; other formats
+    are rejected when a transform is asked for.
+    """
+
+    resize_shorter: int | None = None
+    center_crop: bool = False
+    jpeg_quality: int | None = None
+    to_jpeg: bool = False
+
+    def __post_init__(self) -> None:
+        if self.resize_shorter is not None and self.resize_shorter < 1:
+            raise InvalidArgumentError(
+                f"resize_shorter must be 1 or more, got {self.resize_shorter}"
+            )
+        if self.jpeg_quality is not None and not 1 <= self.jpeg_quality <= 100:
+            raise InvalidArgumentError(f"jpeg_quality must be in 1..100, got {self.jpeg_quality}")
+
+    def is_identity(self) -> bool:
+        return self == Transform()
+
+    def changes_geometry(self) -> bool:
+        """Whether images change size (a mask stored beside one would not match)."""
+        return self.resize_shorter is not None or self.center_crop
+
+    def options(self) -> dict[str, Any]:
+        """The parameters that are set, as keyword arguments."""
+        return {k: v for k, v in asdict(self).items() if v not in (None, False)}
+
+    def apply(self, data: bytes) -> bytes:
+        """``data`` transformed as the writer transforms it (the Rust core's
+        code); raises InvalidArgumentError with the reason if it cannot be."""
+        return _native.transform_image(data, **self.options())
+
+
+@dataclass
+class WriteSummary:
+    """What a :class:`Writer` wrote: rows and data bytes (after transforms),
+    the rows rejected as (key or id, reason), the ids written in input order;
+    ``max_in_flight`` is the most chunks that were written at once and
+    ``retries`` the chunk writes repeated after transient store errors."""
+
+    rows_written: int = 0
+    bytes_written: int = 0
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    ids: list[bytes] = field(default_factory=list)
+    max_in_flight: int = 0
+    retries: int = 0
+
+    def merge(self, other: WriteSummary) -> WriteSummary:
+        """Both summaries as one (of two partitions, say): self's rows first."""
+        return WriteSummary(
+            self.rows_written + other.rows_written,
+            self.bytes_written + other.bytes_written,
+            self.rejected + other.rejected,
+            self.ids + other.ids,
+            max(self.max_in_flight, other.max_in_flight),
+            self.retries + other.retries,
+        )
+
+    def summary(self) -> str:
+        lines = [f"wrote {self.rows_written} rows ({self.bytes_written:,} bytes of data)"]
+        if self.retries:
+            lines.append(f"{self.retries} chunk writes repeated after transient errors")
+        if self.rejected:
+            lines.append(f"rejected {len(self.rejected)} rows:")
+            lines += [f"  {key}: {why}" for key, why in self.rejected]
+        return "\n".join(lines)
+
+
+# Chunks a Writer keeps in flight unless told otherwise.
+DEFAULT_WINDOW = 4
+
+RowId = bytes | uuidlib.UUID | str
+
+
+def _row_id(value: RowId | None, key: str | None, table: str, n: int) -> bytes:
+    if value is None:
+        if key is None:
+            raise InvalidArgumentError(f"row {n} has neither an id nor a key to derive it from")
+        return sample_uuid(table, key)
+    if isinstance(value, uuidlib.UUID):
+        return value.bytes
+    if isinstance(value, str):
+        try:
+            return uuidlib.UUID(value).bytes
+        except ValueError:
+            raise InvalidArgumentError(f"row {n}: id {value!r} is not a uuid") from None
+    b = bytes(value)
+    if len(b) != 16:
+        raise InvalidArgumentError(f"row {n}: id must be 16 bytes, got {len(b)}")
+    return b
+
+
+class Writer:
+    """Writes rows into ``table`` of ``store`` and metadata rows into
+    ``metadata_table`` (default ``<table>_metadata``; False: none), the same
+    way for every engine: the ``ingest`` commands, Ray and Spark tasks.
+
+    Rows are dicts: ``id`` (16 bytes, uuid.UUID or uuid string; None: derived
+    from ``key`` with :func:`sample_uuid`, so a retried task writes the same
+    ids), ``key`` (names the row in rejections), ``label`` (int, bytes or None),
+    ``data`` (bytes), and the metadata ``label_id`` (default: the label if an
+    int), ``label_name``, ``path``, ``split``.
+
+    They are written ``chunk`` at a time, data rows before metadata rows (a
+    metadata row implies its sample), at most ``window`` chunks in flight:
+    :meth:`write` waits, without the GIL, when that many are. Chunks failing
+    with a transient store error (timeout, lost connection) are written again,
+    ``retries`` times at most; then :meth:`write` or :meth:`close` raises,
+    naming the table and the chunk's first id. With ``validate`` a row whose
+    data is not a decodable image is rejected (reported with its key and the
+    reason, see :func:`check_image`), as is one whose ``transform`` fails.
+
+    ``create`` creates the tables if missing (checks their label type if not);
+    ``overwrite`` replaces them. Without either the data table must exist.
+    """
+
+    def __init__(
+        self,
+        store: str | _native.Store,
+        table: str,
+        *,
+        label_type: LabelType = "int",
+        metadata_table: str | bool | None = None,
+        create: bool = False,
+        overwrite: bool = False,
+        window: int | None = None,
+        chunk: int = 64,
+        transform: Transform | None = None,
+        validate: bool = True,
+        retries: int = 3,
+    ) -> None:
+        if chunk < 1:
+            raise InvalidArgumentError(f"chunk must be 1 or more, got {chunk}")
+        if window is not None and window < 1:
+            raise InvalidArgumentError(f"window must be 1 or more, got {window}")
+        self.store = open_for_writing(store)
+        self.table = table
+        if metadata_table is None or metadata_table is True:
+            self.metadata_table: str | None = f"{table}_metadata"
+        elif metadata_table is False:
+            self.metadata_table = None
+        else:
+            self.metadata_table = metadata_table
+        self.transform = transform or Transform()
+        self.validate = validate
+        self.chunk = chunk
+        if create or overwrite:
+            create_tables(
+                self.store,
+                table,
+                self.metadata_table or f"{table}_metadata",
+                label_type,
+                overwrite=overwrite,
+            )
+        else:
+            self.store.check_table(table, label_type)
+        self._native = _native.Writer(
+            self.store,
+            table,
+            label_type=label_type,
+            metadata_table=self.metadata_table,
+            window=window or DEFAULT_WINDOW,
+            chunk=chunk,
+            validate=validate,
+            retries=retries,
+            **self.transform.options(),
+        )
+        self._rows: list[tuple[Any, ...]] = []
+        self._count = 0
+        self._summary: WriteSummary | None = None
+
+    def write(self, rows: Iterable[Mapping[str, Any]]) -> None:
+        """Queues rows; returns at once unless ``window`` chunks are in flight."""
+        if self._summary is not None:
+            raise InvalidArgumentError(f"the writer of table {self.table!r} is closed")
+        for r in rows:
+            self._rows.append(self._convert(r))
+            if len(self._rows) >= self.chunk:
+                self._send()
+
+    def _convert(self, r: Mapping[str, Any]) -> tuple[Any, ...]:
+        n = self._count
+        self._count += 1
+        key = r.get("key")
+        uid = _row_id(r.get("id"), key, self.table, n)
+        data = r.get("data")
+        if data is None:
+            raise InvalidArgumentError(f"row {key or uuidlib.UUID(bytes=uid)} has no data")
+        if not isinstance(data, (bytes, bytearray)):
+            data = bytes(data)
+        label = r.get("label")
+        if "label_id" in r:
+            label_id = r["label_id"]
+        else:
+            integral = isinstance(label, (int, np.integer)) and not isinstance(label, bool)
+            label_id = int(label) if integral else None
+        checked, rejected = False, None
+        if self.validate and data and not (data[:2] == JPEG_MAGIC or data[:8] == PNG_MAGIC):
+            # A format the Rust decoder does not read: PIL says whether it is an image.
+            rejected = _pil_check(bytes(data))
+            checked = rejected is None
+        return (
+            uid,
+            key,
+            label,
+            data,
+            label_id,
+            r.get("label_name"),
+            r.get("path"),
+            r.get("split"),
+            checked,
+            rejected,
+        )
+
+    def _send(self) -> None:
+        rows, self._rows = self._rows, []
+        self._native.write(rows)
+
+    def close(self) -> WriteSummary:
+        """Writes what is queued, waits for every chunk and says what was
+        written; raises the first chunk's failure. Closing again returns the
+        same summary."""
+        if self._summary is None:
+            if self._rows:
+                self._send()
+            d = self._native.close()
+            ids = d["ids"]
+            self._summary = WriteSummary(
+                rows_written=d["rows_written"],
+                bytes_written=d["bytes_written"],
+                rejected=list(d["rejected"]),
+                ids=[ids[i : i + 16] for i in range(0, len(ids), 16)],
+                max_in_flight=d["max_in_flight"],
+                retries=d["retries"],
+            )
+        return self._summary
+
+    def abort(self, *, wait: bool = False) -> None:
+        """Stops: drops the rows not yet sent and the chunks in flight, or with
+        ``wait`` lets those finish first (Ctrl-C stops the wait). What was
+        written stays; writing the same rows again completes it."""
+        self._rows = []
+        if wait:
+            try:
+                self._native.drain()
+                return
+            except BaseException:
+                self._native.abort()
+                raise
+        self._native.abort()
+
+    def __enter__(self) -> Writer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def create_tables(
+    st: _native.Store,
+    table: str,
+    metadata_table: str,
+    label_type: LabelType,
+    *,
+    overwrite: bool = False,
+) -> None:
+    """Creates the data and metadata tables; existing ones are kept (their
+    label type checked) unless ``overwrite``, which replaces them."""
+    try:
+        st.create_tables(table, metadata_table, label_type, overwrite=overwrite)
+    except TableExistsError:
+        st.check_table(table, label_type)
 
 
 Label = int | bytes | None
@@ -188,8 +505,8 @@ class _Sample:
 
 
 def _read_folder_file(path: Path, label: int) -> tuple[Label, bytes] | str:
-    data = path.read_bytes()
-    return check_image(data) or (label, data)
+    # The writer checks that the data is an image.
+    return (label, path.read_bytes())
 
 
 def ingest_folder(
@@ -204,6 +521,8 @@ def ingest_folder(
     resume: bool = False,
     chunk: int = 64,
     progress: bool = True,
+    transform: Transform | None = None,
+    window: int | None = None,
 ) -> IngestReport:
     """Ingests an ImageFolder layout (one sub-folder per class, optionally under
     train/ and val/ folders whose split is then kept) into ``table``
@@ -212,7 +531,9 @@ def ingest_folder(
     Files that are not decodable images are skipped, counted and listed in the
     report. Refuses to replace existing tables unless ``overwrite``; ``resume``
     finishes an interrupted ingest of the same source into them (see
-    :func:`sample_uuid`).
+    :func:`sample_uuid`; give it the same ``transform``). ``transform``
+    (a :class:`Transform`) changes the images as they are written; ``window``
+    is the chunks of ``chunk`` samples written at once (default 4).
     """
     _check_args(val_frac, chunk, overwrite, resume)
     src_path = Path(src)
@@ -245,71 +566,16 @@ def ingest_folder(
         resume=resume,
         chunk=chunk,
         progress=progress,
+        transform=transform,
+        window=window,
     )
 
 
 # Shared by the ingest functions below and ingest_folder: creating or resuming
-# the tables, writing in chunks, and the split file from the dataset's own
-# split tags or from val_frac.
+# the tables, writing through a Writer, and the split file from the dataset's
+# own split tags or from val_frac.
 
 MetadataRow = tuple[bytes, int | None, str | None, str | None, str | None]
-
-
-class SampleWriter:
-    """Writes samples and their metadata rows in chunks, counting what it wrote.
-
-    Each chunk's data rows are written before its metadata rows, so that a
-    metadata row is there only if its sample is: after an interruption the
-    metadata table says which samples are written (``resume`` trusts it)."""
-
-    def __init__(
-        self, store: _native.Store, table: str, metadata_table: str, chunk: int = 64
-    ) -> None:
-        self.store = store
-        self.table = table
-        self.metadata_table = metadata_table
-        self.chunk = chunk
-        self.ids: list[bytes] = []
-        self.tags: list[str | None] = []
-        self._pending: list[tuple[bytes, Label, bytes, MetadataRow]] = []
-
-    def add(
-        self,
-        label: Label,
-        data: bytes,
-        *,
-        label_id: int | None = None,
-        label_name: str | None = None,
-        path: str | None = None,
-        tag: str | None = None,
-        uid: bytes | None = None,
-    ) -> bytes:
-        """Queues a sample (its id ``uid``, a random one if None) and returns its id."""
-        uid = uid if uid is not None else uuidlib.uuid4().bytes
-        self.ids.append(uid)
-        self.tags.append(tag)
-        self._pending.append((uid, label, data, (uid, label_id, label_name, path, tag)))
-        if len(self._pending) >= self.chunk:
-            self.flush()
-        return uid
-
-    def keep(self, uid: bytes, tag: str | None) -> None:
-        """Counts a sample that is in the tables already (written by an earlier run)."""
-        self.ids.append(uid)
-        self.tags.append(tag)
-
-    def flush(self) -> None:
-        if not self._pending:
-            return
-        p = self._pending
-        self.store.put_samples(
-            self.table, b"".join(x[0] for x in p), [x[1] for x in p], [x[2] for x in p]
-        )
-        self.store.put_metadata(self.metadata_table, [x[3] for x in p])
-        self._pending = []
-
-    def uuid_array(self) -> np.ndarray:
-        return np.frombuffer(b"".join(self.ids), dtype=np.uint8).reshape(-1, 16)
 
 
 def _ingest(
@@ -327,6 +593,8 @@ def _ingest(
     resume: bool,
     chunk: int,
     progress: bool,
+    transform: Transform | None,
+    window: int | None,
 ) -> IngestReport:
     """Writes ``samples`` (what a source lists, not yet read) into ``table``,
     skipping those an earlier run wrote when ``resume``, then the split file."""
@@ -342,30 +610,85 @@ def _ingest(
     if done:
         _check_resumable(done, samples, ids, table, metadata_table, src)
     report = IngestReport(table=table, metadata_table=metadata_table)
-    w = SampleWriter(st, table, metadata_table, chunk)
-    for s, uid in progress_bar(list(zip(samples, ids, strict=True)), f"ingest {table}", progress):
-        if uid in done:
-            w.keep(uid, s.tag)
-            report.resumed += 1
-        else:
+    unread: dict[int, str] = {}
+    w = Writer(
+        st,
+        table,
+        label_type=label_type,
+        metadata_table=metadata_table,
+        chunk=chunk,
+        window=window,
+        transform=transform,
+    )
+    try:
+        for i, (s, uid) in enumerate(
+            progress_bar(list(zip(samples, ids, strict=True)), f"ingest {table}", progress)
+        ):
+            if uid in done:
+                report.resumed += 1
+                continue
             got = s.read()
             if isinstance(got, str):
-                report.skipped.append((s.path, got))
+                unread[i] = got
                 continue
             label, data = got
-            w.add(
-                label,
-                data,
-                label_id=s.label_id,
-                label_name=s.label_name,
-                path=s.path,
-                tag=s.tag,
-                uid=uid,
+            w.write(
+                [
+                    {
+                        "id": uid,
+                        "key": s.path,
+                        "label": label,
+                        "data": data,
+                        "label_id": s.label_id,
+                        "label_name": s.label_name,
+                        "path": s.path,
+                        "split": s.tag,
+                    }
+                ]
             )
-        for c in s.counts:
-            report.per_class[c] = report.per_class.get(c, 0) + 1
-    w.flush()
-    return _finish(report, w, st, label_type, classes, src, val_frac, seed, split_file)
+        summary = w.close()
+    except KeyboardInterrupt:
+        # The chunks already sent are finished: what --resume trusts is whole.
+        w.abort(wait=True)
+        raise
+    except BaseException:
+        w.abort()
+        raise
+    # What the writer rejected, by path, in input order.
+    rejected: defaultdict[str, deque[str]] = defaultdict(deque)
+    for key, why in summary.rejected:
+        rejected[key].append(why)
+    written = set(summary.ids)
+    kept: list[bytes] = []
+    tags: list[str | None] = []
+    for i, (s, uid) in enumerate(zip(samples, ids, strict=True)):
+        if uid in done or uid in written:
+            kept.append(uid)
+            tags.append(s.tag)
+            for c in s.counts:
+                report.per_class[c] = report.per_class.get(c, 0) + 1
+        elif i in unread:
+            report.skipped.append((s.path, unread[i]))
+        else:
+            report.skipped.append((s.path, rejected[s.path].popleft()))
+    info: dict[str, Any] = {}
+    if transform is not None and not transform.is_identity():
+        info["transform"] = transform.options()
+    return _finish(
+        report,
+        table,
+        metadata_table,
+        kept,
+        tags,
+        st,
+        label_type,
+        classes,
+        src,
+        val_frac,
+        seed,
+        split_file,
+        info,
+    )
 
 
 def _prepare_tables(
@@ -512,6 +835,8 @@ def ingest_segmentation(
     resume: bool = False,
     chunk: int = 64,
     progress: bool = True,
+    transform: Transform | None = None,
+    window: int | None = None,
 ) -> IngestReport:
     """Ingests a segmentation dataset laid out as ADE20k is
     (``SRC/images/{training,validation}/*.jpg`` and the masks,
@@ -521,9 +846,17 @@ def ingest_segmentation(
 
     Images without a mask, and images or masks that do not decode, are skipped
     and listed in the report; the split tags of the folders are kept.
-    ``overwrite`` and ``resume`` as for :func:`ingest_folder`.
+    ``overwrite``, ``resume`` and ``window`` as for :func:`ingest_folder`;
+    ``transform`` may re-encode the images (``jpeg_quality``, ``to_jpeg``) but
+    not resize or crop them: their masks would no longer match.
     """
     _check_args(val_frac, chunk, overwrite, resume)
+    if transform is not None and transform.changes_geometry():
+        raise InvalidArgumentError(
+            "resize_shorter and center_crop (--resize-shorter, --center-crop) are not "
+            "supported for segmentation: they would resize the images but not their masks; "
+            "jpeg_quality and to_jpeg (--jpeg-quality, --to-jpeg) are"
+        )
     src_path = Path(src)
     triples = scan_segmentation_folder(src_path, images, annotations)
     samples = [
@@ -550,6 +883,8 @@ def ingest_segmentation(
         resume=resume,
         chunk=chunk,
         progress=progress,
+        transform=transform,
+        window=window,
     )
 
 
@@ -557,10 +892,10 @@ def _read_segmentation_pair(img: Path, mask: Path | None, src: Path) -> tuple[La
     if mask is None:
         return "no mask of the same name"
     data, label = img.read_bytes(), mask.read_bytes()
-    why = check_image(data)
-    if why is None and (mask_why := check_image(label)) is not None:
-        why = f"mask {mask.relative_to(src).as_posix()}: {mask_why}"
-    return why or (label, data)
+    # The writer checks the image; the mask (the label blob) is checked here.
+    if (mask_why := check_image(label)) is not None:
+        return f"mask {mask.relative_to(src).as_posix()}: {mask_why}"
+    return (label, data)
 
 
 def read_multilabel_lists(
@@ -613,6 +948,8 @@ def ingest_multilabel(
     resume: bool = False,
     chunk: int = 64,
     progress: bool = True,
+    transform: Transform | None = None,
+    window: int | None = None,
 ) -> IngestReport:
     """Ingests a multilabel dataset laid out as Corel-5k is (``SRC/images/*.jpeg``
     and ``SRC/train.json``, ``SRC/test.json`` label files): the label blob is the
@@ -620,7 +957,8 @@ def ingest_multilabel(
     metadata keeps the label names (``|``-separated), the split file the classes
     and the label files' tags as splits. Images the lists name but that are
     missing or do not decode are skipped and listed in the report.
-    ``overwrite`` and ``resume`` as for :func:`ingest_folder`.
+    ``overwrite``, ``resume``, ``transform`` and ``window`` as for
+    :func:`ingest_folder`.
     """
     _check_args(val_frac, chunk, overwrite, resume)
     src_path = Path(src)
@@ -667,6 +1005,8 @@ def ingest_multilabel(
         resume=resume,
         chunk=chunk,
         progress=progress,
+        transform=transform,
+        window=window,
     )
 
 
@@ -675,12 +1015,15 @@ def _read_multilabel_image(path: Path, label: bytes) -> tuple[Label, bytes] | st
         data = path.read_bytes()
     except OSError as e:
         return f"cannot read ({type(e).__name__}: {e.strerror or e})"
-    return check_image(data) or (label, data)
+    return (label, data)
 
 
 def _finish(
     report: IngestReport,
-    w: SampleWriter,
+    table: str,
+    metadata_table: str,
+    ids: list[bytes],
+    tags: list[str | None],
     st: _native.Store,
     label_type: LabelType,
     classes: Sequence[str],
@@ -688,20 +1031,22 @@ def _finish(
     val_frac: float,
     seed: int,
     split_file: str | os.PathLike[str] | None,
+    info: dict[str, Any],
 ) -> IngestReport:
-    report.written = len(w.ids)
+    report.written = len(ids)
     report.source = str(src)
-    if not w.ids:
+    if not ids:
         raise InvalidArgumentError(f"no decodable image in {src}")
     sf = SplitFile(
-        w.table,
+        table,
         label_type,
         classes=classes,
         store=st.url,
-        metadata_table=w.metadata_table,
-        info={"source": str(src), "seed": seed, "val_frac": val_frac},
+        metadata_table=metadata_table,
+        info={"source": str(src), "seed": seed, "val_frac": val_frac, **info},
     )
-    add_splits(sf, w.uuid_array(), w.tags, val_frac, seed)
+    uuids = np.frombuffer(b"".join(ids), dtype=np.uint8).reshape(-1, 16)
+    add_splits(sf, uuids, tags, val_frac, seed)
     if split_file is not None:
         sf.save(split_file)
     report.split_file = sf

@@ -27,16 +27,20 @@ from ray.data import Datasink, Datasource, ReadTask
 from ray.data.block import Block, BlockAccessor, BlockMetadata
 
 from . import _native
-from .errors import InvalidArgumentError, SchemaError, TableExistsError, TableNotFoundError
+from .errors import InvalidArgumentError
 from .ingest import (
     IngestReport,
     Transform,
     Writer,
     WriteSummary,
+    _check_args,
+    _check_resumable,
+    _finish,
+    _prepare_tables,
+    _Sample,
     sample_uuid,
     scan_image_folder,
 )
-from .split_builder import add_splits
 from .split_file import LabelType, SplitFile, as_uuid_array
 
 if TYPE_CHECKING:
@@ -182,7 +186,7 @@ class StoreDatasink(Datasink[WriteSummary]):
         return [{k: v[i] for k, v in cols.items()} for i in range(batch.num_rows)]
 
     def on_write_complete(self, write_result: Any) -> None:
-        total = WriteSummary(0, 0, [], [])
+        total = WriteSummary()
         for s in write_result.write_returns:
             total = total.merge(s)
         self.summary = total
@@ -215,7 +219,7 @@ def write_dataset(
     What ``ingest ... --ray`` runs after reading its source."""
     sink = StoreDatasink(url, table, label_type=label_type, **sink_options)
     ds.write_datasink(sink, concurrency=concurrency)
-    return sink.summary if sink.summary is not None else WriteSummary(0, 0, [], [])
+    return sink.summary if sink.summary is not None else WriteSummary()
 
 
 # --- reading back ----------------------------------------------------------
@@ -441,6 +445,7 @@ def ingest_folder(
     resume: bool = False,
     transform: Transform | None = None,
     chunk: int = 64,
+    window: int | None = None,
     concurrency: int | None = None,
     progress: bool = True,
     **store_options: Any,
@@ -448,38 +453,34 @@ def ingest_folder(
     """:func:`crs4_cassandra.ingest.ingest_folder` on a Ray cluster (joined at
     ``address``, or a local one): the files are read by
     ``ray.data.read_binary_files`` and written by :class:`StoreDatasink` in
-    at most ``concurrency`` tasks at once. The ids, rows, rejected files and
-    split file are those of the single-process ingest of the same folder.
-    ``resume`` writes the files the metadata table does not list yet."""
-    if overwrite and resume:
-        raise InvalidArgumentError(
-            "overwrite and resume exclude each other: overwrite starts over, "
-            "resume finishes what the tables hold"
-        )
-    if not 0.0 <= val_frac < 1.0:
-        raise InvalidArgumentError(f"val_frac must be in [0, 1), got {val_frac}")
-    root = Path(src).resolve()
+    at most ``concurrency`` tasks at once. The tables are prepared, and the
+    split file made, as the single-process ingest does (same refusals, same
+    ``resume``), so the ids, rows, rejected files and split file are those of
+    the single-process ingest of the same folder."""
+    _check_args(val_frac, chunk, overwrite, resume)
+    src_path = Path(src)
+    root = src_path.resolve()
     scan = scan_image_folder(root)
-    files = [(f, label, tag, f.relative_to(root).as_posix()) for f, label, tag in scan.files]
-    ids = [sample_uuid(table, rel) for _, _, _, rel in files]
+    rels = [f.relative_to(root).as_posix() for f, _, _ in scan.files]
+    ids = [sample_uuid(table, rel) for rel in rels]
     st = _open(store, store_options, create=True)
     metadata_table = f"{table}_metadata"
-    done: set[bytes] = set()
-    if resume:
-        try:
-            done = {bytes(r[0]) for r in st.scan_metadata(metadata_table)}
-        except TableNotFoundError:
-            done = set()
-    elif not overwrite:
-        _refuse_existing(st, table)
-    todo = [str(f) for (f, _, _, _), uid in zip(files, ids, strict=True) if uid not in done]
-    connect(address)
-    ctx = ray.data.DataContext.get_current()
-    ctx.enable_progress_bars = progress
-    summary = WriteSummary(0, 0, [], [])
+    # On the driver, before any task writes: created, replaced, or (resume)
+    # read for what an earlier run wrote.
+    done = _prepare_tables(st, table, metadata_table, "int", overwrite, resume)
+    if done:
+        samples = [
+            _Sample(rel, label, scan.classes[label], tag, lambda: "")
+            for rel, (_, label, tag) in zip(rels, scan.files, strict=True)
+        ]
+        _check_resumable(done, samples, ids, table, metadata_table, src_path)
+    todo = [str(f) for (f, _, _), uid in zip(scan.files, ids, strict=True) if uid not in done]
+    summary = WriteSummary()
     if todo:
-        ds = ray.data.read_binary_files(todo, include_paths=True)
-        rows = ds.map_batches(
+        connect(address)
+        ray.data.DataContext.get_current().enable_progress_bars = progress
+        files = ray.data.read_binary_files(todo, include_paths=True)
+        rows = files.map_batches(
             _FolderRows(str(root), scan.classes, scan.tagged), batch_format="pyarrow"
         )
         summary = write_dataset(
@@ -487,51 +488,41 @@ def ingest_folder(
             store,
             table,
             label_type="int",
-            create=True,
-            overwrite=overwrite,
+            create=False,
             transform=transform,
             chunk=chunk,
+            window=window,
             concurrency=concurrency,
             **store_options,
         )
     rejected = dict(summary.rejected)
-    report = IngestReport(table=table, metadata_table=metadata_table, source=str(src))
-    report.skipped = [(rel, rejected[rel]) for _, _, _, rel in files if rel in rejected]
-    report.resumed = sum(1 for uid in ids if uid in done)
-    kept = [(uid, f) for uid, f in zip(ids, files, strict=True) if f[3] not in rejected]
-    for _, (_, label, _, _) in kept:
+    report = IngestReport(table=table, metadata_table=metadata_table)
+    kept: list[bytes] = []
+    tags: list[str | None] = []
+    for rel, uid, (_, label, tag) in zip(rels, ids, scan.files, strict=True):
+        if rel in rejected:
+            report.skipped.append((rel, rejected[rel]))
+            continue
+        report.resumed += uid in done
+        kept.append(uid)
+        tags.append(tag)
         name = scan.classes[label]
         report.per_class[name] = report.per_class.get(name, 0) + 1
-    report.written = len(kept)
-    if not kept:
-        raise InvalidArgumentError(f"no decodable image in {src}")
-    sf = SplitFile(
+    info: dict[str, Any] = {}
+    if transform is not None and not transform.is_identity():
+        info["transform"] = transform.options()
+    return _finish(
+        report,
         table,
+        metadata_table,
+        kept,
+        tags,
+        st,
         "int",
-        classes=scan.classes,
-        store=st.url,
-        metadata_table=metadata_table,
-        info={"source": str(src), "seed": seed, "val_frac": val_frac},
+        scan.classes,
+        src_path,
+        val_frac,
+        seed,
+        split_file,
+        info,
     )
-    uuids = np.frombuffer(b"".join(uid for uid, _ in kept), dtype=np.uint8).reshape(-1, 16)
-    add_splits(sf, uuids, [f[2] for _, f in kept], val_frac, seed)
-    if split_file is not None:
-        sf.save(split_file)
-    report.split_file = sf
-    return report
-
-
-def _refuse_existing(st: _native.Store, table: str) -> None:
-    """What the single-process ingest says of an existing table."""
-    try:
-        st.check_table(table, "int")
-    except TableNotFoundError:
-        return
-    except SchemaError:
-        pass  # exists, with another label type: refused all the same
-    err = TableExistsError(
-        f"table {table!r} exists in {st.url}: pass overwrite=True (--overwrite) to replace "
-        "it, or resume=True (--resume) to finish an interrupted ingest into it"
-    )
-    err.table = table  # type: ignore[attr-defined]
-    raise err

@@ -4,6 +4,8 @@
 //! Pure Rust, no I/O: the fetch engine hands it the encoded samples of a batch
 //! and gets back one flat pixel buffer, so a batch's images stay one tensor.
 
+pub mod transform;
+
 use crs4_cassandra_core::ProcessOwned;
 use fast_image_resize as fr;
 use rayon::prelude::*;

@@ -2,7 +2,8 @@
 //! store crates; each module here converts one area's arguments and results:
 //! `store` (opening, checking and writing stores), `reader` (reader
 //! configuration, resume state, iteration), `batch` (batches as DLPack
-//! tensors), `array` (chunked N-d arrays), `split` (split files), `errors` (Rust errors to the Python
+//! tensors), `array` (chunked N-d arrays), `split` (split files), `writer` (ingest: rows
+//! written, ids, transforms), `errors` (Rust errors to the Python
 //! exception tree), `block` (blocking calls without the GIL, interruptible).
 
 mod array;
@@ -14,6 +15,7 @@ mod reader;
 mod split;
 mod store;
 mod tensor;
+mod writer;
 
 // Batch buffers are allocated on runtime threads and freed on Python's thread
 // (when the last tensor goes): glibc's per-thread arenas fragment under that
@@ -37,6 +39,10 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(array::array_open, m)?)?;
     m.add_function(wrap_pyfunction!(array::array_delete, m)?)?;
     m.add_function(wrap_pyfunction!(array::array_list, m)?)?;
+    m.add_function(wrap_pyfunction!(writer::sample_uuid, m)?)?;
+    m.add_function(wrap_pyfunction!(writer::check_image, m)?)?;
+    m.add_function(wrap_pyfunction!(writer::transform_image, m)?)?;
+    m.add_class::<writer::Writer>()?;
     m.add_class::<store::Store>()?;
     m.add_class::<array::NativeArray>()?;
     m.add_class::<array::PatchSource>()?;

@@ -11,6 +11,7 @@ pub mod cassandra;
 pub mod decode;
 pub mod engine;
 pub mod error;
+pub mod ingest;
 pub mod lmdb;
 pub mod local;
 pub mod open;
@@ -30,6 +31,7 @@ pub use crs4_cassandra_core::LabelType;
 pub use decode::DecodeOptions;
 pub use engine::{BatchStream, EngineOptions, FetchEngine};
 pub use error::{Cause, Result, StoreError};
+pub use ingest::{IngestRow, IngestWriter, RowMetadata, WriteSummary, WriterConfig};
 pub use open::{open_store, Opened};
 pub use reader::{
     check_unique_ids, read_sample, reader_ids, Layout, OnError, Reader, ReaderConfig, Share,
