@@ -14,8 +14,7 @@ def add_transform_args(p: argparse.ArgumentParser) -> None:
     --jpeg-quality, --to-jpeg); :func:`transform_from_args` reads them."""
     g = p.add_argument_group(
         "transforms",
-        "applied once, as images are written (Rust, on the writer's threads); "
-        "JPEG and PNG inputs",
+        "applied once, as images are written (Rust, on the writer's threads); JPEG and PNG inputs",
     )
     g.add_argument(
         "--resize-shorter",
@@ -24,9 +23,7 @@ def add_transform_args(p: argparse.ArgumentParser) -> None:
         help="shorter side to N pixels, aspect kept (bicubic, as Pillow's resize); "
         "smaller images keep their size",
     )
-    g.add_argument(
-        "--center-crop", action="store_true", help="then keep the centre square (N x N)"
-    )
+    g.add_argument("--center-crop", action="store_true", help="then keep the centre square (N x N)")
     g.add_argument(
         "--jpeg-quality",
         type=int,

@@ -157,12 +157,9 @@ class StoreDatasink(Datasink[WriteSummary]):
     def on_write_start(self, schema: pa.Schema | None = None) -> None:
         # On the driver, before any task writes: write tasks never race on
         # creating (or dropping) the tables.
-        data = self.columns.get("data", "data")
-        if schema is not None and data not in schema.names:
-            raise InvalidArgumentError(
-                f"the dataset has no column {data!r} for the sample bytes (its columns: "
-                f"{schema.names}); name it with columns={{'data': ...}}"
-            )
+        names = getattr(schema, "names", None)
+        if names is not None:
+            self._check_columns(list(names))
         if self.create or self.overwrite:
             store = _open(self.url, self.store_options, create=True)
             self._writer(store, create=True, overwrite=self.overwrite).close()
@@ -170,15 +167,28 @@ class StoreDatasink(Datasink[WriteSummary]):
     def write(self, blocks: Iterable[Block], ctx: TaskContext) -> WriteSummary:
         store = _open(self.url, self.store_options)
         w = self._writer(store, create=False, overwrite=False)
-        for block in blocks:
-            for batch in BlockAccessor.for_block(block).to_arrow().to_batches(self.chunk):
-                w.write(self._rows(batch))
-        summary = w.close()
+        try:
+            for block in blocks:
+                for batch in BlockAccessor.for_block(block).to_arrow().to_batches(self.chunk):
+                    w.write(self._rows(batch))
+            summary = w.close()
+        except BaseException:
+            w.abort()
+            raise
         # The ids go back to the driver in the task's result: keep it small.
         summary.ids = []
         return summary
 
+    def _check_columns(self, names: list[str]) -> None:
+        data = self.columns.get("data", "data")
+        if data not in names:
+            raise InvalidArgumentError(
+                f"the dataset has no column {data!r} for the sample bytes (its columns: "
+                f"{names}); name it with columns={{'data': ...}}"
+            )
+
     def _rows(self, batch: pa.RecordBatch) -> list[dict[str, Any]]:
+        self._check_columns(batch.schema.names)
         names = set(batch.schema.names)
         pick = {k: self.columns.get(k, k) for k in ROW_KEYS}
         pick = {k: c for k, c in pick.items() if c in names}
