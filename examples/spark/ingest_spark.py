@@ -23,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -56,6 +57,8 @@ def local_path(uri: str) -> str:
 
 
 def spark_session(jars: str | None, cassandra: tuple[str, int] | None) -> SparkSession:
+    # Local mode: the Python workers run this interpreter (and see its packages).
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
     b = (
         SparkSession.builder.master("local[2]")
         .appName("crs4_cassandra ingest")
