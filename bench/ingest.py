@@ -2,7 +2,7 @@
 local Ray cluster, into the local store and into Apache Cassandra, with and
 without ``--resize-shorter 256``.
 
-    python -m bench.ingest [--images 2000] [--kb 110] [--runs 1] [--ray-cpus 2]
+    python -m bench.ingest [--images 2000] [--kb 110] [--runs 1] [--warmup 1] [--ray-cpus 2]
                            [--only local,cassandra] [--transforms none,resize256]
 
 Images/s and MB/s (of source files) per run, and per core: images per second
@@ -67,6 +67,7 @@ def run(
     transforms: list[str],
     runs: int,
     ray_cpus: int,
+    warmup: int = 1,
 ) -> list[dict[str, Any]]:
     import ray
 
@@ -106,6 +107,8 @@ def run(
                                 )  # fmt: skip
                             return r.written
 
+                        for _ in range(warmup):  # Ray's workers started, imports done
+                            once()
                         got = [timed(once, total, server) for _ in range(runs)]
                         med = {k: statistics.median(g[k] for g in got) for k in got[0]}
                         row = {"target": target, "transform": tname, "engine": engine, **med}
@@ -140,7 +143,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--kb", type=float, default=110.0)
-    ap.add_argument("--runs", type=int, default=1)
+    ap.add_argument("--runs", type=int, default=1, help="timed runs (median)")
+    ap.add_argument("--warmup", type=int, default=1, help="untimed runs before them")
     ap.add_argument("--ray-cpus", type=int, default=2)
     ap.add_argument("--only", default="local,cassandra")
     ap.add_argument("--transforms", default="none,resize256")
@@ -151,7 +155,7 @@ def main() -> None:
         if name not in TRANSFORMS:
             raise SystemExit(f"unknown transform {name!r}; known: {list(TRANSFORMS)}")
     folder = image_folder(a.images, a.kb)
-    rows = run(folder, targets, transforms, a.runs, a.ray_cpus)
+    rows = run(folder, targets, transforms, a.runs, a.ray_cpus, a.warmup)
     n, mean = folder_stats(folder)
     write_json(
         "ingest",

@@ -15,15 +15,14 @@ from typing import Any
 
 import numpy as np
 import pytest
+import ray
 
-ray = pytest.importorskip("ray", reason="ray[data] is in requirements-dev.txt")
-
-import crs4_cassandra as cc  # noqa: E402
-from crs4_cassandra import errors  # noqa: E402
-from crs4_cassandra import ray as cray  # noqa: E402
-from crs4_cassandra.ingest import ingest_folder, sample_uuid  # noqa: E402
-from crs4_cassandra.testing import make_image_folder  # noqa: E402
-from testbed import Cluster  # noqa: E402
+import crs4_cassandra as cc
+from crs4_cassandra import errors
+from crs4_cassandra import ray as cray
+from crs4_cassandra.ingest import ingest_folder, sample_uuid
+from crs4_cassandra.testing import make_image_folder
+from testbed import Cluster
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 

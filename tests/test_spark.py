@@ -13,12 +13,10 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("pyspark", reason="pyspark is in requirements-dev.txt")
-
-import crs4_cassandra as cc  # noqa: E402
-from crs4_cassandra.ingest import ingest_folder, sample_uuid  # noqa: E402
-from crs4_cassandra.testing import make_image_folder  # noqa: E402
-from testbed import Cluster  # noqa: E402
+import crs4_cassandra as cc
+from crs4_cassandra.ingest import ingest_folder, sample_uuid
+from crs4_cassandra.testing import make_image_folder
+from testbed import Cluster
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
 
