@@ -153,6 +153,14 @@ def test_summaries_merge_in_order() -> None:
     assert m.ids == [b"1" * 16, b"2" * 16, b"3" * 16] and m.rejected == [("x", "bad")]
 
 
+def jpeg_bound(ref: np.ndarray, quality: int = 90) -> float:
+    """What JPEG at ``quality`` may lose on ``ref``: Pillow's own mean loss at
+    that quality (4:4:4, as ours at 90 and above), times 1.5, plus a level."""
+    buf = io.BytesIO()
+    Image.fromarray(ref.astype(np.uint8)).save(buf, "JPEG", quality=quality, subsampling=0)
+    return 1.5 * float(np.abs(rgb(buf.getvalue()) - ref).mean()) + 1.0
+
+
 def pillow_resize(data: bytes, size: tuple[int, int]) -> np.ndarray:
     with Image.open(io.BytesIO(data)) as im:
         # Pillow's default filter for RGB images is BICUBIC.
@@ -173,9 +181,10 @@ def test_transforms_give_the_size_and_pixels_close_to_pillow(tmp_path: Path) -> 
         got = rgb(out)
         assert (got.shape[1], got.shape[0]) == size
         # Same filter as Pillow (bicubic, a=-0.5, antialiased): they differ by
-        # fixed-point rounding only, under a level on average, a few at most.
+        # fixed-point rounding only: a level at most (measured: 0.2 on average;
+        # Pillow's bilinear filter would be 0.9 off).
         diff = np.abs(got - pillow_resize(src, size))
-        assert diff.mean() < 1.0 and diff.max() <= 8, (diff.mean(), diff.max())
+        assert diff.mean() < 0.5 and diff.max() <= 2, (diff.mean(), diff.max())
     assert s.bytes_written == sum(len(b) for b in stored(url, "png", s.ids))
 
     # JPEG output at quality 90: within what JPEG itself loses. The bound is
@@ -190,11 +199,8 @@ def test_transforms_give_the_size_and_pixels_close_to_pillow(tmp_path: Path) -> 
     with Image.open(io.BytesIO(src)) as im:
         ref_img = im.convert("RGB").resize((80, 60)).crop((10, 0, 70, 60))
     ref = np.asarray(ref_img, dtype=np.int16)
-    buf = io.BytesIO()
-    ref_img.save(buf, "JPEG", quality=90, subsampling=0)
-    pillow_loss = np.abs(rgb(buf.getvalue()) - ref).mean()
     ours = np.abs(got - ref).mean()
-    assert ours <= 1.5 * pillow_loss + 1.0, (ours, pillow_loss)
+    assert ours <= jpeg_bound(ref), (ours, jpeg_bound(ref))
 
 
 def test_to_jpeg_identity_and_grey_alpha_inputs() -> None:
@@ -203,7 +209,7 @@ def test_to_jpeg_identity_and_grey_alpha_inputs() -> None:
     assert Transform().apply(png) == png and Transform().apply(jpg) == jpg
     out = Transform(to_jpeg=True).apply(png)
     assert out.startswith(b"\xff\xd8") and rgb(out).shape == (30, 40, 3)
-    assert np.abs(rgb(out) - rgb(png)).mean() < 4.0
+    assert np.abs(rgb(out) - rgb(png)).mean() <= jpeg_bound(rgb(png))
     assert Transform(to_jpeg=True).apply(jpg) == jpg, "a JPEG is a JPEG already"
     assert Transform(resize_shorter=64).apply(jpg) == jpg, "never upscaled, bytes kept"
     # Grey and RGBA inputs come out RGB (alpha dropped, as Pillow's convert("RGB")).
@@ -213,8 +219,9 @@ def test_to_jpeg_identity_and_grey_alpha_inputs() -> None:
         out = Transform(resize_shorter=15, to_jpeg=True).apply(src)
         with Image.open(io.BytesIO(out)) as im:
             assert (im.mode, im.size) == ("RGB", (20, 15))
-        diff = np.abs(rgb(out) - pillow_resize(src, (20, 15))).mean()
-        assert diff < 4.0, diff
+        ref = pillow_resize(src, (20, 15))
+        diff = np.abs(rgb(out) - ref).mean()
+        assert diff <= jpeg_bound(ref), (diff, jpeg_bound(ref))
     with pytest.raises(errors.InvalidArgumentError, match="jpeg_quality must be in 1..100"):
         Transform(jpeg_quality=0)
     with pytest.raises(errors.InvalidArgumentError, match="truncated image"):
@@ -343,17 +350,22 @@ def test_cassandra_hung_node_fails_clearly_naming_table_and_chunk(
 ) -> None:
     data = rows(12)
     st = cc.open_store(keyspace_url, request_timeout=1.0, retry_time_limit=2.0, retries=1)
-    w = Writer(st, "t", create=True, chunk=4, window=1, retries=1)
+    # A first chunk before the node hangs: the statements are prepared (the
+    # driver's prepare has no request timeout of its own).
+    with Writer(st, "t", create=True, chunk=4) as w0:
+        w0.write(data[:4])
+    w = Writer(st, "t", chunk=4, window=1, retries=1)
     proxy.toxic("timeout", timeout=0)
     t0 = time.monotonic()
-    with pytest.raises(errors.StoreTimeoutError) as ei:
-        w.write(data)
+    # Timed out requests, or the connection found dead by its keepalive.
+    with pytest.raises((errors.StoreTimeoutError, errors.StoreConnectionError)) as ei:
+        w.write(data[4:])
         w.close()
-    assert time.monotonic() - t0 < 40
+    assert time.monotonic() - t0 < 30
     msg = str(ei.value)
-    first = str(uuid.uuid5(NAMESPACE, f"t\n{data[0]['key']}"))
+    first = uuid.uuid5(NAMESPACE, f"t\n{data[4]['key']}")
     assert 'into table "t"' in msg and "after 2 attempt(s)" in msg, msg
-    assert f"first id {first}, key {data[0]['key']!r}".replace("'", '"') in msg, msg
+    assert f'first id {first}, key "{data[4]["key"]}"' in msg, msg
     with pytest.raises(errors.InvalidArgumentError, match="cannot write"):
         w.write(data)
 
