@@ -21,6 +21,10 @@ CASSANDRA_VERSION := $(shell sed -n 's:.*<cassandra.version>\(.*\)</cassandra.ve
 TOXIPROXY_VERSION := 2.12.0
 export CRS4_CASSANDRA_HOME := $(ENV_CACHE)/cassandra-$(CASSANDRA_VERSION)
 export CRS4_TOXIPROXY := $(ENV_CACHE)/toxiproxy-$(TOXIPROXY_VERSION)/bin/toxiproxy-server
+# The Spark Cassandra Connector's jars (Maven Central), for the Spark test and
+# example: spark.jars is every jar of this folder.
+SPARK_CONNECTOR_VERSION := $(shell sed -n 's:.*<connector.version>\(.*\)</connector.version>.*:\1:p' testbed/spark/pom.xml)
+export CRS4_SPARK_JARS := $(ENV_CACHE)/spark-cassandra-connector-$(SPARK_CONNECTOR_VERSION)
 
 SRC ?=
 DEMO_DIR ?= demo-data
@@ -39,7 +43,7 @@ WHEEL_DIR ?= dist
 
 PHASES := env servers lint test-rust test-tch test-python
 
-.PHONY: help env servers cassandra toxiproxy build wheel wheel-tools compat-env test test-rust test-tch test-python lint format demo bench clean
+.PHONY: help env servers cassandra toxiproxy spark-connector build wheel wheel-tools compat-env test test-rust test-tch test-python lint format demo bench clean
 
 help:
 	@echo "make demo    build, make (or take SRC=) an image folder, ingest it locally, read, train and evaluate"
@@ -122,13 +126,20 @@ TCH_ENV = LIBTORCH_USE_PYTORCH=$(VENV) LD_LIBRARY_PATH=$$($(BIN)/python -c 'impo
 test-tch: build
 	$(TCH_ENV) PYTHON=$(BIN)/python cargo test -p crs4-cassandra-tch -q
 
-servers: cassandra toxiproxy
+servers: cassandra toxiproxy spark-connector
 
 cassandra: $(CRS4_CASSANDRA_HOME)/.complete
 $(CRS4_CASSANDRA_HOME)/.complete:
 	rm -rf $(CRS4_CASSANDRA_HOME)
 	mvn -q -B -f testbed/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
 		-DoutputDirectory=$(CRS4_CASSANDRA_HOME)/lib
+	touch $@
+
+spark-connector: $(CRS4_SPARK_JARS)/.complete
+$(CRS4_SPARK_JARS)/.complete:
+	rm -rf $(CRS4_SPARK_JARS)
+	mvn -q -B -f testbed/spark/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+		-DoutputDirectory=$(CRS4_SPARK_JARS)
 	touch $@
 
 toxiproxy: $(CRS4_TOXIPROXY)

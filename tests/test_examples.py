@@ -306,13 +306,23 @@ def extra_checks(r: Recipe, stdout: str, work: Path) -> None:
 @pytest.mark.timeout(400)
 @pytest.mark.parametrize("recipe", RECIPES, ids=[r.id for r in RECIPES])
 def test_readme_recipe(recipe: Recipe, tmp_path: Path) -> None:
+    import shutil
+    import tempfile
+
     before = clone_state()
-    stdout, work = run_recipe(
-        recipe,
-        tmp_path,
-        Path(sys.executable),
-        epilogue=QUICKSTART_CHECKS if recipe.name == "quickstart" else "",
-    )
+    # Ray keeps Unix sockets under $TMPDIR/ray, and a socket path must fit in
+    # 107 bytes: the recipes' TMPDIR, deep under pytest's, does not.
+    ray_tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")
+    try:
+        stdout, work = run_recipe(
+            recipe,
+            tmp_path,
+            Path(sys.executable),
+            epilogue=QUICKSTART_CHECKS if recipe.name == "quickstart" else "",
+            env={"RAY_TMPDIR": ray_tmp},
+        )
+    finally:
+        shutil.rmtree(ray_tmp, ignore_errors=True)
     extra_checks(recipe, stdout, work)
     assert clone_state() == before, "the recipe wrote into the clone"
 

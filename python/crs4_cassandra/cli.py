@@ -48,6 +48,24 @@ def transform_from_args(args: argparse.Namespace) -> Any:
 
 
 def _ingest_folder(args: argparse.Namespace) -> int:
+    if args.ray is not None:
+        from . import ray as ray_ingest
+
+        report = ray_ingest.ingest_folder(
+            args.src,
+            args.store_url,
+            args.table,
+            address=args.ray,
+            val_frac=args.val_frac,
+            seed=args.seed,
+            split_file=args.split_file,
+            overwrite=args.overwrite,
+            resume=args.resume,
+            transform=transform_from_args(args),
+            progress=not args.quiet,
+            **_connection_options(args),
+        )
+        return _report(report, args)
     from .ingest import ingest_folder
 
     report = ingest_folder(
@@ -161,6 +179,19 @@ def _common_ingest_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--split-file", help="where to write the split file")
     _write_mode_args(p)
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+
+
+def add_ray_argument(p: argparse.ArgumentParser) -> None:
+    """``--ray [ADDRESS]``: the ingest runs on a Ray cluster (see crs4_cassandra.ray)."""
+    p.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        metavar="ADDRESS",
+        help="run the ingest on the Ray cluster at ADDRESS ('auto', 'ray://host:10001'), "
+        "or on a local one started for it when no address is given; the files must be "
+        "readable at the same path from every node",
+    )
 
 
 def _write_mode_args(p: argparse.ArgumentParser) -> None:
@@ -485,6 +516,7 @@ def build_parser() -> argparse.ArgumentParser:
     _write_mode_args(folder)
     folder.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
     add_transform_args(folder)
+    add_ray_argument(folder)
     folder.set_defaults(func=_ingest_folder)
 
     seg = isub.add_parser(
@@ -579,6 +611,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if getattr(args, "store", None) is not None:
+            # Ray tasks open stores of their own, from the URL and the flags.
+            args.store_url = args.store
             args.store = _open_store(args)
         code: int = args.func(args)
         return code
