@@ -39,6 +39,9 @@ class IngestReport:
     per_class: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     split_file: SplitFile | None = None
+    # What the skipped entries are: files of a folder (not decodable images),
+    # or samples of shards (each with its reason).
+    skipped_noun: str = "files"
 
     def summary(self) -> str:
         classes = f" ({len(self.per_class)} classes)" if self.per_class else ""
@@ -53,7 +56,8 @@ class IngestReport:
             )
         if self.skipped:
             under = f" under {self.source}" if self.source else ""
-            lines.append(f"skipped {len(self.skipped)} files{under}, not decodable images:")
+            why = ", not decodable images" if self.skipped_noun == "files" else ""
+            lines.append(f"skipped {len(self.skipped)} {self.skipped_noun}{under}{why}:")
             # One line a file: its path under the source, then why it was skipped.
             lines += [f"  {path}: {why}" for path, why in self.skipped]
         if self.split_file is not None:
@@ -182,6 +186,8 @@ class _Sample:
     tag: str | None
     read: Callable[[], tuple[Label, bytes] | str]
     counts: tuple[str, ...] = ()
+    # Where the sample is, for the report of a skipped one (default: its path).
+    where: str | None = None
 
     def metadata(self) -> tuple[int | None, str | None, str | None, str | None]:
         return (self.label_id, self.label_name, self.path, self.tag)
@@ -327,6 +333,7 @@ def _ingest(
     resume: bool,
     chunk: int,
     progress: bool,
+    skipped_noun: str = "files",
 ) -> IngestReport:
     """Writes ``samples`` (what a source lists, not yet read) into ``table``,
     skipping those an earlier run wrote when ``resume``, then the split file."""
@@ -341,7 +348,7 @@ def _ingest(
     done = _prepare_tables(st, table, metadata_table, label_type, overwrite, resume)
     if done:
         _check_resumable(done, samples, ids, table, metadata_table, src)
-    report = IngestReport(table=table, metadata_table=metadata_table)
+    report = IngestReport(table=table, metadata_table=metadata_table, skipped_noun=skipped_noun)
     w = SampleWriter(st, table, metadata_table, chunk)
     for s, uid in progress_bar(list(zip(samples, ids, strict=True)), f"ingest {table}", progress):
         if uid in done:
@@ -350,7 +357,7 @@ def _ingest(
         else:
             got = s.read()
             if isinstance(got, str):
-                report.skipped.append((s.path, got))
+                report.skipped.append((s.where or s.path, got))
                 continue
             label, data = got
             w.add(
