@@ -276,7 +276,10 @@ def test_shard_patterns_missing_and_broken_shards(tmp_path: Path) -> None:
 
     (tmp_path / "junk.tar").write_bytes(b"this is not a tar file" * 100)
     whole = (tmp_path / "d-01.tar").read_bytes()
-    (tmp_path / "cut.tar").write_bytes(whole[: 512 + 300])  # header + part of the image
+    with tarfile.open(tmp_path / "d-01.tar") as tf:
+        last = tf.getmembers()[-1]
+    # Cut in the middle of the last member's bytes: its header is whole.
+    (tmp_path / "cut.tar").write_bytes(whole[: last.offset_data + last.size // 2])
     for bad, says in [("junk.tar", "not a readable tar file"), ("cut.tar", "is broken")]:
         with pytest.raises(errors.InvalidArgumentError, match=says):
             ingest_webdataset([names[0], str(tmp_path / bad)], url, "t", progress=False)

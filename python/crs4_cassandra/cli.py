@@ -189,7 +189,7 @@ def _ingest_webdataset(args: argparse.Namespace) -> int:
         args.shards,
         args.store,
         args.table,
-        label_type=args.label_type or ("blob" if args.mask_ext else "int"),
+        label_type=args.label_type,
         image_ext=_names(args.image_ext),
         label_key=args.label_key,
         name_key=args.name_key,

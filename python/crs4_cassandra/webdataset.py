@@ -384,7 +384,7 @@ def ingest_webdataset(
     store: str | _native.Store,
     table: str,
     *,
-    label_type: LabelType = "int",
+    label_type: LabelType | None = None,
     image_ext: Sequence[str] = (),
     label_key: str = "label",
     name_key: str = "label_name",
@@ -405,13 +405,15 @@ def ingest_webdataset(
     file (the samples' split tags where every one has one, else a seeded
     ``val_frac`` cut), ``overwrite`` and ``resume``.
 
-    Labels and images as :class:`WebDatasetOptions` says. Samples without an
+    Labels and images as :class:`WebDatasetOptions` says (``label_type``
+    defaults to "blob" with a ``mask_ext``, else "int"). Samples without an
     image or a label, or whose image (or mask) does not decode, are skipped
     and listed in the report with their shard and key; a missing or broken
     shard is an error naming it. The split file's classes are ``classes``, else
     the label names the samples give.
     """
     _check_args(val_frac, chunk, overwrite, resume)
+    label_type = label_type or ("blob" if mask_ext else "int")
     opts = WebDatasetOptions(
         label_type=label_type,
         image_ext=tuple(e.lower().lstrip(".") for e in image_ext),
