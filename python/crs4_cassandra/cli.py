@@ -254,6 +254,131 @@ def _ingest_multilabel(args: argparse.Namespace) -> int:
     return _report(report, args)
 
 
+def _ingest_webdataset(args: argparse.Namespace) -> int:
+    from .webdataset import ingest_webdataset
+
+    report = ingest_webdataset(
+        args.shards,
+        args.store,
+        args.table,
+        label_type=args.label_type,
+        image_ext=_names(args.image_ext),
+        label_key=args.label_key,
+        name_key=args.name_key,
+        mask_ext=args.mask_ext,
+        classes=_names(args.classes),
+        split=args.split,
+        val_frac=args.val_frac,
+        seed=args.seed,
+        split_file=args.split_file,
+        overwrite=args.overwrite,
+        resume=args.resume,
+        progress=not args.quiet,
+        transform=transform_from_args(args),
+    )
+    return _report(report, args)
+
+
+def _export_webdataset(args: argparse.Namespace) -> int:
+    from .webdataset import export_webdataset
+
+    report = export_webdataset(
+        args.store,
+        args.output,
+        split_file=args.split_file,
+        split=args.split,
+        table=args.table,
+        label_type=args.label_type,
+        metadata_table=args.metadata_table,
+        shard_size=args.shard_size,
+        samples_per_shard=args.samples_per_shard,
+        max_samples=args.max_samples,
+        label_ext=args.label_ext,
+        batch_size=args.batch_size,
+        overwrite=args.overwrite,
+        progress=not args.quiet,
+    )
+    print(report.summary())
+    return 0
+
+
+def _add_webdataset_parsers(isub: Any, sub: Any) -> None:
+    w = isub.add_parser(
+        "webdataset",
+        aliases=["wds"],
+        help="WebDataset tar shards: 'shards/train-{000000..000099}.tar', globs or files",
+    )
+    w.add_argument(
+        "shards", nargs="+", help="shard files: brace patterns (quoted), globs, folders or files"
+    )
+    _common_ingest_args(w)
+    w.add_argument(
+        "--label-type",
+        choices=("int", "blob", "none"),
+        help="int: from the .cls member or a .json field (the default); blob: the --mask-ext "
+        "member (the default with --mask-ext); none",
+    )
+    w.add_argument(
+        "--image-ext",
+        help="image member extensions, in order of preference, e.g. jpg,png (default: the "
+        "first member with an image extension)",
+    )
+    w.add_argument("--label-key", default="label", help=".json field of an int label")
+    w.add_argument("--name-key", default="label_name", help=".json field of the label's name")
+    w.add_argument(
+        "--mask-ext", help="extension of the member holding a blob label, e.g. seg.png or png"
+    )
+    w.add_argument("--classes", help="name of each int label: a,b,c or @file (one a line)")
+    w.add_argument(
+        "--split",
+        help="every sample's split tag (default: the .json's \"split\", else the shard's "
+        "name: train-000003.tar is train)",
+    )
+    add_transform_args(w)
+    w.set_defaults(func=_ingest_webdataset)
+
+    export = sub.add_parser("export", help="write a store's samples out as files")
+    esub = export.add_subparsers(dest="format", required=True)
+    e = esub.add_parser(
+        "webdataset", aliases=["wds"], help="WebDataset tar shards that webdataset reads"
+    )
+    e.add_argument("output", help="shard names, with a shard number: OUT/train-%%06d.tar")
+    _store_args(e)
+    e.add_argument("--split-file", help="export a split of this split file")
+    e.add_argument("--split", help="the split to export")
+    e.add_argument(
+        "--table",
+        help="data table (default: the split file's); without a split file, every sample "
+        "of its metadata table, in its order",
+    )
+    e.add_argument(
+        "-m",
+        "--metadata-table",
+        help="metadata table (default: the split file's, or TABLE_metadata)",
+    )
+    e.add_argument("--label-type", choices=("int", "blob", "none"))
+    e.add_argument(
+        "--shard-size",
+        default="1GB",
+        help="largest shard: bytes, or with KB, MB, GB (1000s) or KiB, MiB, GiB (1024s); "
+        "default 1GB",
+    )
+    e.add_argument("--samples-per-shard", type=int, help="most samples in one shard")
+    e.add_argument("--max-samples", type=int, help="export the first N samples only")
+    e.add_argument(
+        "--label-ext",
+        help="member extension of blob labels (default: label.png, label.npy... by their content)",
+    )
+    e.add_argument("--batch-size", type=int, default=64, help="samples a store read fetches")
+    e.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the shards of the pattern (those not written again are removed)",
+    )
+    e.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    e.set_defaults(func=_export_webdataset)
+
+
 def _names(text: str | None) -> list[str]:
     """Names from "a,b,c" or "@file" (one a line)."""
     if not text:
@@ -546,6 +671,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     add_transform_args(ml)
     ml.set_defaults(func=_ingest_multilabel)
+    _add_webdataset_parsers(isub, sub)
 
     arr = isub.add_parser(
         "array",

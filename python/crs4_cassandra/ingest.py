@@ -47,6 +47,9 @@ class IngestReport:
     per_class: dict[str, int] = field(default_factory=dict)
     skipped: list[tuple[str, str]] = field(default_factory=list)
     split_file: SplitFile | None = None
+    # What the skipped entries are: files of a folder (not decodable images),
+    # or samples of shards (each with its reason).
+    skipped_noun: str = "files"
 
     def summary(self) -> str:
         classes = f" ({len(self.per_class)} classes)" if self.per_class else ""
@@ -61,7 +64,8 @@ class IngestReport:
             )
         if self.skipped:
             under = f" under {self.source}" if self.source else ""
-            lines.append(f"skipped {len(self.skipped)} files{under}, not decodable images:")
+            why = ", not decodable images" if self.skipped_noun == "files" else ""
+            lines.append(f"skipped {len(self.skipped)} {self.skipped_noun}{under}{why}:")
             # One line a file: its path under the source, then why it was skipped.
             lines += [f"  {path}: {why}" for path, why in self.skipped]
         if self.split_file is not None:
@@ -499,6 +503,8 @@ class _Sample:
     tag: str | None
     read: Callable[[], tuple[Label, bytes] | str]
     counts: tuple[str, ...] = ()
+    # Where the sample is, for the report of a skipped one (default: its path).
+    where: str | None = None
 
     def metadata(self) -> tuple[int | None, str | None, str | None, str | None]:
         return (self.label_id, self.label_name, self.path, self.tag)
@@ -595,6 +601,7 @@ def _ingest(
     progress: bool,
     transform: Transform | None,
     window: int | None,
+    skipped_noun: str = "files",
 ) -> IngestReport:
     """Writes ``samples`` (what a source lists, not yet read) into ``table``,
     skipping those an earlier run wrote when ``resume``, then the split file."""
@@ -609,7 +616,7 @@ def _ingest(
     done = _prepare_tables(st, table, metadata_table, label_type, overwrite, resume)
     if done:
         _check_resumable(done, samples, ids, table, metadata_table, src)
-    report = IngestReport(table=table, metadata_table=metadata_table)
+    report = IngestReport(table=table, metadata_table=metadata_table, skipped_noun=skipped_noun)
     unread: dict[int, str] = {}
     w = Writer(
         st,
@@ -668,9 +675,9 @@ def _ingest(
             for c in s.counts:
                 report.per_class[c] = report.per_class.get(c, 0) + 1
         elif i in unread:
-            report.skipped.append((s.path, unread[i]))
+            report.skipped.append((s.where or s.path, unread[i]))
         else:
-            report.skipped.append((s.path, rejected[s.path].popleft()))
+            report.skipped.append((s.where or s.path, rejected[s.path].popleft()))
     info: dict[str, Any] = {}
     if transform is not None and not transform.is_identity():
         info["transform"] = transform.options()
