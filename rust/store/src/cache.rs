@@ -1619,7 +1619,10 @@ mod tests {
         // would) finds them in the environment.
         table.settle();
         let other = cache(&dir.path().join("cache"), 1 << 20, CachePolicy::Plan);
-        let ns = other.namespace(&namespace(&store.url(), &spec)).unwrap().unwrap();
+        let ns = other
+            .namespace(&namespace(&store.url(), &spec))
+            .unwrap()
+            .unwrap();
         assert_eq!(held(&other, &ns, 6), vec![1, 3, 4]);
         assert!(other.current_queue().is_none());
         // A sample missing from the store fails the batch, in every read,
