@@ -390,15 +390,21 @@ def test_ingest_from_shards_with_transforms(tmp_path: Path) -> None:
     # re-encoded as JPEG and resized, its shorter side 16; masks refuse a resize.
     shard = write_shard(
         tmp_path / "train-000000.tar",
-        [
-            {"__key__": f"s/{i:03d}", "png": image(i, "PNG", size=40), "cls": b"1"}
-            for i in range(4)
-        ],
+        [{"__key__": f"s/{i:03d}", "png": image(i, "PNG", size=40), "cls": b"1"} for i in range(4)],
     )
     url = f"local:{tmp_path / 'store'}"
     out = cli(
-        "ingest", "webdataset", shard, "--store", url, "--table", "t", "-q",
-        "--resize-shorter", "16", "--to-jpeg",
+        "ingest",
+        "webdataset",
+        shard,
+        "--store",
+        url,
+        "--table",
+        "t",
+        "-q",
+        "--resize-shorter",
+        "16",
+        "--to-jpeg",
     )
     assert out.returncode == 0, out.stderr
     stored = samples_of(url, "t")
@@ -409,6 +415,10 @@ def test_ingest_from_shards_with_transforms(tmp_path: Path) -> None:
             assert (im.format, im.size) == ("JPEG", (16, 16))
     with pytest.raises(InvalidArgumentError, match="masks"):
         ingest_webdataset(
-            str(shard), url, "m", mask_ext="png", transform=Transform(resize_shorter=16),
+            str(shard),
+            url,
+            "m",
+            mask_ext="png",
+            transform=Transform(resize_shorter=16),
             progress=False,
         )
