@@ -715,7 +715,18 @@ impl SampleCache {
             };
             if self.writes_on() {
                 if let Err(e) = self.commit(&taken) {
-                    self.writes_failed(&e);
+                    // Several batches may fail together where fewer fit (a
+                    // disk filling up): then one at a time, up to the first
+                    // that fails.
+                    let mut failed = Some(e);
+                    if taken.len() > 1 {
+                        failed = taken
+                            .iter()
+                            .find_map(|p| self.commit(std::slice::from_ref(p)).err());
+                    }
+                    if let Some(e) = failed {
+                        self.writes_failed(&e);
+                    }
                 }
             }
             let mut state = q.state.lock().expect("cache queue poisoned");
@@ -1163,7 +1174,15 @@ impl CachedTable {
         };
         // The batch goes on now; its samples are admitted by the writer
         // thread (see the module docs).
-        let pending = batch_admissions(cache.policy, &self.ns, &clock, &job, &batch, &found);
+        let pending = batch_admissions(
+            cache.policy,
+            cache.capacity,
+            &self.ns,
+            &clock,
+            &job,
+            &batch,
+            &found,
+        );
         if cache.queue_full() {
             tokio::task::spawn_blocking(move || cache.enqueue(pending))
                 .await
@@ -1235,12 +1254,22 @@ enum LabelRef<'a> {
     Bytes(&'a [u8]),
 }
 
+/// Bytes of sample `i`'s label as a record holds it.
+fn label_len(labels: &Labels, i: usize) -> usize {
+    match labels {
+        Labels::Int(_) => 4,
+        Labels::Blob { offsets, .. } => (offsets[i + 1] - offsets[i]) as usize,
+        Labels::None => 0,
+    }
+}
+
 /// The admissions of a finished batch's real samples (pads repeat them),
 /// each once, keyed by the policy: the next use (plan) or this use (LRU).
 /// A sample the batch found cached (`found`) only moves its key; the others
 /// are copied into records.
 fn batch_admissions(
     policy: CachePolicy,
+    capacity: u64,
     ns: &Ns,
     clock: &UseClock,
     job: &BatchJob,
@@ -1255,7 +1284,11 @@ fn batch_admissions(
         if job.is_pad[i] || !seen.insert(id) {
             continue;
         }
-        let record = found[i].is_none().then(|| {
+        // A record larger than the whole cache is never admitted: it is
+        // neither copied nor served from the queue.
+        let fits =
+            |i: usize| (4 + label_len(&batch.labels, i) + batch.sample(i).len()) as u64 <= capacity;
+        let record = (found[i].is_none() && fits(i)).then(|| {
             let int;
             let label = match &batch.labels {
                 Labels::Int(v) => {
