@@ -185,6 +185,8 @@ def test_every_example_readme_has_a_tested_recipe() -> None:
         "arrays",
         "transforms",
         "one-writer-for-every-engine",
+        "ray",
+        "webdataset",
     }
     # The top-level README's example block is imagenette's, run once.
     top = (EXAMPLES.parent / "README.md").read_text()

@@ -47,6 +47,20 @@ def transform_from_args(args: argparse.Namespace) -> Any:
     return None if t.is_identity() else t
 
 
+def _ingest_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The options every ingest command takes: split, write mode, progress
+    and transforms."""
+    return {
+        "val_frac": args.val_frac,
+        "seed": args.seed,
+        "split_file": args.split_file,
+        "overwrite": args.overwrite,
+        "resume": args.resume,
+        "progress": not args.quiet,
+        "transform": transform_from_args(args),
+    }
+
+
 def _ingest_folder(args: argparse.Namespace) -> int:
     if args.ray is not None:
         from . import ray as ray_ingest
@@ -56,13 +70,7 @@ def _ingest_folder(args: argparse.Namespace) -> int:
             args.store_url,
             args.table,
             address=args.ray,
-            val_frac=args.val_frac,
-            seed=args.seed,
-            split_file=args.split_file,
-            overwrite=args.overwrite,
-            resume=args.resume,
-            transform=transform_from_args(args),
-            progress=not args.quiet,
+            **_ingest_options(args),
             **_connection_options(args),
         )
         return _report(report, args)
@@ -72,13 +80,7 @@ def _ingest_folder(args: argparse.Namespace) -> int:
         args.src,
         args.store,
         args.table,
-        val_frac=args.val_frac,
-        seed=args.seed,
-        split_file=args.split_file,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        progress=not args.quiet,
-        transform=transform_from_args(args),
+        **_ingest_options(args),
     )
     print(report.summary())
     if args.split_file:
@@ -223,13 +225,7 @@ def _ingest_segmentation(args: argparse.Namespace) -> int:
         classes=classes,
         images=args.images,
         annotations=args.annotations,
-        val_frac=args.val_frac,
-        seed=args.seed,
-        split_file=args.split_file,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        progress=not args.quiet,
-        transform=transform_from_args(args),
+        **_ingest_options(args),
     )
     return _report(report, args)
 
@@ -243,13 +239,7 @@ def _ingest_multilabel(args: argparse.Namespace) -> int:
         args.table,
         label_files=args.labels or None,
         images=args.images,
-        val_frac=args.val_frac,
-        seed=args.seed,
-        split_file=args.split_file,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        progress=not args.quiet,
-        transform=transform_from_args(args),
+        **_ingest_options(args),
     )
     return _report(report, args)
 
@@ -268,13 +258,7 @@ def _ingest_webdataset(args: argparse.Namespace) -> int:
         mask_ext=args.mask_ext,
         classes=_names(args.classes),
         split=args.split,
-        val_frac=args.val_frac,
-        seed=args.seed,
-        split_file=args.split_file,
-        overwrite=args.overwrite,
-        resume=args.resume,
-        progress=not args.quiet,
-        transform=transform_from_args(args),
+        **_ingest_options(args),
     )
     return _report(report, args)
 

@@ -678,9 +678,6 @@ def _ingest(
             report.skipped.append((s.where or s.path, unread[i]))
         else:
             report.skipped.append((s.where or s.path, rejected[s.path].popleft()))
-    info: dict[str, Any] = {}
-    if transform is not None and not transform.is_identity():
-        info["transform"] = transform.options()
     return _finish(
         report,
         table,
@@ -694,7 +691,7 @@ def _ingest(
         val_frac,
         seed,
         split_file,
-        info,
+        transform,
     )
 
 
@@ -1038,9 +1035,13 @@ def _finish(
     val_frac: float,
     seed: int,
     split_file: str | os.PathLike[str] | None,
-    info: dict[str, Any],
+    transform: Transform | None,
 ) -> IngestReport:
     report.written = len(ids)
+    info: dict[str, Any] = {}
+    if transform is not None and not transform.is_identity():
+        # The split file says how its samples were made.
+        info["transform"] = transform.options()
     report.source = str(src)
     if not ids:
         raise InvalidArgumentError(f"no decodable image in {src}")

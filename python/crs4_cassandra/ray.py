@@ -518,9 +518,6 @@ def ingest_folder(
         tags.append(tag)
         name = scan.classes[label]
         report.per_class[name] = report.per_class.get(name, 0) + 1
-    info: dict[str, Any] = {}
-    if transform is not None and not transform.is_identity():
-        info["transform"] = transform.options()
     return _finish(
         report,
         table,
@@ -534,5 +531,5 @@ def ingest_folder(
         val_frac,
         seed,
         split_file,
-        info,
+        transform,
     )

@@ -190,18 +190,7 @@ impl Store {
         }
         let mut rows = Vec::with_capacity(ids.len());
         for ((id, label), bytes) in ids.into_iter().zip(labels).zip(data) {
-            let label = match label {
-                None => LabelValue::None,
-                Some(l) => {
-                    if let Ok(b) = l.cast::<PyBytes>() {
-                        LabelValue::Blob(b.as_bytes().to_vec())
-                    } else {
-                        LabelValue::Int(l.extract::<i32>().map_err(|_| {
-                            invalid(format!("sample {id}: label must be an int (32-bit), bytes or None, got {l}"))
-                        })?)
-                    }
-                }
-            };
+            let label = label_value(label, || format!("sample {id}"))?;
             rows.push(SampleRow {
                 id,
                 label,
@@ -311,5 +300,25 @@ pub fn open_store(
     Ok(Store {
         inner: opened.store,
         options: options.map(|o| o.unbind()),
+    })
+}
+
+/// A label given from Python (an int, bytes or None) as stored; `whose`
+/// names the row in the error.
+pub(crate) fn label_value(
+    label: Option<Bound<'_, PyAny>>,
+    whose: impl FnOnce() -> String,
+) -> PyResult<LabelValue> {
+    let Some(l) = label else {
+        return Ok(LabelValue::None);
+    };
+    if let Ok(b) = l.cast::<PyBytes>() {
+        return Ok(LabelValue::Blob(b.as_bytes().to_vec()));
+    }
+    l.extract::<i32>().map(LabelValue::Int).map_err(|_| {
+        invalid(format!(
+            "{}: label must be an int (32-bit), bytes or None, got {l}",
+            whose()
+        ))
     })
 }

@@ -4,10 +4,10 @@
 
 use crate::block;
 use crate::errors::{invalid, store_err};
-use crate::store::Store;
+use crate::store::{label_value, Store};
 use crs4_cassandra_decode::transform::{self, TransformSpec};
 use crs4_cassandra_store::reader::label_type;
-use crs4_cassandra_store::{IngestRow, IngestWriter, LabelValue, RowMetadata, WriterConfig};
+use crs4_cassandra_store::{IngestRow, IngestWriter, RowMetadata, WriterConfig};
 use pyo3::prelude::*;
 use pyo3::pybacked::PyBackedBytes;
 use pyo3::types::{PyBytes, PyDict};
@@ -51,21 +51,7 @@ fn row(r: PyRow<'_>) -> PyResult<IngestRow> {
     let id = Uuid::from_slice(&id)
         .map_err(|_| invalid(format!("row id must be 16 bytes, got {}", id.len())))?;
     let name = || key.clone().unwrap_or_else(|| id.to_string());
-    let label = match label {
-        None => LabelValue::None,
-        Some(l) => {
-            if let Ok(b) = l.cast::<PyBytes>() {
-                LabelValue::Blob(b.as_bytes().to_vec())
-            } else {
-                LabelValue::Int(l.extract::<i32>().map_err(|_| {
-                    invalid(format!(
-                        "row {}: label must be an int (32-bit), bytes or None, got {l}",
-                        name()
-                    ))
-                })?)
-            }
-        }
-    };
+    let label = label_value(label, || format!("row {}", name()))?;
     Ok(IngestRow {
         id,
         key,

@@ -346,15 +346,6 @@ fn decode(value: &[u8]) -> Option<Cached> {
     })
 }
 
-/// One sample of a batch read, for [`SampleCache::record`]: its key under
-/// the policy and its label and data.
-pub struct Use<'a> {
-    pub id: Uuid,
-    pub key: u64,
-    pub label: Option<&'a [u8]>,
-    pub data: &'a [u8],
-}
-
 /// A sample's new key, and its record to admit if it is not cached (None
 /// for a sample the batch found cached: only its key moves; if it was
 /// evicted meanwhile it stays out).
@@ -764,27 +755,6 @@ impl SampleCache {
                 .expect("cache queue poisoned")
                 .0;
         }
-    }
-
-    /// Records one batch's reads in one write transaction, now: a cached
-    /// sample gets its new key, another is admitted if the policy makes room
-    /// for it. `stale_below`: under the plan policy, keys below it are next
-    /// uses that have passed, evicted first.
-    pub fn record(&self, ns: &Ns, uses: &[Use<'_>], stale_below: u64) -> Result<()> {
-        let admissions = uses
-            .iter()
-            .map(|u| Admission {
-                id: u.id,
-                key: u.key,
-                record: Some(encode(u.label, u.data).into()),
-            })
-            .collect();
-        self.commit(&[Pending {
-            ns: *ns,
-            admissions,
-            stale_below,
-            bytes: 0,
-        }])
     }
 
     /// Commits queued batches in one write transaction, in their order.
@@ -1383,17 +1353,27 @@ mod tests {
 
     /// Records samples `(i, key)` of 10 data bytes each (14 with the header).
     fn put(c: &SampleCache, ns: &Ns, samples: &[(u128, u64)], stale_below: u64) {
-        let data = [7u8; 10];
-        let uses: Vec<Use<'_>> = samples
+        put_data(c, ns, samples, &[7u8; 10], stale_below);
+    }
+
+    /// Records samples `(i, key)` of `data`, in one write transaction.
+    fn put_data(c: &SampleCache, ns: &Ns, samples: &[(u128, u64)], data: &[u8], stale_below: u64) {
+        let record: Arc<[u8]> = encode(None, data).into();
+        let admissions = samples
             .iter()
-            .map(|&(i, key)| Use {
+            .map(|&(i, key)| Admission {
                 id: id(i),
                 key,
-                label: None,
-                data: &data,
+                record: Some(record.clone()),
             })
             .collect();
-        c.record(ns, &uses, stale_below).unwrap();
+        c.commit(&[Pending {
+            ns: *ns,
+            admissions,
+            stale_below,
+            bytes: 0,
+        }])
+        .unwrap();
     }
 
     fn held(c: &SampleCache, ns: &Ns, n: u128) -> Vec<u128> {
@@ -1447,14 +1427,7 @@ mod tests {
             let c = cache(&dir.path().join(format!("{policy:?}")), 20, policy);
             let ns = fnv1a(b"t");
             put(&c, &ns, &[(0, 5)], 0);
-            let big = vec![1u8; 64];
-            let u = Use {
-                id: id(1),
-                key: 1,
-                label: None,
-                data: &big,
-            };
-            c.record(&ns, &[u], 0).unwrap();
+            put_data(&c, &ns, &[(1, 1)], &[1u8; 64], 0);
             assert_eq!(held(&c, &ns, 2), vec![0]);
         }
     }
@@ -1537,16 +1510,8 @@ mod tests {
         {
             let c = cache(&path, 1 << 20, CachePolicy::Plan);
             let ns = fnv1a(b"t");
-            let big = vec![3u8; 100_000];
-            let uses: Vec<Use<'_>> = (0..5)
-                .map(|i| Use {
-                    id: id(i),
-                    key: i as u64,
-                    label: None,
-                    data: &big,
-                })
-                .collect();
-            c.record(&ns, &uses, 0).unwrap();
+            let samples: Vec<(u128, u64)> = (0..5).map(|i| (i, i as u64)).collect();
+            put_data(&c, &ns, &samples, &[3u8; 100_000], 0);
         }
         let file = std::fs::OpenOptions::new()
             .write(true)
