@@ -219,6 +219,14 @@ def extra_checks(r: Recipe, stdout: str, work: Path) -> None:
         for u in np.concatenate([sf.uuids("train"), sf.uuids("val")]):
             with Image.open(io.BytesIO(store.get("imagenette", bytes(u))[1])) as im:
                 assert (im.format, im.size) == ("JPEG", (40, 40))
+    elif r.id == "README.md:webdataset":
+        # The --ray ingest of the shards wrote what the single-process one did.
+        copy, ray_copy = (cc.SplitFile.load(work / f) for f in ("copy.split", "copy-ray.split"))
+        assert copy.names() == ray_copy.names() == ["train"]
+        assert copy.uuids("train").tobytes() == ray_copy.uuids("train").tobytes()
+        a, b = (cc.open_store(f"local:{work / n}") for n in ("copy", "copy-ray"))
+        for u in copy.uuids("train"):
+            assert a.get("imagenette", bytes(u)) == b.get("imagenette", bytes(u))
     elif r.id == "README.md:one-writer-for-every-engine":
         assert "img/notes.png: not an image (PIL: cannot identify image file)" in stdout, stdout
     elif r.readme == "examples/imagenette/README.md":

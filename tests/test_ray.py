@@ -1,13 +1,17 @@
-"""Ray Data: a folder ingested by a local Ray cluster into the local store and
-into Cassandra holds what the single-process ingest writes; a write task killed
-mid-block is retried and every row is there once; bad files are reported;
-read_split returns every row of a split once."""
+"""Ray Data: a folder and WebDataset shards ingested by a local Ray cluster
+into the local store and into Cassandra hold what the single-process ingest
+writes; a write task killed mid-block is retried and every row is there once;
+bad files and samples are reported; read_split returns every row of a split
+once."""
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import subprocess
 import sys
+import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,12 +20,14 @@ from typing import Any
 import numpy as np
 import pytest
 import ray
+from PIL import Image
 
 import crs4_cassandra as cc
 from crs4_cassandra import errors
 from crs4_cassandra import ray as cray
-from crs4_cassandra.ingest import ingest_folder, sample_uuid
+from crs4_cassandra.ingest import Transform, ingest_folder, sample_uuid
 from crs4_cassandra.testing import make_image_folder
+from crs4_cassandra.webdataset import ingest_webdataset
 from testbed import Cluster
 
 pytestmark = [pytest.mark.timeout(240), pytest.mark.slow]
@@ -86,7 +92,7 @@ def assert_same_ingest(
         assert sf.uuids(n).tobytes() == ref.uuids(n).tobytes(), n
     st, ref_st = cc.open_store(url), cc.open_store(ref_url)
     for uid in all_ids(ref):
-        assert st.get(table, uid) == ref_st.get(table, uid)
+        assert st.get(table, uid, ref.label_type) == ref_st.get(table, uid, ref.label_type)
     rows = sorted(tuple(r) for r in st.scan_metadata(f"{table}_metadata"))
     assert rows == sorted(tuple(r) for r in ref_st.scan_metadata(f"{table}_metadata"))
 
@@ -259,3 +265,128 @@ def test_store_datasink_checks_its_arguments() -> None:
         cray.StoreDatasink("local:/x", "t", label_type="int", columns={"bytes": "data"})
     with pytest.raises(errors.InvalidArgumentError, match="store URL"):
         cray.StoreDatasink(np.zeros(1), "t", label_type="int")  # type: ignore[arg-type]
+
+
+# --- WebDataset shards --------------------------------------------------------
+
+
+def tar_of(path: Path, members: list[tuple[str, bytes]]) -> Path:
+    with tarfile.open(path, "w") as tf:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture(scope="module")
+def shards(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Three shards of the folder's images with .cls and .json members (one
+    with .jpeg images, the others .jpg), and
+    bad samples: a broken JPEG, no label, no image, a .json that is not JSON;
+    two samples whose .json give the same path (two ids under one path)."""
+    out = tmp_path_factory.mktemp("shards")
+    files = sorted(p for p in folder.rglob("*.jpg") if p.name != "broken.jpg")
+    classes = sorted({p.parent.name for p in files})
+    for n in range(3):
+        members: list[tuple[str, bytes]] = []
+        for i, p in enumerate(files[n::3]):
+            key = f"s{n}/{i:03d}"
+            # The second shard's images are .jpeg: shards of other members.
+            members.append((f"{key}.{'jpeg' if n == 1 else 'jpg'}", p.read_bytes()))
+            if i % 2:
+                members.append((f"{key}.cls", str(classes.index(p.parent.name)).encode()))
+            else:
+                doc = {"label": classes.index(p.parent.name), "label_name": p.parent.name}
+                if i == 2:
+                    doc["path"] = "same/path.jpg"
+                members.append((f"{key}.json", json.dumps(doc).encode()))
+        members += [
+            (f"s{n}/bad-jpeg.jpg", files[n].read_bytes()[:80]),
+            (f"s{n}/bad-jpeg.cls", b"1"),
+            (f"s{n}/no-label.jpg", files[n].read_bytes()),
+            (f"s{n}/no-image.cls", b"2"),
+            (f"s{n}/no-image.txt", b"caption"),
+            (f"s{n}/bad-json.jpg", files[n].read_bytes()),
+            (f"s{n}/bad-json.json", b"{nope"),
+        ]
+        tar_of(out / f"train-{n:06d}.tar", members)
+    return out
+
+
+def test_ray_webdataset_ingest_is_the_single_process_one(
+    ray_cluster: None, shards: Path, tmp_path: Path
+) -> None:
+    pattern = str(shards / "train-{000000..000002}.tar")
+    t = Transform(resize_shorter=16)
+    ref_url = f"local:{tmp_path / 'ref'}"
+    ref = ingest_webdataset(pattern, ref_url, "w", transform=t, progress=False)
+    url = f"local:{tmp_path / 'ray'}"
+    report = cray.ingest_webdataset(pattern, url, "w", transform=t, progress=False)
+    assert report.written == ref.written == 40
+    # Every bad sample is reported by shard and key, for the same reason.
+    assert sorted(report.skipped) == sorted(ref.skipped)
+    assert len(report.skipped) == 12
+    assert sum("bad-jpeg" in w for w, _ in report.skipped) == 3
+    assert report.split_file is not None and ref.split_file is not None
+    assert_same_ingest(url, report.split_file, ref_url, ref.split_file, table="w")
+    st = cc.open_store(url)
+    # The two samples under one path got the ids the single-process ingest gives.
+    for n in range(2):
+        label, data = st.get("w", sample_uuid("w", "same/path.jpg", n))
+        assert min(Image.open(io.BytesIO(data)).size) == 16
+    # A resumed run with nothing left to write finishes with the same split.
+    again = cray.ingest_webdataset(pattern, url, "w", resume=True, progress=False)
+    assert again.resumed == 40 and again.written == 40
+    assert again.split_file is not None
+    assert_same_ingest(url, again.split_file, ref_url, ref.split_file, table="w")
+
+
+def test_ray_webdataset_ingest_of_masks_into_cassandra_from_the_cli(
+    ray_cluster: None, folder: Path, keyspace_url: str, tmp_path: Path
+) -> None:
+    """``ingest webdataset --ray`` (the test's cluster: --ray auto would join
+    it too) with mask labels; a mask that is not an image is reported."""
+    files = sorted(p for p in folder.rglob("*.jpg") if p.name != "broken.jpg")[:12]
+    members: list[tuple[str, bytes]] = []
+    for i, p in enumerate(files):
+        mask = io.BytesIO()
+        Image.fromarray(np.full((8, 8), i, np.uint8), "L").save(mask, format="PNG")
+        members += [(f"m{i:02d}.jpg", p.read_bytes()), (f"m{i:02d}.seg.png", mask.getvalue())]
+    members += [("bad.jpg", files[0].read_bytes()), ("bad.seg.png", b"\x89PNG not a mask")]
+    shard = tar_of(tmp_path / "val-000000.tar", members)
+    ref_url = f"local:{tmp_path / 'ref'}"
+    ref = ingest_webdataset(str(shard), ref_url, "seg", mask_ext="seg.png", progress=False)
+    split = tmp_path / "seg.split"
+    address = ray.get_runtime_context().gcs_address
+    r = subprocess.run(
+        [sys.executable, "-m", "crs4_cassandra.cli", "ingest", "webdataset", str(shard),
+         "--store", keyspace_url, "--table", "seg", "--mask-ext", "seg.png",
+         "--split-file", str(split), "--ray", address, "-q"],
+        capture_output=True, text=True, timeout=200, cwd=REPO,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "wrote 12 samples into 'seg'" in r.stdout
+    assert f"{shard}, key bad: mask .seg.png: " in r.stdout
+    assert [w for w, _ in ref.skipped] == [f"{shard}, key bad"]
+    assert ref.split_file is not None
+    sf = cc.SplitFile.load(split)
+    assert sf.label_type == "blob" and sf.names() == ["val"]
+    assert_same_ingest(keyspace_url, sf, ref_url, ref.split_file, table="seg")
+
+
+def test_ray_webdataset_ingest_refuses_what_read_webdataset_cannot_read(
+    shards: Path, tmp_path: Path
+) -> None:
+    """Before any table is made or any task starts: no cluster is needed."""
+    odd = tar_of(
+        tmp_path / "odd.tar",
+        [("a.jpg", b"x"), ("b.jpg", b"y"), ("a.cls", b"1")],
+    )
+    url = f"local:{tmp_path / 'store'}"
+    with pytest.raises(errors.InvalidArgumentError, match=rf"{odd}, key a.*without Ray"):
+        cray.ingest_webdataset(str(odd), url, "t", progress=False)
+    one = str(shards / "train-000000.tar")
+    with pytest.raises(errors.InvalidArgumentError, match="listed twice"):
+        cray.ingest_webdataset([one, one], url, "t", progress=False)
+    assert not (tmp_path / "store").exists()

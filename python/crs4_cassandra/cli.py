@@ -245,21 +245,31 @@ def _ingest_multilabel(args: argparse.Namespace) -> int:
 
 
 def _ingest_webdataset(args: argparse.Namespace) -> int:
+    options = {
+        "label_type": args.label_type,
+        "image_ext": _names(args.image_ext),
+        "label_key": args.label_key,
+        "name_key": args.name_key,
+        "mask_ext": args.mask_ext,
+        "classes": _names(args.classes),
+        "split": args.split,
+        **_ingest_options(args),
+    }
+    if args.ray is not None:
+        from . import ray as ray_ingest
+
+        report = ray_ingest.ingest_webdataset(
+            args.shards,
+            args.store_url,
+            args.table,
+            address=args.ray,
+            **options,
+            **_connection_options(args),
+        )
+        return _report(report, args)
     from .webdataset import ingest_webdataset
 
-    report = ingest_webdataset(
-        args.shards,
-        args.store,
-        args.table,
-        label_type=args.label_type,
-        image_ext=_names(args.image_ext),
-        label_key=args.label_key,
-        name_key=args.name_key,
-        mask_ext=args.mask_ext,
-        classes=_names(args.classes),
-        split=args.split,
-        **_ingest_options(args),
-    )
+    report = ingest_webdataset(args.shards, args.store, args.table, **options)
     return _report(report, args)
 
 
@@ -319,6 +329,7 @@ def _add_webdataset_parsers(isub: Any, sub: Any) -> None:
         "name: train-000003.tar is train)",
     )
     add_transform_args(w)
+    add_ray_argument(w)
     w.set_defaults(func=_ingest_webdataset)
 
     export = sub.add_parser("export", help="write a store's samples out as files")

@@ -308,7 +308,10 @@ class Writer:
     from ``key`` with :func:`sample_uuid`, so a retried task writes the same
     ids), ``key`` (names the row in rejections), ``label`` (int, bytes or None),
     ``data`` (bytes), and the metadata ``label_id`` (default: the label if an
-    int), ``label_name``, ``path``, ``split``.
+    int), ``label_name``, ``path``, ``split``. A row with ``reject`` (a
+    reason) is not written but listed among the rejected rows with it, in
+    order, as if the writer had found it bad (a source that finds a sample bad
+    before writing reports it this way).
 
     They are written ``chunk`` at a time, data rows before metadata rows (a
     metadata row implies its sample), at most ``window`` chunks in flight:
@@ -392,6 +395,9 @@ class Writer:
         self._count += 1
         key = r.get("key")
         uid = _row_id(r.get("id"), key, self.table, n)
+        reject = r.get("reject")
+        if reject is not None:
+            return (uid, key, None, b"", None, None, None, None, True, str(reject))
         data = r.get("data")
         if data is None:
             raise InvalidArgumentError(f"row {key or uuidlib.UUID(bytes=uid)} has no data")
@@ -605,11 +611,7 @@ def _ingest(
 ) -> IngestReport:
     """Writes ``samples`` (what a source lists, not yet read) into ``table``,
     skipping those an earlier run wrote when ``resume``, then the split file."""
-    seen: dict[str, int] = {}
-    ids = []
-    for s in samples:
-        ids.append(sample_uuid(table, s.path, seen.get(s.path, 0)))
-        seen[s.path] = seen.get(s.path, 0) + 1
+    ids = _sample_ids(table, samples)
     # The source is scanned and checked before the store is touched.
     st = open_for_writing(store)
     metadata_table = f"{table}_metadata"
@@ -632,7 +634,6 @@ def _ingest(
             progress_bar(list(zip(samples, ids, strict=True)), f"ingest {table}", progress)
         ):
             if uid in done:
-                report.resumed += 1
                 continue
             got = s.read()
             if isinstance(got, str):
@@ -661,23 +662,7 @@ def _ingest(
     except BaseException:
         w.abort()
         raise
-    # What the writer rejected, by path, in input order.
-    rejected: defaultdict[str, deque[str]] = defaultdict(deque)
-    for key, why in summary.rejected:
-        rejected[key].append(why)
-    written = set(summary.ids)
-    kept: list[bytes] = []
-    tags: list[str | None] = []
-    for i, (s, uid) in enumerate(zip(samples, ids, strict=True)):
-        if uid in done or uid in written:
-            kept.append(uid)
-            tags.append(s.tag)
-            for c in s.counts:
-                report.per_class[c] = report.per_class.get(c, 0) + 1
-        elif i in unread:
-            report.skipped.append((s.where or s.path, unread[i]))
-        else:
-            report.skipped.append((s.where or s.path, rejected[s.path].popleft()))
+    kept, tags = _tally(report, samples, ids, done, unread, summary.rejected, set(summary.ids))
     return _finish(
         report,
         table,
@@ -693,6 +678,51 @@ def _ingest(
         split_file,
         transform,
     )
+
+
+def _sample_ids(table: str, samples: Sequence[_Sample]) -> list[bytes]:
+    """The ids of a source's samples: ``sample_uuid(table, path, n)``, ``n``
+    counting the samples listed before under the same path."""
+    seen: dict[str, int] = {}
+    ids = []
+    for s in samples:
+        ids.append(sample_uuid(table, s.path, seen.get(s.path, 0)))
+        seen[s.path] = seen.get(s.path, 0) + 1
+    return ids
+
+
+def _tally(
+    report: IngestReport,
+    samples: Sequence[_Sample],
+    ids: Sequence[bytes],
+    done: Mapping[bytes, Any] | set[bytes],
+    unread: Mapping[int, str],
+    rejected: Sequence[tuple[str, str]],
+    written: set[bytes] | None = None,
+) -> tuple[list[bytes], list[str | None]]:
+    """Counts in ``report`` what became of each sample: resumed (``done``),
+    unreadable (``unread``, by index), rejected by a writer (by path, in
+    order), or written (``written``, else every sample not rejected). Returns
+    the ids and split tags of the samples the tables hold."""
+    by_path: defaultdict[str, deque[str]] = defaultdict(deque)
+    for key, why in rejected:
+        by_path[key].append(why)
+    kept: list[bytes] = []
+    tags: list[str | None] = []
+    for i, (s, uid) in enumerate(zip(samples, ids, strict=True)):
+        if uid in done:
+            report.resumed += 1
+        elif i in unread:
+            report.skipped.append((s.where or s.path, unread[i]))
+            continue
+        elif (uid not in written) if written is not None else bool(by_path[s.path]):
+            report.skipped.append((s.where or s.path, by_path[s.path].popleft()))
+            continue
+        kept.append(uid)
+        tags.append(s.tag)
+        for c in s.counts:
+            report.per_class[c] = report.per_class.get(c, 0) + 1
+    return kept, tags
 
 
 def _prepare_tables(

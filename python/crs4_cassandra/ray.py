@@ -1,6 +1,7 @@
 """Ray Data: a Dataset written into a store (:class:`StoreDatasink`), a split
 or a whole ingest read back as a Dataset (:func:`read_split`), and the folder
-ingest run on a Ray cluster (:func:`ingest_folder`).
+and WebDataset ingests run on a Ray cluster (:func:`ingest_folder`,
+:func:`ingest_webdataset`).
 
 Needs ``ray[data]`` (``pip install crs4_cassandra[ray]``). Every write task
 writes its blocks through the same :class:`~crs4_cassandra.ingest.Writer` a
@@ -38,10 +39,22 @@ from .ingest import (
     _finish,
     _prepare_tables,
     _Sample,
+    _sample_ids,
+    _tally,
     sample_uuid,
     scan_image_folder,
 )
 from .split_file import LabelType, SplitFile, as_uuid_array
+from .webdataset import (
+    _KEY_EXT,
+    IMAGE_EXTS,
+    LABEL_EXTS,
+    ShardSample,
+    WebDatasetOptions,
+    _read_data,
+    sample_info,
+    scan_shards,
+)
 
 if TYPE_CHECKING:
     from ray.data._internal.execution.interfaces import TaskContext
@@ -51,6 +64,7 @@ __all__ = [
     "StoreDatasink",
     "connect",
     "ingest_folder",
+    "ingest_webdataset",
     "read_split",
     "write_dataset",
 ]
@@ -58,7 +72,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 # The keys a row hands the writer (see Writer.write).
-ROW_KEYS = ("id", "key", "label", "data", "label_id", "label_name", "path", "split")
+ROW_KEYS = ("id", "key", "label", "data", "label_id", "label_name", "path", "split", "reject")
 
 
 def _open(url: str, options: Mapping[str, Any], *, create: bool = False) -> _native.Store:
@@ -82,7 +96,8 @@ class StoreDatasink(Datasink[WriteSummary]):
     takes: ``data`` (the encoded bytes), ``label``, ``id`` or ``key`` (a row
     without an id gets ``sample_uuid(table, key)``, the id the single-process
     ingest gives), and the optional metadata ``path``, ``label_name``,
-    ``split``, ``label_id``. ``columns`` maps those keys to the dataset's own
+    ``split``, ``label_id``; a row with a ``reject`` reason is not written but
+    listed among the rejected rows. ``columns`` maps those keys to the dataset's own
     column names, e.g. ``{"data": "bytes", "key": "path"}`` for
     ``ray.data.read_binary_files(..., include_paths=True)``; other columns are
     ignored.
@@ -139,6 +154,10 @@ class StoreDatasink(Datasink[WriteSummary]):
         self.columns = dict(columns or {})
         self.store_options = store_options
         self.summary: WriteSummary | None = None
+        # Whether on_write_start checks the columns (the tasks always do):
+        # where Ray fuses a map into the write, the schema it hands is the
+        # map's input's.
+        self.check_schema = True
 
     def _writer(self, store: _native.Store, *, create: bool, overwrite: bool) -> Writer:
         return Writer(
@@ -158,7 +177,7 @@ class StoreDatasink(Datasink[WriteSummary]):
         # On the driver, before any task writes: write tasks never race on
         # creating (or dropping) the tables.
         names = getattr(schema, "names", None)
-        if names is not None:
+        if names is not None and self.check_schema:
             self._check_columns(list(names))
         if self.create or self.overwrite:
             store = _open(self.url, self.store_options, create=True)
@@ -209,7 +228,8 @@ def connect(address: str | None = None, **init_options: Any) -> None:
     connected already. ``init_options`` go to ``ray.init``."""
     if ray.is_initialized():
         return
-    opts: dict[str, Any] = {"include_dashboard": False}
+    local = address in (None, "local")
+    opts: dict[str, Any] = {"include_dashboard": False} if local else {}
     opts.update(init_options)
     # "local" starts a new instance even where another runs on this machine.
     ray.init(address=address or "local", **opts)
@@ -222,12 +242,17 @@ def write_dataset(
     *,
     label_type: LabelType,
     concurrency: int | None = None,
+    check_schema: bool = True,
     **sink_options: Any,
 ) -> WriteSummary:
     """Writes ``ds`` with a :class:`StoreDatasink` (``sink_options`` are its
     keywords) in at most ``concurrency`` tasks at once; returns its summary.
-    What ``ingest ... --ray`` runs after reading its source."""
+    What ``ingest ... --ray`` runs after reading its source. ``check_schema``
+    False: the columns are checked in the write tasks only (where ``ds`` ends
+    with a map that Ray fuses into the write, and so tells the sink the
+    schema of the map's input)."""
     sink = StoreDatasink(url, table, label_type=label_type, **sink_options)
+    sink.check_schema = check_schema
     ds.write_datasink(sink, concurrency=concurrency)
     return sink.summary if sink.summary is not None else WriteSummary()
 
@@ -478,11 +503,11 @@ def ingest_folder(
     # On the driver, before any task writes: created, replaced, or (resume)
     # read for what an earlier run wrote.
     done = _prepare_tables(st, table, metadata_table, "int", overwrite, resume)
+    samples = [
+        _Sample(rel, label, scan.classes[label], tag, lambda: "", (scan.classes[label],))
+        for rel, (_, label, tag) in zip(rels, scan.files, strict=True)
+    ]
     if done:
-        samples = [
-            _Sample(rel, label, scan.classes[label], tag, lambda: "")
-            for rel, (_, label, tag) in zip(rels, scan.files, strict=True)
-        ]
         _check_resumable(done, samples, ids, table, metadata_table, src_path)
     todo = [str(f) for (f, _, _), uid in zip(scan.files, ids, strict=True) if uid not in done]
     summary = WriteSummary()
@@ -505,19 +530,8 @@ def ingest_folder(
             concurrency=concurrency,
             **store_options,
         )
-    rejected = dict(summary.rejected)
     report = IngestReport(table=table, metadata_table=metadata_table)
-    kept: list[bytes] = []
-    tags: list[str | None] = []
-    for rel, uid, (_, label, tag) in zip(rels, ids, scan.files, strict=True):
-        if rel in rejected:
-            report.skipped.append((rel, rejected[rel]))
-            continue
-        report.resumed += uid in done
-        kept.append(uid)
-        tags.append(tag)
-        name = scan.classes[label]
-        report.per_class[name] = report.per_class.get(name, 0) + 1
+    kept, tags = _tally(report, samples, ids, done, {}, summary.rejected)
     return _finish(
         report,
         table,
@@ -528,6 +542,222 @@ def ingest_folder(
         "int",
         scan.classes,
         src_path,
+        val_frac,
+        seed,
+        split_file,
+        transform,
+    )
+
+
+# --- the WebDataset ingest on Ray ------------------------------------------
+
+
+def _member_wanted(exts: frozenset[str], name: str) -> bool:
+    match = _KEY_EXT.match(name)
+    return match is not None and match.group(2).lower() in exts
+
+
+def _shard_url(url: str) -> str:
+    return os.path.abspath(url[len("local://") :] if url.startswith("local://") else url)
+
+
+def _webdataset_rows(
+    batch: Any,
+    *,
+    opts: WebDatasetOptions,
+    table: str,
+    shards: Mapping[str, str],
+    skip: frozenset[tuple[str, str]],
+    ids: Mapping[tuple[str, str], bytes],
+) -> pa.Table:
+    """``read_webdataset(..., decoder=None)`` rows as writer rows, made by the
+    functions the single-process ingest uses: the metadata from the sample's
+    ``.cls``/``.json`` members, the id from its path (``ids`` where the driver
+    gave another: a path listed twice), the data checked (a sample whose data
+    is bad is handed on with a ``reject`` reason). Samples in ``skip`` (written
+    before, or ruled out by their metadata: the driver reports those) go."""
+    # A pandas batch, as the reader makes its blocks: a member a sample lacks
+    # is NaN there.
+    members = [c for c in batch.columns if not c.startswith("__")]
+    cols = {c: batch[c].tolist() for c in members}
+    urls = batch["__url__"].tolist()
+    keys = batch["__key__"].tolist()
+    out: dict[str, list[Any]] = {k: [] for k in ROW_KEYS}
+    for i, (url, key) in enumerate(zip(urls, keys, strict=True)):
+        key = key[2:] if key.startswith("./") else key
+        where = (_shard_url(url), key)
+        if where in skip:
+            continue
+        got = {c.lower(): cols[c][i] for c in members if isinstance(cols[c][i], bytes)}
+        # The shard as the driver named it: its name may give the split.
+        sample = ShardSample(Path(shards.get(where[0], where[0])), -1, key, got)
+        info = sample_info(sample, opts)
+        if info.problem is not None:
+            continue
+        data = _read_data(sample, info, opts)
+        reject = data if isinstance(data, str) else None
+        label, blob = (None, b"") if isinstance(data, str) else data
+        row = {
+            "id": ids.get(where) or sample_uuid(table, info.path),
+            "key": info.path,
+            "label": label,
+            "data": blob,
+            "label_id": info.label if isinstance(info.label, int) else None,
+            "label_name": info.label_name,
+            "path": info.path,
+            "split": info.tag,
+            "reject": reject,
+        }
+        for k, v in row.items():
+            out[k].append(v)
+    label = pa.large_binary() if opts.label_type == "blob" else pa.int64()
+    types = {
+        "id": pa.binary(16),
+        "key": pa.string(),
+        "label": label if opts.label_type != "none" else pa.null(),
+        "data": pa.large_binary(),
+        "label_id": pa.int64(),
+        "label_name": pa.string(),
+        "path": pa.string(),
+        "split": pa.string(),
+        "reject": pa.string(),
+    }
+    return pa.table({k: pa.array(v, types[k]) for k, v in out.items()})
+
+
+def ingest_webdataset(
+    shards: str | Sequence[str],
+    store: str,
+    table: str,
+    *,
+    address: str | None = None,
+    label_type: LabelType | None = None,
+    image_ext: Sequence[str] = (),
+    label_key: str = "label",
+    name_key: str = "label_name",
+    mask_ext: str | None = None,
+    classes: Sequence[str] = (),
+    split: str | None = None,
+    val_frac: float = 0.2,
+    seed: int = 0,
+    split_file: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    transform: Transform | None = None,
+    chunk: int = 64,
+    window: int | None = None,
+    concurrency: int | None = None,
+    progress: bool = True,
+    **store_options: Any,
+) -> IngestReport:
+    """:func:`crs4_cassandra.webdataset.ingest_webdataset` on a Ray cluster
+    (joined at ``address``, or a local one): the driver reads the shards'
+    label and metadata members (as the single-process ingest's first pass
+    does) and prepares the tables; ``ray.data.read_webdataset`` reads the
+    shards in read tasks and :class:`StoreDatasink` writes them in at most
+    ``concurrency`` tasks at once. Ids, rows, skipped samples (by shard and
+    key) and the split file are those of the single-process ingest of the
+    same shards. Shards Ray's reader refuses (a sample whose members are not
+    contiguous, a member twice) and a shard listed twice are refused here,
+    naming them, before anything is written."""
+    _check_args(val_frac, chunk, overwrite, resume)
+    scan = scan_shards(
+        shards,
+        label_type=label_type,
+        image_ext=image_ext,
+        label_key=label_key,
+        name_key=name_key,
+        mask_ext=mask_ext,
+        classes=classes,
+        split=split,
+        transform=transform,
+        progress=progress,
+    )
+    scan.cursor.close()
+    urls = [_shard_url(str(p)) for p in scan.paths]
+    twice = sorted({u for u in urls if urls.count(u) > 1})
+    if twice or scan.irregular:
+        what = [f"shard {u} is listed twice" for u in twice] + [
+            f"{w}: its members are not contiguous, or one is there twice" for w in scan.irregular
+        ]
+        more = f" (and {len(what) - 5} more)" if len(what) > 5 else ""
+        raise InvalidArgumentError(
+            f"cannot read {scan.source!r} with Ray Data's read_webdataset: "
+            f"{'; '.join(what[:5])}{more}; ingest it without Ray (no --ray), which "
+            "reports such samples and goes on"
+        )
+    source = Path(scan.source)
+    ids = _sample_ids(table, scan.samples)
+    st = _open(store, store_options, create=True)
+    metadata_table = f"{table}_metadata"
+    done = _prepare_tables(st, table, metadata_table, scan.opts.label_type, overwrite, resume)
+    if done:
+        _check_resumable(done, scan.samples, ids, table, metadata_table, source)
+    unread = {
+        i: why for i, why in enumerate(scan.problems) if why is not None and ids[i] not in done
+    }
+    skip: set[tuple[str, str]] = set()
+    given: dict[tuple[str, str], bytes] = {}
+    todo: set[str] = set()
+    for i, ((shard, key), s, uid) in enumerate(zip(scan.keys, scan.samples, ids, strict=True)):
+        where = (_shard_url(str(shard)), key)
+        if uid in done or i in unread:
+            skip.add(where)
+            continue
+        todo.add(where[0])
+        if uid != sample_uuid(table, s.path):
+            given[where] = uid
+    summary = WriteSummary()
+    if todo:
+        connect(address)
+        ray.data.DataContext.get_current().enable_progress_bars = progress
+        wanted = frozenset(LABEL_EXTS) | frozenset(
+            e for e in (scan.opts.image_ext or IMAGE_EXTS) + (scan.opts.mask_ext or "",) if e
+        )
+        ds = ray.data.read_webdataset(
+            [u for u in urls if u in todo],
+            decoder=None,
+            fileselect=functools.partial(_member_wanted, wanted),
+        )
+        rows = ds.map_batches(
+            functools.partial(
+                _webdataset_rows,
+                opts=scan.opts,
+                table=table,
+                shards=dict(zip(urls, map(str, scan.paths), strict=True)),
+                skip=frozenset(skip),
+                ids=given,
+            ),
+            batch_format="pandas",
+            # A block at a time: blocks of shards with other members have
+            # other columns, which a batch across blocks would have to unify.
+            batch_size=None,
+        )
+        summary = write_dataset(
+            rows,
+            store,
+            table,
+            label_type=scan.opts.label_type,
+            check_schema=False,
+            create=False,
+            transform=transform,
+            chunk=chunk,
+            window=window,
+            concurrency=concurrency,
+            **store_options,
+        )
+    report = IngestReport(table=table, metadata_table=metadata_table, skipped_noun="samples")
+    kept, tags = _tally(report, scan.samples, ids, done, unread, summary.rejected)
+    return _finish(
+        report,
+        table,
+        metadata_table,
+        kept,
+        tags,
+        st,
+        scan.opts.label_type,
+        scan.classes,
+        source,
         val_frac,
         seed,
         split_file,

@@ -419,6 +419,76 @@ def ingest_webdataset(
     would leave the masks behind).
     """
     _check_args(val_frac, chunk, overwrite, resume)
+    scan = scan_shards(
+        shards,
+        label_type=label_type,
+        image_ext=image_ext,
+        label_key=label_key,
+        name_key=name_key,
+        mask_ext=mask_ext,
+        classes=classes,
+        split=split,
+        transform=transform,
+        progress=progress,
+    )
+    try:
+        return _ingest(
+            Path(scan.source),
+            store,
+            table,
+            scan.opts.label_type,
+            scan.samples,
+            scan.classes,
+            val_frac=val_frac,
+            seed=seed,
+            split_file=split_file,
+            overwrite=overwrite,
+            resume=resume,
+            chunk=chunk,
+            progress=progress,
+            transform=transform,
+            window=window,
+            skipped_noun="samples",
+        )
+    finally:
+        scan.cursor.close()
+
+
+@dataclass
+class ShardScan:
+    """What the first pass over the shards (their label and metadata members
+    only) finds: the options, the shards, every sample in order with its
+    metadata (and how to read its data later), the class names, and the
+    samples Ray Data's reader would refuse (a key whose members are not
+    contiguous, a member twice). ``problems`` says, for each sample, why its
+    metadata already rules it out (None: it is read)."""
+
+    opts: WebDatasetOptions
+    paths: list[Path]
+    source: str
+    samples: list[_Sample]
+    keys: list[tuple[Path, str]]
+    classes: list[str]
+    problems: list[str | None]
+    cursor: _ShardCursor
+    irregular: list[str]
+
+
+def scan_shards(
+    shards: str | Sequence[str],
+    *,
+    label_type: LabelType | None = None,
+    image_ext: Sequence[str] = (),
+    label_key: str = "label",
+    name_key: str = "label_name",
+    mask_ext: str | None = None,
+    classes: Sequence[str] = (),
+    split: str | None = None,
+    transform: Transform | None = None,
+    progress: bool = True,
+) -> ShardScan:
+    """The first pass of :func:`ingest_webdataset` (its arguments): the
+    options checked, the shards listed, each sample's metadata read."""
     label_type = label_type or ("blob" if mask_ext else "int")
     if mask_ext and transform is not None and transform.changes_geometry():
         raise InvalidArgumentError(
@@ -439,9 +509,16 @@ def ingest_webdataset(
     source = shards if isinstance(shards, str) else " ".join(map(str, shards))
     cursor = _ShardCursor(opts.data_exts())
     samples: list[_Sample] = []
+    keys: list[tuple[Path, str]] = []
+    problems: list[str | None] = []
+    irregular: list[str] = []
     rows: list[tuple[bytes, Label, str | None, str | None, str | None]] = []
     for shard in _bar(paths, "scan shards", "shard", progress and len(paths) > 1):
+        seen: set[str] = set()
         for s in iter_shard(shard, LABEL_EXTS.__contains__):
+            if s.key in seen or s.problems:
+                irregular.append(f"{shard}, key {s.key}")
+            seen.add(s.key)
             info = sample_info(s, opts)
             label_id = info.label if isinstance(info.label, int) else None
             samples.append(
@@ -455,30 +532,12 @@ def ingest_webdataset(
                     where=f"{shard}, key {s.key}",
                 )
             )
+            keys.append((shard, s.key))
+            problems.append(info.problem)
             if info.problem is None:
                 rows.append((b"", label_id, info.label_name, info.path, info.tag))
     names = list(classes) or _classes(rows, label_type)
-    try:
-        return _ingest(
-            Path(source),
-            store,
-            table,
-            label_type,
-            samples,
-            names,
-            val_frac=val_frac,
-            seed=seed,
-            split_file=split_file,
-            overwrite=overwrite,
-            resume=resume,
-            chunk=chunk,
-            progress=progress,
-            transform=transform,
-            window=window,
-            skipped_noun="samples",
-        )
-    finally:
-        cursor.close()
+    return ShardScan(opts, paths, source, samples, keys, names, problems, cursor, irregular)
 
 
 def _bar(items: Sequence[Any], desc: str, unit: str, progress: bool) -> Any:

@@ -1130,15 +1130,19 @@ impl CachedTable {
         let hit = job.is_pad.iter().filter(|&&pad| !pad).count() as u64 - missed;
         cache.hits.fetch_add(hit, Ordering::Relaxed);
         cache.misses.fetch_add(missed, Ordering::Relaxed);
-        let mut batch = assemble(
-            &job,
-            self.inner.spec().label_type,
-            &found,
-            fetched.as_ref(),
-            &pool,
-        );
+        let mut batch = match fetched {
+            // Nothing was cached (a first epoch): the store's batch is the
+            // batch, not copied again.
+            Some(b) if misses.len() == job.ids.len() => b,
+            fetched => assemble(
+                &job,
+                self.inner.spec().label_type,
+                &found,
+                fetched.as_ref(),
+                &pool,
+            ),
+        };
         batch.local = misses.is_empty();
-        drop(fetched);
         let Some(clock) = self.clock().filter(|_| cache.writes_on()) else {
             return Ok(batch);
         };
