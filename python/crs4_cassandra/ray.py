@@ -88,6 +88,21 @@ def _open(url: str, options: Mapping[str, Any], *, create: bool = False) -> _nat
     return _native.open_store(url, options=given or None)
 
 
+# The stores this worker process opened for its tasks, by URL and options:
+# Ray runs many tasks in one worker, and a Cassandra session is worth
+# keeping between them (connecting takes round trips and CPU).
+_TASK_STORES: dict[tuple[str, str], _native.Store] = {}
+
+
+def _task_store(url: str, options: Mapping[str, Any]) -> _native.Store:
+    """The store of ``url`` for a read or write task: opened once a worker."""
+    key = (url, repr(sorted(options.items())))
+    store = _TASK_STORES.get(key)
+    if store is None:
+        store = _TASK_STORES[key] = _open(url, options)
+    return store
+
+
 class StoreDatasink(Datasink[WriteSummary]):
     """Writes a Ray Dataset into ``table`` of the store at ``url`` (local or
     Cassandra): ``ds.write_datasink(StoreDatasink(url, table, label_type="int"))``.
@@ -184,7 +199,7 @@ class StoreDatasink(Datasink[WriteSummary]):
             self._writer(store, create=True, overwrite=self.overwrite).close()
 
     def write(self, blocks: Iterable[Block], ctx: TaskContext) -> WriteSummary:
-        store = _open(self.url, self.store_options)
+        store = _task_store(self.url, self.store_options)
         w = self._writer(store, create=False, overwrite=False)
         try:
             for block in blocks:
@@ -304,7 +319,7 @@ def _read_shard(
     config: _native.ReaderConfig,
     label_type: LabelType,
 ) -> Iterator[pa.Table]:
-    store = _open(url, options)
+    store = _task_store(url, options)
     reader = _native.Reader(store, config, rank=0, world_size=1)
     try:
         for nb in reader:
@@ -467,6 +482,15 @@ class _FolderRows:
         )
 
 
+def _blocks(files: int, chunk: int) -> int:
+    """Blocks to read ``files`` in: a write task's writer has a few chunks
+    to keep in flight (Ray's default, 200 blocks, gives tasks of a few files,
+    each paying for its own writer), and every CPU of the cluster a task."""
+    cpus = int(ray.cluster_resources().get("CPU", 1))  # type: ignore[no-untyped-call]
+    per_task = chunk * 4
+    return max(1, min(files, max(-(-files // per_task), 2 * cpus)))
+
+
 def ingest_folder(
     src: str | os.PathLike[str],
     store: str,
@@ -514,7 +538,9 @@ def ingest_folder(
     if todo:
         connect(address)
         ray.data.DataContext.get_current().enable_progress_bars = progress
-        files = ray.data.read_binary_files(todo, include_paths=True)
+        files = ray.data.read_binary_files(
+            todo, include_paths=True, override_num_blocks=_blocks(len(todo), chunk)
+        )
         rows = files.map_batches(
             _FolderRows(str(root), scan.classes, scan.tagged), batch_format="pyarrow"
         )
