@@ -5,9 +5,11 @@
 //! bandwidth-delay product). Both are measured, as TCP's BBR does for
 //! packets, on every finished batch read:
 //!
-//! - **throughput**: the bytes that finished while the batch was in flight,
-//!   over its time in flight; the window uses the highest such rate of the
-//!   last [`BW_ROUNDS`] round trips;
+//! - **throughput**: the bytes that finished over the last [`RATE_ROUNDS`]
+//!   round trips, over their length (not over one read's time in flight:
+//!   reads finish in clumps, and a rate taken over one read's flight that
+//!   ends in a clump overestimated a real node's throughput 3-5 fold); the
+//!   window uses the highest such rate of the last [`BW_ROUNDS`] round trips;
 //! - **round trip**: the lowest time in flight seen over the last
 //!   [`MIN_RTT_LIFE`]. A window wider than needed only queues reads (at the
 //!   server, in the network), which lengthens every round trip but not the
@@ -46,6 +48,11 @@ const STARTUP_GROWTH: f64 = 1.25;
 const STARTUP_PLATEAU: u32 = 3;
 /// Round trips over which the highest throughput is kept.
 const BW_ROUNDS: usize = 10;
+/// Each throughput sample is the bytes delivered over this many round trips:
+/// reads finish in clumps (a server's pauses, many reads served together),
+/// and a sample over one round trip that ends inside a clump counts part of
+/// it twice.
+const RATE_ROUNDS: usize = 2;
 /// How long the lowest round trip stands before it is measured again.
 const MIN_RTT_LIFE: Duration = Duration::from_secs(10);
 /// A round trip lasts at least this long, so that the filters of a store
@@ -91,8 +98,6 @@ pub struct Ticket {
     sent: Instant,
     /// Bytes finished before it was issued.
     delivered: u64,
-    /// When the last of those finished.
-    delivered_at: Instant,
 }
 
 impl Ticket {
@@ -123,15 +128,15 @@ pub struct WindowTuner {
     reserved: usize,
     avg_batch_bytes: f64,
     phase: Phase,
-    /// Bytes of every finished read so far, and when the last one finished.
+    /// Bytes of every finished read so far.
     delivered: u64,
-    delivered_at: Instant,
-    /// Round trips: one ends when a read issued after the last one ended finishes.
-    round_start: Instant,
-    next_round: u64,
-    /// The highest rate of each of the last rounds, and of the current one.
+    /// Round trips: one ends when a read issued after the last one ended
+    /// finishes, and lasts at least the lowest round trip. Where the last
+    /// [`RATE_ROUNDS`] started, (when, bytes delivered then); the current
+    /// one's start last.
+    round_starts: VecDeque<(Instant, u64)>,
+    /// The bytes each of the last rounds delivered over its length.
     round_rates: VecDeque<f64>,
-    round_rate: f64,
     min_rtt: Option<(Duration, Instant)>,
     probe_min: Option<Duration>,
     /// The throughput starting was last measured to rise to, and the round
@@ -157,11 +162,8 @@ impl WindowTuner {
             avg_batch_bytes: 0.0,
             phase: Phase::Startup,
             delivered: 0,
-            delivered_at: now,
-            round_start: now,
-            next_round: 0,
+            round_starts: VecDeque::from([(now, 0)]),
             round_rates: VecDeque::with_capacity(BW_ROUNDS),
-            round_rate: 0.0,
             min_rtt: None,
             probe_min: None,
             full_bw: 0.0,
@@ -222,10 +224,7 @@ impl WindowTuner {
 
     /// The highest throughput (bytes/s) of the last round trips.
     fn bandwidth(&self) -> f64 {
-        self.round_rates
-            .iter()
-            .copied()
-            .fold(self.round_rate, f64::max)
+        self.round_rates.iter().copied().fold(0.0, f64::max)
     }
 
     /// The window the estimates call for now.
@@ -246,7 +245,6 @@ impl WindowTuner {
         Ticket {
             sent: now,
             delivered: self.delivered,
-            delivered_at: self.delivered_at,
         }
     }
 
@@ -261,19 +259,13 @@ impl WindowTuner {
             return;
         }
         self.delivered += bytes as u64;
-        self.delivered_at = self.delivered_at.max(now);
         let rtt = now.saturating_duration_since(ticket.sent);
-        // Over the longer of the read's own time in flight and the time over
-        // which the bytes counted finished: completions taken in late and
-        // all at once must not pass for a high rate.
-        let span = rtt.max(now.saturating_duration_since(ticket.delivered_at));
-        if span > Duration::ZERO {
-            let rate = (self.delivered - ticket.delivered) as f64 / span.as_secs_f64();
-            self.round_rate = self.round_rate.max(rate);
-        }
         self.on_rtt(ticket, rtt, now);
-        if ticket.delivered >= self.next_round
-            && now.saturating_duration_since(self.round_start) >= MIN_ROUND
+        let min_round = self
+            .min_rtt
+            .map_or(MIN_ROUND, |(low, _)| low.max(MIN_ROUND));
+        let (round_start, round_from) = *self.round_starts.back().expect("a round started");
+        if ticket.delivered >= round_from && now.saturating_duration_since(round_start) >= min_round
         {
             self.end_round(now);
         }
@@ -312,13 +304,17 @@ impl WindowTuner {
     }
 
     fn end_round(&mut self, now: Instant) {
-        self.round_start = now;
-        self.next_round = self.delivered;
+        let (since, from) = self.round_starts[0];
+        let span = now.saturating_duration_since(since).as_secs_f64();
+        let rate = (self.delivered - from) as f64 / span.max(1e-9);
+        if self.round_starts.len() == RATE_ROUNDS {
+            self.round_starts.pop_front();
+        }
+        self.round_starts.push_back((now, self.delivered));
         if self.round_rates.len() == BW_ROUNDS {
             self.round_rates.pop_front();
         }
-        self.round_rates.push_back(self.round_rate);
-        self.round_rate = 0.0;
+        self.round_rates.push_back(rate);
         if self.phase == Phase::Startup {
             let bw = self.bandwidth();
             if bw >= self.full_bw * STARTUP_GROWTH {
