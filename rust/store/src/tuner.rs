@@ -2,14 +2,13 @@
 //!
 //! What must be in flight to keep a reader busy is its throughput times the
 //! time a read takes when nothing queues ahead of it (Little's law: the
-//! bandwidth-delay product). Both are measured, as TCP's BBR does for
-//! packets, on every finished batch read:
+//! bandwidth-delay product). Both are measured from finished batch reads, as
+//! TCP's BBR does from acknowledged packets:
 //!
 //! - **throughput**: the bytes that finished over the last [`RATE_ROUNDS`]
-//!   round trips, over their length (not over one read's time in flight:
-//!   reads finish in clumps, and a rate taken over one read's flight that
-//!   ends in a clump overestimated a real node's throughput 3-5 fold); the
-//!   window uses the highest such rate of the last [`BW_ROUNDS`] round trips;
+//!   round trips, over their length (not over one read's time in flight, as
+//!   BBR takes it per packet: see [`RATE_ROUNDS`]); the window uses the
+//!   highest such rate of the last [`BW_ROUNDS`] round trips;
 //! - **round trip**: the lowest time in flight seen over the last
 //!   [`MIN_RTT_LIFE`]. A window wider than needed only queues reads (at the
 //!   server, in the network), which lengthens every round trip but not the
@@ -48,15 +47,17 @@ const STARTUP_GROWTH: f64 = 1.25;
 const STARTUP_PLATEAU: u32 = 3;
 /// Round trips over which the highest throughput is kept.
 const BW_ROUNDS: usize = 10;
-/// Each throughput sample is the bytes delivered over this many round trips:
-/// reads finish in clumps (a server's pauses, many reads served together),
-/// and a sample over one round trip that ends inside a clump counts part of
-/// it twice.
+/// Each throughput sample is the bytes delivered over this many round trips.
+/// Reads finish in clumps (a server's pauses, many reads served together): a
+/// rate over one read's time in flight that ends in a clump overstated a
+/// real node's throughput 3-5 fold, and one over a single round trip that
+/// ends inside a clump counts part of it twice.
 const RATE_ROUNDS: usize = 2;
 /// How long the lowest round trip stands before it is measured again.
 const MIN_RTT_LIFE: Duration = Duration::from_secs(10);
-/// A round trip lasts at least this long, so that the filters of a store
-/// answering in microseconds span more than noise.
+/// A round trip lasts at least this long (and at least the lowest round
+/// trip), so that the filters of a store answering in microseconds span more
+/// than noise.
 const MIN_ROUND: Duration = Duration::from_millis(10);
 /// The window never goes below this many batch reads.
 const MIN_WINDOW: usize = 4;
@@ -135,7 +136,7 @@ pub struct WindowTuner {
     /// [`RATE_ROUNDS`] started, (when, bytes delivered then); the current
     /// one's start last.
     round_starts: VecDeque<(Instant, u64)>,
-    /// The bytes each of the last rounds delivered over its length.
+    /// The throughput sample taken at the end of each of the last rounds.
     round_rates: VecDeque<f64>,
     min_rtt: Option<(Duration, Instant)>,
     probe_min: Option<Duration>,
