@@ -243,18 +243,33 @@ FILL = textwrap.dedent(
 )
 
 
-def test_a_cache_cut_short_by_a_crash_is_rebuilt(table: Table, tmp_path: Path) -> None:
-    path = tmp_path / "cache"
-    np.save(tmp_path / "uuids.npy", table.uuids)
-    # Filled by another process, which then ends: nothing here maps the file.
+def fill_in_another_process(t: Table, path: Path, tmp_path: Path) -> None:
+    """One epoch read by a process of its own, which then ends."""
+    np.save(tmp_path / "uuids.npy", t.uuids)
     out = subprocess.run(
-        [sys.executable, "-c", FILL, table.url, str(path), str(tmp_path / "uuids.npy")],
+        [sys.executable, "-c", FILL, t.url, str(path), str(tmp_path / "uuids.npy")],
         capture_output=True,
         text=True,
         timeout=120,
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == [str(N), str(N)]
+
+
+def test_a_process_that_ends_leaves_its_last_epoch_cached(table: Table, tmp_path: Path) -> None:
+    # A reader alone does not wait for the cache's writer at an epoch's end;
+    # the process does before it exits, so nothing it read is lost.
+    path = tmp_path / "cache"
+    fill_in_another_process(table, path, tmp_path)
+    st = cached(table.url, path)
+    check(table, read_epoch(cc.ShardedDataset(st, "t", table.uuids, BATCH), 0))
+    assert hits(st) == (N, 0)
+
+
+def test_a_cache_cut_short_by_a_crash_is_rebuilt(table: Table, tmp_path: Path) -> None:
+    path = tmp_path / "cache"
+    # Filled by another process, which then ends: nothing here maps the file.
+    fill_in_another_process(table, path, tmp_path)
     data = path / "data.mdb"
     size = data.stat().st_size
     with data.open("r+b") as f:

@@ -26,10 +26,11 @@
 //! read, and its samples go to a queue that a writer thread of the process
 //! commits, as many queued batches as there are in one write transaction
 //! ([`WriteQueue`]). Until then a lookup finds them in the queue. The queue
-//! is bounded (a reader waits for room past [`QUEUE_BYTES`]), and a reader
-//! waits for it to drain at the end of each epoch it delivers, so that
-//! another process sharing the cache (a DataLoader worker, a rank) finds
-//! every sample of an epoch once that epoch is over.
+//! is bounded (a reader waits for room past [`QUEUE_BYTES`]). A reader whose
+//! plan other processes share (DataLoader workers, ranks) waits for it to
+//! drain at the end of each epoch it delivers, so that they find every
+//! sample of an epoch once that epoch is over; a reader alone does not (its
+//! lookups find the queue), and its process drains the queue when it exits.
 //!
 //! Layout (one LMDB environment, shared by every process of a host: LMDB
 //! serializes write transactions across processes):
@@ -317,17 +318,23 @@ pub struct Cached {
     pub data: Vec<u8>,
 }
 
-fn encode(label: Option<&[u8]>, data: &[u8]) -> Vec<u8> {
-    let mut v = Vec::with_capacity(4 + label.map_or(0, <[u8]>::len) + data.len());
-    match label {
-        Some(l) => {
-            v.extend_from_slice(&(l.len() as u32).to_le_bytes());
-            v.extend_from_slice(l);
-        }
-        None => v.extend_from_slice(&NO_LABEL.to_le_bytes()),
+/// The record of a sample: its label's length (or [`NO_LABEL`]), the label,
+/// the data; made in place, the one copy of the sample an admission makes.
+fn encode(label: Option<&[u8]>, data: &[u8]) -> Arc<[u8]> {
+    let header = match label {
+        Some(l) => (l.len() as u32).to_le_bytes(),
+        None => NO_LABEL.to_le_bytes(),
+    };
+    let parts = [&header[..], label.unwrap_or_default(), data];
+    let mut record = Arc::<[u8]>::new_uninit_slice(parts.iter().map(|p| p.len()).sum());
+    let out = Arc::get_mut(&mut record).expect("a new Arc is unique");
+    let mut at = 0;
+    for part in parts {
+        out[at..at + part.len()].write_copy_of_slice(part);
+        at += part.len();
     }
-    v.extend_from_slice(data);
-    v
+    // SAFETY: the parts cover the record exactly, so every byte was written.
+    unsafe { record.assume_init() }
 }
 
 /// A record of `samples`, None if it does not parse (then it is not served).
@@ -394,6 +401,58 @@ struct QueueState {
     /// The records queued or being written, by sample key: what a lookup
     /// serves before they are committed.
     held: HashMap<[u8; 24], Arc<[u8]>>,
+}
+
+impl WriteQueue {
+    /// Waits, up to `limit`, until what is queued is committed (or the
+    /// writer has stopped).
+    fn drain(&self, limit: Duration) {
+        let deadline = Instant::now() + limit;
+        let Ok(mut state) = self.state.lock() else {
+            return;
+        };
+        while (!state.items.is_empty() || state.writing > 0) && state.running {
+            let now = Instant::now();
+            if now >= deadline {
+                return;
+            }
+            state = match self.changed.wait_timeout(state, deadline - now) {
+                Ok((state, _)) => state,
+                Err(_) => return,
+            };
+        }
+    }
+}
+
+/// This process's queues, drained when it exits (see [`drain_at_exit`]).
+static EXIT_QUEUES: Mutex<Vec<ProcessOwned<std::sync::Weak<WriteQueue>>>> =
+    Mutex::new(Vec::new());
+
+/// Has `q` drained when the process exits normally: a reader whose plan no
+/// other process shares does not wait for the writer at an epoch's end (its
+/// own lookups find the queued samples), so what the last epoch left queued
+/// is committed here, before the writer thread dies with the process.
+/// (A forked DataLoader worker, which leaves by `_exit`, shares its plan
+/// with the other workers and so waits at each epoch's end.)
+fn drain_at_exit(q: &Arc<WriteQueue>) {
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    extern "C" fn drain_all() {
+        let queues: Vec<Arc<WriteQueue>> = match EXIT_QUEUES.lock() {
+            Ok(list) => list.iter().filter_map(|q| q.get()?.upgrade()).collect(),
+            Err(_) => return,
+        };
+        for q in queues {
+            q.drain(SETTLE_LIMIT);
+        }
+    }
+    if let Ok(mut list) = EXIT_QUEUES.lock() {
+        list.retain(|q| q.get().is_some_and(|w| w.strong_count() > 0));
+        list.push(ProcessOwned::new(Arc::downgrade(q)));
+    }
+    HOOK.call_once(|| {
+        // SAFETY: `drain_all` is a plain function that only locks and waits.
+        unsafe { libc::atexit(drain_all) };
+    });
 }
 
 /// The cache of one directory in this process. Holds no LMDB handle (one
@@ -624,6 +683,7 @@ impl SampleCache {
             changed: Condvar::new(),
         });
         *queue = Some(ProcessOwned::new(q.clone()));
+        drain_at_exit(&q);
         q
     }
 
@@ -739,21 +799,8 @@ impl SampleCache {
     /// Waits (up to [`SETTLE_LIMIT`]) until this process's queued admissions
     /// are committed, so that other processes see them.
     pub fn settle(&self) {
-        let Some(q) = self.current_queue() else {
-            return;
-        };
-        let deadline = Instant::now() + SETTLE_LIMIT;
-        let mut state = q.state.lock().expect("cache queue poisoned");
-        while (!state.items.is_empty() || state.writing > 0) && state.running {
-            let now = Instant::now();
-            if now >= deadline {
-                return;
-            }
-            state = q
-                .changed
-                .wait_timeout(state, deadline - now)
-                .expect("cache queue poisoned")
-                .0;
+        if let Some(q) = self.current_queue() {
+            q.drain(SETTLE_LIMIT);
         }
     }
 
@@ -1274,7 +1321,7 @@ fn batch_admissions(
                 }
                 Labels::None => None,
             };
-            let record: Arc<[u8]> = encode(label, batch.sample(i)).into();
+            let record = encode(label, batch.sample(i));
             bytes += record.len();
             record
         });
@@ -1362,7 +1409,7 @@ mod tests {
 
     /// Records samples `(i, key)` of `data`, in one write transaction.
     fn put_data(c: &SampleCache, ns: &Ns, samples: &[(u128, u64)], data: &[u8], stale_below: u64) {
-        let record: Arc<[u8]> = encode(None, data).into();
+        let record = encode(None, data);
         let admissions = samples
             .iter()
             .map(|&(i, key)| Admission {
@@ -1648,7 +1695,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let c = cache(dir.path(), 1 << 20, CachePolicy::Lru);
         let ns = c.namespace("ns").unwrap().unwrap();
-        let record: Arc<[u8]> = encode(Some(b"L"), b"data").into();
+        let record = encode(Some(b"L"), b"data");
         // The writer thread is held off: the queue's lock is ours while
         // the batch is queued and looked up.
         let q = c.process_queue();

@@ -125,8 +125,9 @@ pub trait TableReader: Send + Sync + 'static {
     fn plan_known(&self, _clock: Arc<cache::UseClock>) {}
 
     /// Waits until what the reads so far left to do in the background is
-    /// done (a cache's admissions), so that other processes see it. The
-    /// reader calls it at the end of each epoch it delivers.
+    /// done (a cache's admissions), so that other processes see it. A reader
+    /// whose plan other processes share calls it at the end of each epoch it
+    /// delivers.
     fn settle(&self) {}
 
     /// Counts of the store's sample reads so far, in this process (see

@@ -478,9 +478,12 @@ impl Reader {
             ));
         }
         let next = self.stream.next_blocking(wait);
-        if let Ok(Next::End) = next {
-            // Part of the consumer's wait: what this epoch's reads left to
-            // do in the background (a cache's admissions) is done first.
+        if let (Ok(Next::End), true) = (&next, self.share.world_size * self.share.num_workers > 1) {
+            // Where other processes read this plan (ranks, DataLoader
+            // workers), what this epoch's reads left to do in the background
+            // (a cache's admissions) is done before the epoch ends, part of
+            // the consumer's wait, so that they find this epoch's samples. A
+            // reader alone does not wait: its own lookups find them queued.
             self.table.settle();
         }
         let now = Instant::now();
