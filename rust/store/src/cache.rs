@@ -330,7 +330,12 @@ fn encode(label: Option<&[u8]>, data: &[u8]) -> Arc<[u8]> {
     let out = Arc::get_mut(&mut record).expect("a new Arc is unique");
     let mut at = 0;
     for part in parts {
-        out[at..at + part.len()].write_copy_of_slice(part);
+        let dst = &mut out[at..at + part.len()];
+        // SAFETY: `dst` is `part.len()` bytes of the new record, which
+        // cannot overlap `part`.
+        unsafe {
+            std::ptr::copy_nonoverlapping(part.as_ptr(), dst.as_mut_ptr().cast(), part.len())
+        };
         at += part.len();
     }
     // SAFETY: the parts cover the record exactly, so every byte was written.
@@ -425,8 +430,7 @@ impl WriteQueue {
 }
 
 /// This process's queues, drained when it exits (see [`drain_at_exit`]).
-static EXIT_QUEUES: Mutex<Vec<ProcessOwned<std::sync::Weak<WriteQueue>>>> =
-    Mutex::new(Vec::new());
+static EXIT_QUEUES: Mutex<Vec<ProcessOwned<std::sync::Weak<WriteQueue>>>> = Mutex::new(Vec::new());
 
 /// Has `q` drained when the process exits normally: a reader whose plan no
 /// other process shares does not wait for the writer at an epoch's end (its
