@@ -149,8 +149,10 @@ def test_epochs_shorter_than_the_window_are_read_several_ahead(
 ) -> None:
     # Epochs of 2 batches behind a 300 ms round trip: once the dataset has
     # guessed the pattern, the reads of several epochs are under way at once,
-    # so four epochs in a row take less than one round trip (reading only the
-    # next epoch ahead would cost a round trip per epoch).
+    # so four epochs in a row take about one round trip; reading only the
+    # next epoch ahead would cost a round trip per epoch (0.9 s or more for
+    # epochs 3 to 5). The bound sits between the two: on 2 shared cores one
+    # round trip's worth has come to just over 0.3 s.
     uuids, _, _ = fill_table(keyspace_url, "short", "int", 16)
     proxy.latency(300)
     # A fixed window of 16 batch reads (8 epochs): the tuner may be probing
@@ -166,7 +168,7 @@ def test_epochs_shorter_than_the_window_are_read_several_ahead(
         ds.set_epoch(epoch)
         assert epoch_of(ds) == want[epoch], f"epoch {epoch}"
     elapsed = time.perf_counter() - t0
-    assert elapsed < 0.3, f"{elapsed:.2f} s for four epochs"
+    assert elapsed < 0.6, f"{elapsed:.2f} s for four epochs"
 
 
 def fresh_batches(
