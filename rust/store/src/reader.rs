@@ -304,6 +304,12 @@ pub struct Share {
 }
 
 impl Share {
+    /// Whether other processes read this plan too (other ranks, or other
+    /// DataLoader workers of this rank).
+    pub fn is_shared(&self) -> bool {
+        self.world_size * self.num_workers > 1
+    }
+
     pub fn new(
         rank: usize,
         world_size: usize,
@@ -478,7 +484,7 @@ impl Reader {
             ));
         }
         let next = self.stream.next_blocking(wait);
-        if let (Ok(Next::End), true) = (&next, self.share.world_size * self.share.num_workers > 1) {
+        if matches!(next, Ok(Next::End)) && self.share.is_shared() {
             // Where other processes read this plan (ranks, DataLoader
             // workers), what this epoch's reads left to do in the background
             // (a cache's admissions) is done before the epoch ends, part of
