@@ -14,7 +14,10 @@ Two parts:
 
 - **windows**: the default (auto) against fixed windows of 4, 16 and 64
   batch reads, batch 128, at 0-200 ms, on epochs of 5,000 samples (40
-  batches) and of 20,000;
+  batches; each configuration once in each of 3 rounds, medians) and of
+  20,000 (one round); the configurations' order is rotated from round to
+  round and from delay to delay, so that none is always the first after a
+  change of delay;
 - **small epochs**: 800-sample epochs, batch 8 to 512, auto only, at 0 and
   100 ms: the steady epochs' rate at 100 ms against 0 ms, and the first
   epoch's time against the time its bytes take at the 0 ms rate.
@@ -28,6 +31,7 @@ import argparse
 import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import time
@@ -40,8 +44,11 @@ from .common import DATA, HERE, folder_stats, image_folder, log, machine, settle
 
 DELAYS_MS = (0, 10, 50, 100, 200)
 FIXED = (4, 16, 64)
-# (samples per epoch, batch size, delays, epochs per process)
-SHAPES = ((5000, 128, DELAYS_MS, 5), (20000, 128, (0, 100, 200), 4))
+# (samples per epoch, batch size, delays, epochs per process, rounds)
+SHAPES = ((5000, 128, DELAYS_MS, 5, 3), (20000, 128, (0, 100, 200), 4, 1))
+# A fresh node's JIT and first flushes make its first seconds of reads slower
+# than any later ones: read for a while before timing.
+NODE_WARM_UP_S = 20.0
 SMALL_EPOCH = 800
 SMALL_BATCHES = (8, 32, 128, 512)
 SMALL_DELAYS_MS = (0, 100)
@@ -126,6 +133,20 @@ def measure(cl: Any, url: str, uuids_file: Path, batch: int, window: int | None,
     return out
 
 
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A configuration's figures: medians over its rounds that did not fail."""
+    ok = [m for m in runs if "steady" in m]
+    if not ok:
+        return {"failed": runs[-1]["failed"], "runs": runs}
+    out: dict[str, Any] = {"runs": runs, "failed_rounds": len(runs) - len(ok)}
+    for k in ("first", "first_s", "first_bytes", "steady", "cpu_s_per_gb",
+              "server_cpu_s_per_gb", "proxy_cpu_s_per_gb"):  # fmt: skip
+        xs = [m[k] for m in ok if m[k] is not None]
+        out[k] = statistics.median(xs) if xs else None
+    out["window"] = ", ".join(str(m["window"]) for m in ok)
+    return out
+
+
 def run(folder: Path, quick: bool) -> dict[str, Any]:
     sys.path.insert(0, str(HERE.parent))
     import crs4_cassandra as cc
@@ -133,10 +154,10 @@ def run(folder: Path, quick: bool) -> dict[str, Any]:
     from testbed import Cluster
 
     n_images, mean = folder_stats(folder)
-    shapes = [(n, b, (0, 100), 3) for n, b, _, _ in SHAPES[:1]] if quick else SHAPES
+    shapes = [(n, b, (0, 100), 3, 1) for n, b, _, _, _ in SHAPES[:1]] if quick else SHAPES
     out: dict[str, Any] = {
         "machine": machine(), "images": n_images, "mean_bytes": mean,
-        "windows": {}, "small": {},
+        "windows": {}, "small": {}, "rounds": {str(sh[0]): sh[4] for sh in shapes},
     }  # fmt: skip
     with Cluster(1, name="tuner", heap="1g") as cl:
         url = cl.url("tuner")
@@ -144,33 +165,49 @@ def run(folder: Path, quick: bool) -> dict[str, Any]:
         assert report.split_file is not None
         base = np.asarray(report.split_file.uuids("train"))
         log(f"waited {settle(cl):.0f} s for the node to finish flushing and compacting")
-        # Warm the node's caches the same for every configuration.
-        for _ in cc.ShardedDataset(url, "data", base, 128):
-            pass
+        # Warm the node (its JIT, its caches) the same for every configuration.
+        warm, t0, epoch = cc.ShardedDataset(url, "data", base, 128), time.perf_counter(), 0
+        while time.perf_counter() - t0 < NODE_WARM_UP_S:
+            warm.set_epoch(epoch)
+            list(warm)
+            epoch += 1
+        warm.close()
+        log(f"node warmed up over {epoch} epochs")
         files: dict[int, Path] = {}
         for n in {s[0] for s in shapes} | {SMALL_EPOCH}:
             reps = -(-n // len(base))
             files[n] = DATA / f"tuner-{n}.npy"
             np.save(files[n], np.tile(base, (reps, 1))[:n])
-        for delay in sorted({d for s in shapes for d in s[2]}):
+        for di, delay in enumerate(sorted({d for s in shapes for d in s[2]})):
             cl.proxies[0].clear()
             if delay:
                 cl.proxies[0].latency(delay)
-            for n, batch, at, epochs in shapes:
+            for n, batch, at, epochs, rounds in shapes:
                 if delay not in at:
                     continue
-                for window in (None, *FIXED):
+                configs: list[int | None] = [None, *FIXED]
+                runs: dict[str, list[dict[str, Any]]] = {}
+                for rnd in range(rounds):
+                    k = (rnd + di) % len(configs)
+                    for window in configs[k:] + configs[:k]:
+                        name = "auto (default)" if window is None else f"fixed {window}"
+                        try:
+                            m = measure(cl, url, files[n], batch, window, epochs)
+                        except RuntimeError as e:
+                            log(f"{n}/{batch} {delay} ms {name}: FAILED {e}")
+                            m = {"failed": str(e)[-300:]}
+                        runs.setdefault(name, []).append(m)
+                        if "steady" in m:
+                            log(
+                                f"{n}/{batch} {delay:>3} ms {name:<15} round {rnd + 1} "
+                                f"first {m['first']:>7,.0f} steady {m['steady']:>7,.0f} "
+                                f"window {m['window']} cpu {m['cpu_s_per_gb']:.2f} s/GB"
+                            )
+                for window in configs:
                     name = "auto (default)" if window is None else f"fixed {window}"
-                    try:
-                        m = measure(cl, url, files[n], batch, window, epochs)
-                    except RuntimeError as e:
-                        log(f"{n}/{batch} {delay} ms {name}: FAILED {e}")
-                        m = {"failed": str(e)[-300:]}
-                    out["windows"].setdefault(f"{n}", {}).setdefault(name, {})[delay] = m
-                    if "steady" in m:
-                        log(f"{n}/{batch} {delay:>3} ms {name:<15} first {m['first']:>7,.0f} "
-                            f"steady {m['steady']:>7,.0f} window {m['window']} "
-                            f"cpu {m['cpu_s_per_gb']:.2f} s/GB")  # fmt: skip
+                    out["windows"].setdefault(f"{n}", {}).setdefault(name, {})[delay] = median_of(
+                        runs[name]
+                    )
             if delay in SMALL_DELAYS_MS:
                 for batch in SMALL_BATCHES:
                     m = measure(cl, url, files[SMALL_EPOCH], batch, None, SMALL_EPOCHS)
@@ -192,14 +229,18 @@ def report(r: dict[str, Any]) -> list[str]:
         "repeated into epochs; each configuration in a new process reading epochs one after "
         "the other with set_epoch (5 of 5,000 samples, 4 of 20,000, 10 of 800); samples/s of "
         "the first epoch (connecting included) and over the epochs from the third on "
-        "(steady); one node (1 GiB heap) and toxiproxy share the 2 cores with the loader. "
+        f"(steady); the node read for {NODE_WARM_UP_S:.0f} s before timing; the windows' "
+        "order rotated from round to round and from delay to delay; one node (1 GiB heap) "
+        "and toxiproxy share the 2 cores with the loader. "
         f"{r['machine']}.",
         "",
     ]
     for n, configs in r["windows"].items():
         delays = sorted({d for c in configs.values() for d in c})
+        rounds = r.get("rounds", {}).get(n, 1)
+        of = f", medians of {rounds} rounds" if rounds > 1 else ", one round"
         lines += [
-            f"Epochs of {int(n):,} samples, batch 128: first epoch / steady epochs, samples/s.",
+            f"Epochs of {int(n):,} samples, batch 128: first epoch / steady epochs, samples/s{of}.",
             "",
             "| window | " + " | ".join(f"{d} ms" for d in delays) + " |",
             "|---|" + "---:|" * len(delays),
@@ -208,9 +249,10 @@ def report(r: dict[str, Any]) -> list[str]:
             cells = []
             for d in delays:
                 m = by_delay.get(d, {})
-                cells.append(
-                    "failed" if "failed" in m else f"{fmt(m['first'])} / {fmt(m['steady'])}"
-                )
+                cell = "failed" if "failed" in m else f"{fmt(m['first'])} / {fmt(m['steady'])}"
+                if m.get("failed_rounds"):
+                    cell += f" ({m['failed_rounds']} failed)"
+                cells.append(cell)
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         ratio, first_ratio, win, cpu, srv = [], [], [], [], []
         for d in delays:
@@ -233,7 +275,7 @@ def report(r: dict[str, Any]) -> list[str]:
         lines += [
             "| auto / best fixed, steady | " + " | ".join(ratio) + " |",
             "| auto / best fixed, first epoch | " + " | ".join(first_ratio) + " |",
-            "| window auto ended with | " + " | ".join(win) + " |",
+            "| window auto ended with (each round) | " + " | ".join(win) + " |",
             "| auto: loader CPU s/GB (steady) | " + " | ".join(cpu) + " |",
             "| auto: node + toxiproxy CPU s/GB | " + " | ".join(srv) + " |",
             "",
