@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from .common import DATA, HERE, log, machine, settle, write_json
+from .common import DATA, HERE, NODE_WARM_UP_S, log, machine, settle, warm_up_node, write_json
 
 SHARES = (0.25, 0.5, 0.9)
 POLICIES = ("plan", "lru")
@@ -38,9 +38,6 @@ BATCH = 64
 # so that the node's warming up (and the machine's other load) falls on all
 # of them alike; figures are medians over the rounds.
 ROUNDS = 3
-# A fresh node's JIT and first flushes make its first seconds of reads slower
-# than any later ones: read for a while before timing.
-NODE_WARM_UP_S = 20.0
 
 
 def child(url: str, uuids_file: str, policy: str, size: int, path: str, epochs: int) -> None:
@@ -125,16 +122,7 @@ def run(samples: int, kb: int, delay_ms: int, epochs: int) -> dict[str, Any]:
         uuids_file.parent.mkdir(parents=True, exist_ok=True)
         np.save(uuids_file, np.frombuffer(b"".join(ids), np.uint8).reshape(-1, 16))
         log(f"waited {settle(cl):.0f} s for the node to finish flushing and compacting")
-        import crs4_cassandra as cc
-
-        warm = cc.ShardedDataset(url, "data", np.load(uuids_file), BATCH)
-        t0, epoch = time.perf_counter(), 0
-        while time.perf_counter() - t0 < NODE_WARM_UP_S:
-            warm.set_epoch(epoch)
-            list(warm)
-            epoch += 1
-        warm.close()
-        log(f"node warmed up over {epoch} epochs")
+        warm_up_node(url, np.load(uuids_file), BATCH)
         cl.proxies[0].latency(delay_ms)
         configs = [("no cache", "none", 0.0)] + [
             (f"{policy} {share:.0%}", policy, share) for share in SHARES for policy in POLICIES

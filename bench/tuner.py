@@ -40,15 +40,23 @@ from typing import Any
 
 import numpy as np
 
-from .common import DATA, HERE, folder_stats, image_folder, log, machine, settle, write_json
+from .common import (
+    DATA,
+    HERE,
+    NODE_WARM_UP_S,
+    folder_stats,
+    image_folder,
+    log,
+    machine,
+    settle,
+    warm_up_node,
+    write_json,
+)
 
 DELAYS_MS = (0, 10, 50, 100, 200)
 FIXED = (4, 16, 64)
 # (samples per epoch, batch size, delays, epochs per process, rounds)
 SHAPES = ((5000, 128, DELAYS_MS, 5, 3), (20000, 128, (0, 100, 200), 4, 1))
-# A fresh node's JIT and first flushes make its first seconds of reads slower
-# than any later ones: read for a while before timing.
-NODE_WARM_UP_S = 20.0
 SMALL_EPOCH = 800
 SMALL_BATCHES = (8, 32, 128, 512)
 SMALL_DELAYS_MS = (0, 100)
@@ -133,6 +141,10 @@ def measure(cl: Any, url: str, uuids_file: Path, batch: int, window: int | None,
     return out
 
 
+def window_name(window: int | None) -> str:
+    return "auto (default)" if window is None else f"fixed {window}"
+
+
 def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """A configuration's figures: medians over its rounds that did not fail."""
     ok = [m for m in runs if "steady" in m]
@@ -149,7 +161,6 @@ def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def run(folder: Path, quick: bool) -> dict[str, Any]:
     sys.path.insert(0, str(HERE.parent))
-    import crs4_cassandra as cc
     from crs4_cassandra.ingest import ingest_folder
     from testbed import Cluster
 
@@ -166,13 +177,7 @@ def run(folder: Path, quick: bool) -> dict[str, Any]:
         base = np.asarray(report.split_file.uuids("train"))
         log(f"waited {settle(cl):.0f} s for the node to finish flushing and compacting")
         # Warm the node (its JIT, its caches) the same for every configuration.
-        warm, t0, epoch = cc.ShardedDataset(url, "data", base, 128), time.perf_counter(), 0
-        while time.perf_counter() - t0 < NODE_WARM_UP_S:
-            warm.set_epoch(epoch)
-            list(warm)
-            epoch += 1
-        warm.close()
-        log(f"node warmed up over {epoch} epochs")
+        warm_up_node(url, base, 128)
         files: dict[int, Path] = {}
         for n in {s[0] for s in shapes} | {SMALL_EPOCH}:
             reps = -(-n // len(base))
@@ -190,7 +195,7 @@ def run(folder: Path, quick: bool) -> dict[str, Any]:
                 for rnd in range(rounds):
                     k = (rnd + di) % len(configs)
                     for window in configs[k:] + configs[:k]:
-                        name = "auto (default)" if window is None else f"fixed {window}"
+                        name = window_name(window)
                         try:
                             m = measure(cl, url, files[n], batch, window, epochs)
                         except RuntimeError as e:
@@ -204,7 +209,7 @@ def run(folder: Path, quick: bool) -> dict[str, Any]:
                                 f"window {m['window']} cpu {m['cpu_s_per_gb']:.2f} s/GB"
                             )
                 for window in configs:
-                    name = "auto (default)" if window is None else f"fixed {window}"
+                    name = window_name(window)
                     out["windows"].setdefault(f"{n}", {}).setdefault(name, {})[delay] = median_of(
                         runs[name]
                     )
