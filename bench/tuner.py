@@ -152,6 +152,16 @@ def measure(cl: Any, url: str, uuids_file: Path, batch: int, window: int | None,
     return out
 
 
+def rotated(xs: Any, k: int) -> list[Any]:
+    """``xs`` starting at its ``k``-th item (mod its length), wrapping round."""
+    k %= len(xs)
+    return [*xs[k:], *xs[:k]]
+
+
+def steady_each_round(m: dict[str, Any]) -> str:
+    return " ".join(fmt(x["steady"]) for x in m["runs"] if "steady" in x)
+
+
 def window_name(window: int | None) -> str:
     return "auto (default)" if window is None else f"fixed {window}"
 
@@ -204,8 +214,7 @@ def run(folder: Path, quick: bool) -> dict[str, Any]:
                 configs: list[int | None] = [None, *FIXED]
                 runs: dict[str, list[dict[str, Any]]] = {}
                 for rnd in range(rounds):
-                    k = (rnd + di) % len(configs)
-                    for window in configs[k:] + configs[:k]:
+                    for window in rotated(configs, rnd + di):
                         name = window_name(window)
                         try:
                             m = measure(cl, url, files[n], batch, window, epochs)
@@ -227,8 +236,7 @@ def run(folder: Path, quick: bool) -> dict[str, Any]:
             if delay in SMALL_DELAYS_MS:
                 small: dict[int, list[dict[str, Any]]] = {}
                 for rnd in range(1 if quick else SMALL_ROUNDS):
-                    k = rnd % len(SMALL_BATCHES)
-                    for batch in SMALL_BATCHES[k:] + SMALL_BATCHES[:k]:
+                    for batch in rotated(SMALL_BATCHES, rnd):
                         m = measure(cl, url, files[SMALL_EPOCH], batch, None, SMALL_EPOCHS)
                         small.setdefault(batch, []).append(m)
                         log(f"{SMALL_EPOCH}/{batch} {delay:>3} ms round {rnd + 1} rates "
@@ -321,13 +329,9 @@ def report(r: dict[str, Any]) -> list[str]:
             extra = (
                 h["first_s"] - h["first_bytes"] / (z["steady"] * z["first_bytes"] / SMALL_EPOCH)
             ) / 0.1
-
-            def rounds(m: dict[str, Any]) -> str:
-                return " ".join(fmt(x["steady"]) for x in m["runs"] if "steady" in x)
-
             lines.append(
-                f"| {batch} | {rounds(z)} | {rounds(h)} | {h['steady'] / z['steady']:.0%} | "
-                f"{extra:.1f} |"
+                f"| {batch} | {steady_each_round(z)} | {steady_each_round(h)} | "
+                f"{h['steady'] / z['steady']:.0%} | {extra:.1f} |"
             )
         lines.append("")
     return lines
