@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import signal
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -11,6 +12,13 @@ from crs4_cassandra import SplitFile, _native
 from crs4_cassandra.ingest import ingest_folder
 from crs4_cassandra.testing import make_image_folder
 from testbed import Cluster, Proxy, Toxiproxy, gen_certs
+
+# Tests send Ctrl-C (SIGINT) to this process and to the processes it starts.
+# A test run started in the background by a non-interactive shell inherits
+# SIGINT ignored, and so would every child; Python then raises no
+# KeyboardInterrupt. Restore Python's own handler, which children reset to
+# the default when they start.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 @pytest.fixture(scope="session")
