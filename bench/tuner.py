@@ -15,10 +15,13 @@ Two parts:
 
 - **windows**: the default (auto) against fixed windows of 4, 16 and 64
   batch reads, batch 128, at 0-200 ms, on epochs of 5,000 samples (40
-  batches; each configuration once in each of 3 rounds, medians) and of
+  batches; each configuration once in each of 5 rounds, medians) and of
   20,000 (one round); the configurations' order is rotated from round to
   round and from delay to delay, so that none is always the first after a
-  change of delay;
+  change of delay; besides the ratio of medians, auto against the best
+  fixed window of the same round, round by round (configurations of one
+  round run minutes apart, so the machine's drift from round to round
+  cancels out of these);
 - **small epochs**: 800-sample epochs, batch 8 to 512, auto only, at 0 and
   100 ms, each batch size once in each of 3 rounds (medians): the steady
   epochs' rate at 100 ms against 0 ms, and the first epoch's time against
@@ -58,7 +61,7 @@ from .common import (
 DELAYS_MS = (0, 10, 50, 100, 200)
 FIXED = (4, 16, 64)
 # (samples per epoch, batch size, delays, epochs per process, rounds)
-SHAPES = ((5000, 128, DELAYS_MS, 5, 3), (20000, 128, (0, 100, 200), 4, 1))
+SHAPES = ((5000, 128, DELAYS_MS, 5, 5), (20000, 128, (0, 100, 200), 4, 1))
 SMALL_EPOCH = 800
 SMALL_BATCHES = (8, 32, 128, 512)
 SMALL_DELAYS_MS = (0, 100)
@@ -250,7 +253,32 @@ def fmt(x: float | None, digits: int = 0) -> str:
     return "-" if x is None else f"{x:,.{digits}f}"
 
 
+def paired(configs: dict[str, Any], d: int, key: str) -> str:
+    """Auto over the best fixed window of the same round, for each round."""
+    auto = configs["auto (default)"][d]["runs"]
+    fixed = [c[d]["runs"] for k, c in configs.items() if k != "auto (default)"]
+    out = []
+    for i, a in enumerate(auto):
+        best = [f[i][key] for f in fixed if i < len(f) and key in f[i]]
+        out.append(f"{a[key] / max(best):.2f}" if key in a and best else "-")
+    return " ".join(out)
+
+
+def with_int_delays(r: dict[str, Any]) -> dict[str, Any]:
+    """``r`` with its delays as ints (JSON keeps them as strings)."""
+
+    def conv(by_delay: dict[Any, Any]) -> dict[int, Any]:
+        return {int(d): m for d, m in by_delay.items()}
+
+    return {
+        **r,
+        "windows": {n: {k: conv(c) for k, c in cs.items()} for n, cs in r["windows"].items()},
+        "small": {b: conv(c) for b, c in r["small"].items()},
+    }
+
+
 def report(r: dict[str, Any]) -> list[str]:
+    r = with_int_delays(r)
     lines = [
         "## Window tuning, fresh processes (Apache Cassandra behind toxiproxy)",
         "",
@@ -283,19 +311,18 @@ def report(r: dict[str, Any]) -> list[str]:
                     cell += f" ({m['failed_rounds']} failed)"
                 cells.append(cell)
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
-        ratio, first_ratio, win, cpu, srv = [], [], [], [], []
+        ratio, first_ratio, win, cpu, srv, each, first_each = [], [], [], [], [], [], []
         for d in delays:
             auto = configs["auto (default)"].get(d, {})
             fixed = [c[d] for k, c in configs.items() if k != "auto (default)" and "steady" in c[d]]
             if "steady" not in auto or not fixed:
-                ratio.append("-")
-                first_ratio.append("-")
-                win.append("-")
-                cpu.append("-")
-                srv.append("-")
+                for row in (ratio, first_ratio, win, cpu, srv, each, first_each):
+                    row.append("-")
                 continue
             ratio.append(f"{auto['steady'] / max(f['steady'] for f in fixed):.2f}")
             first_ratio.append(f"{auto['first'] / max(f['first'] for f in fixed):.2f}")
+            each.append(paired(configs, d, "steady"))
+            first_each.append(paired(configs, d, "first"))
             win.append(str(auto["window"]))
             cpu.append(fmt(auto["cpu_s_per_gb"], 2))
             srv.append(
@@ -304,6 +331,17 @@ def report(r: dict[str, Any]) -> list[str]:
         lines += [
             "| auto / best fixed, steady | " + " | ".join(ratio) + " |",
             "| auto / best fixed, first epoch | " + " | ".join(first_ratio) + " |",
+        ]
+        if rounds > 1:
+            lines += [
+                "| auto / best fixed of its round, steady (each round) | "
+                + " | ".join(each)
+                + " |",
+                "| auto / best fixed of its round, first epoch (each round) | "
+                + " | ".join(first_each)
+                + " |",
+            ]
+        lines += [
             "| window auto ended with (each round) | " + " | ".join(win) + " |",
             "| auto: loader CPU s/GB (steady) | " + " | ".join(cpu) + " |",
             "| auto: node + toxiproxy CPU s/GB | " + " | ".join(srv) + " |",
@@ -343,7 +381,11 @@ def main() -> None:
     ap.add_argument("--images", type=int, default=2000)
     ap.add_argument("--kb", type=float, default=110.0)
     ap.add_argument("--quick", action="store_true", help="0 and 100 ms, 5,000-sample epochs only")
+    ap.add_argument("--report", type=Path, help="print the report of a saved result and exit")
     args = ap.parse_args()
+    if args.report:
+        print("\n".join(report(json.loads(args.report.read_text()))))
+        return
     if args.child:
         url, uuids, batch, window, epochs = args.child
         child(url, uuids, int(batch), int(window) or None, int(epochs))
