@@ -224,11 +224,14 @@ def main() -> None:
             f"{n} JPEGs, mean {mean / 1000:.0f} KB, batch 128, all on the machine's cores; "
             f"images/s, medians of {args.runs} runs after a warm-up run.",
             "",
-            "| decoder | images/s | vs torchvision |",
-            "|---|---:|---:|",
+            "| decoder | images/s | vs torchvision | CPU ms per image |",
+            "|---|---:|---:|---:|",
         ]
         for m in ms:
-            lines.append(f"| {m.name} | {m.samples_median:,.0f} | {m.samples_median / base:.2f}x |")
+            lines.append(
+                f"| {m.name} | {m.samples_median:,.0f} | {m.samples_median / base:.2f}x "
+                f"| {m.cpu_ms_per_sample_median:.2f} |"
+            )
         lines.append("")
         write_json("decode", [m.__dict__ for m in ms])
     if "slownode" in only:

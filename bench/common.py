@@ -60,6 +60,14 @@ class Measure:
     def gbps_median(self) -> float:
         return statistics.median(self.gbps)
 
+    @property
+    def cpu_ms_per_sample_median(self) -> float:
+        """CPU milliseconds per sample (the process's and its reaped children's)."""
+        return statistics.median(
+            c * g / s * 1e3
+            for c, g, s in zip(self.cpu_s_per_gb, self.gbps, self.samples, strict=True)
+        )
+
 
 def cpu_seconds() -> float:
     """CPU time of this process and its reaped children."""

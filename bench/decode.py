@@ -1,6 +1,7 @@
 """CPU decoding to 224x224 RGB: the Rust decoder of ShardedDataset(decode="rgb")
-against torchvision's decode_jpeg in DataLoader workers and DALI's CPU decoder,
-on the same JPEGs."""
+against torchvision's decode_jpeg in DataLoader workers, libjpeg-turbo's scaled
+decoding (through simplejpeg) in DataLoader workers and DALI's CPU decoder, on
+the same JPEGs."""
 
 from __future__ import annotations
 
@@ -35,12 +36,27 @@ def _tv_load(path: str) -> torch.Tensor:
     return resize(img, list(SIZE), antialias=True)
 
 
+def _scaled_load(path: str) -> torch.Tensor:
+    """libjpeg-turbo decoding at the smallest of its scales (M/8) that keeps
+    both sides at or above the target, then the same resize."""
+    import simplejpeg
+    from torchvision.transforms.v2.functional import resize
+
+    with open(path, "rb") as f:
+        rgb = simplejpeg.decode_jpeg(
+            f.read(), colorspace="RGB", min_height=SIZE[0], min_width=SIZE[1], min_factor=1
+        )
+    return resize(torch.from_numpy(rgb).permute(2, 0, 1), list(SIZE), antialias=True)
+
+
 def _stack(items: list[tuple[torch.Tensor, int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.stack([x for x, _ in items]), torch.tensor([y for _, y in items])
 
 
-def torchvision_epoch(folder: Path, batch_size: int, workers: int) -> Iterator[tuple[int, int]]:
-    ds = ImageFolder(str(folder), loader=_tv_load)
+def torchvision_epoch(
+    folder: Path, batch_size: int, workers: int, loader: Callable[[str], torch.Tensor] = _tv_load
+) -> Iterator[tuple[int, int]]:
+    ds = ImageFolder(str(folder), loader=loader)
     dl = DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers, collate_fn=_stack)
     for x, _ in dl:
         yield x.shape[0], x.numel()
@@ -91,6 +107,10 @@ def run(folder: Path, runs: int, batch_size: int = 128) -> list[Measure]:
         (
             "torchvision decode_jpeg + resize, DataLoader 2 workers",
             lambda: torchvision_epoch(folder, batch_size, 2),
+        ),
+        (
+            "libjpeg-turbo scaled decode (simplejpeg) + resize, DataLoader 2 workers",
+            lambda: torchvision_epoch(folder, batch_size, 2, _scaled_load),
         ),
         ("DALI CPU decoder + resize, 2 threads", lambda: dali_epoch(it)),
         (
